@@ -1,0 +1,1 @@
+"""Committee agreement on each round's block (pure state machines; drivers live in p2p_node)."""

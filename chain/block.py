@@ -1,0 +1,181 @@
+"""Blocks, commit certificates and their one canonical CBOR encoding.
+
+A block's hash covers everything but its certificate; the certificate is 2f+1 committee members'
+signed votes for that hash, checkable by any peer against the committee the parent block named.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import cbor2
+
+from bft.quorum import quorum_size
+from gossip.envelope import Envelope
+
+
+class BlockError(ValueError):
+    """A block or certificate that is malformed or does not verify; the text says why."""
+
+
+@dataclass(frozen=True)
+class UpdateRef:
+    """An aggregated update as the block records it: trainer, update envelope digest, samples."""
+
+    peer: str
+    digest: bytes
+    samples: int
+
+
+@dataclass(frozen=True)
+class Block:
+    """The outcome of one round, agreed by the round's committee."""
+
+    height: int
+    prev_hash: bytes
+    network_id: bytes
+    committee: tuple[str, ...]
+    trainers: tuple[str, ...]
+    updates: tuple[UpdateRef, ...]
+    #: wire bytes of the committee members' signed `scores` envelopes the outcome derives from
+    score_vectors: tuple[bytes, ...]
+    selected: tuple[str, ...]
+    model_hash: bytes
+    next_committee: tuple[str, ...]
+    membership: tuple[Any, ...] = ()
+    evidence: tuple[Any, ...] = ()
+
+    def to_obj(self) -> dict[str, Any]:
+        return {
+            "height": self.height, "prev_hash": self.prev_hash, "network_id": self.network_id,
+            "committee": list(self.committee), "trainers": list(self.trainers),
+            "updates": [[u.peer, u.digest, u.samples] for u in self.updates],
+            "score_vectors": list(self.score_vectors), "selected": list(self.selected),
+            "model_hash": self.model_hash, "next_committee": list(self.next_committee),
+            "membership": list(self.membership), "evidence": list(self.evidence),
+        }
+
+    @classmethod
+    def from_obj(cls, o: Any) -> Block:
+        """Parse untrusted decoded CBOR; BlockError if any field has the wrong shape."""
+        try:
+            if not isinstance(o, dict) or set(o) != _BLOCK_FIELDS:
+                raise BlockError("not a block map")
+            block = cls(
+                height=_int(o["height"]), prev_hash=_hash(o["prev_hash"]),
+                network_id=_hash(o["network_id"]), committee=_ids(o["committee"]),
+                trainers=_ids(o["trainers"]),
+                updates=tuple(UpdateRef(_id(p), _hash(d), _int(n)) for p, d, n in o["updates"]),
+                score_vectors=tuple(_bytes(v) for v in o["score_vectors"]),
+                selected=_ids(o["selected"]), model_hash=_hash(o["model_hash"]),
+                next_committee=_ids(o["next_committee"]),
+                membership=tuple(o["membership"]), evidence=tuple(o["evidence"]))
+        except BlockError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise BlockError(f"malformed block: {exc}") from None
+        return block
+
+    def hash(self) -> bytes:
+        """SHA-256 of the canonical CBOR of the block (without certificate)."""
+        return hashlib.sha256(cbor2.dumps(self.to_obj(), canonical=True)).digest()
+
+
+_BLOCK_FIELDS = {"height", "prev_hash", "network_id", "committee", "trainers", "updates",
+                 "score_vectors", "selected", "model_hash", "next_committee", "membership",
+                 "evidence"}
+
+
+def vote_envelope(network_id: bytes, height: int, block_hash: bytes, sender: str = "",
+                  signature: bytes = b"") -> Envelope:
+    """The vote a committee member signs to commit `block_hash` at `height`."""
+    return Envelope("vote", network_id, height, sender, {"block_hash": block_hash}, signature)
+
+
+@dataclass(frozen=True)
+class CommitCertificate:
+    """Committee members' signatures on their votes for one block hash."""
+
+    votes: tuple[tuple[str, bytes], ...]
+
+    def verify(self, block: Block, committee: tuple[str, ...]) -> None:
+        """Raise BlockError unless a quorum of distinct `committee` members signed this block."""
+        block_hash = block.hash()
+        signers: set[str] = set()
+        for member, signature in self.votes:
+            if member not in committee:
+                raise BlockError(f"certificate signer {member[-8:]} is not on the committee")
+            if member in signers:
+                raise BlockError(f"certificate counts {member[-8:]} twice")
+            vote = vote_envelope(block.network_id, block.height, block_hash, member, signature)
+            if not vote.has_valid_signature():
+                raise BlockError(f"certificate signature of {member[-8:]} is invalid")
+            signers.add(member)
+        need = quorum_size(len(committee))
+        if len(signers) < need:
+            raise BlockError(f"certificate has {len(signers)} votes, needs {need}")
+
+
+@dataclass(frozen=True)
+class CommittedBlock:
+    """A block with the certificate that makes it final."""
+
+    block: Block
+    certificate: CommitCertificate
+
+    def to_obj(self) -> dict[str, Any]:
+        return {"block": self.block.to_obj(),
+                "certificate": [[m, s] for m, s in self.certificate.votes]}
+
+    def encode(self) -> bytes:
+        return cbor2.dumps(self.to_obj(), canonical=True)
+
+    @classmethod
+    def from_obj(cls, o: Any) -> CommittedBlock:
+        if not isinstance(o, dict) or set(o) != {"block", "certificate"}:
+            raise BlockError("not a committed block map")
+        try:
+            votes = tuple((_id(m), _bytes(s)) for m, s in o["certificate"])
+        except (TypeError, ValueError) as exc:
+            raise BlockError(f"malformed certificate: {exc}") from None
+        return cls(Block.from_obj(o["block"]), CommitCertificate(votes))
+
+    @classmethod
+    def decode(cls, data: bytes) -> CommittedBlock:
+        try:
+            obj = cbor2.loads(data)
+        except Exception as exc:
+            raise BlockError(f"undecodable block: {type(exc).__name__}") from None
+        return cls.from_obj(obj)
+
+
+def _int(v: Any) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        raise BlockError(f"expected a non-negative integer, got {type(v).__name__}")
+    return v
+
+
+def _bytes(v: Any) -> bytes:
+    if not isinstance(v, bytes):
+        raise BlockError(f"expected bytes, got {type(v).__name__}")
+    return v
+
+
+def _hash(v: Any) -> bytes:
+    if not isinstance(v, bytes) or len(v) != 32:
+        raise BlockError("expected a 32-byte hash")
+    return v
+
+
+def _id(v: Any) -> str:
+    if not isinstance(v, str) or not 0 < len(v) <= 128:
+        raise BlockError("expected a peer id string")
+    return v
+
+
+def _ids(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list):
+        raise BlockError("expected a list of peer ids")
+    return tuple(_id(x) for x in v)

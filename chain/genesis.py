@@ -1,0 +1,97 @@
+"""The genesis file: a network's identity. Its canonical hash is the network id."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cbor2
+
+from bft.quorum import quorum_size
+from gossip.peer_keys import public_key_from_peer_id
+
+
+class GenesisError(ValueError):
+    """A genesis file that cannot define a network; the text says why."""
+
+
+@dataclass(frozen=True)
+class Genesis:
+    """Initial members, round-0 committee, model spec, seed and hyperparameters."""
+
+    name: str
+    members: tuple[str, ...]
+    committee: tuple[str, ...]
+    seed: int = 0
+    model: dict[str, Any] = field(default_factory=lambda: {"layers": [64, 64, 10]})
+    training: dict[str, Any] = field(
+        default_factory=lambda: {"epochs": 2, "lr": 0.1, "batch_size": 16})
+    data: dict[str, Any] = field(
+        default_factory=lambda: {"dataset": "digits", "partition": "iid", "alpha": 0.5,
+                                 "test_fraction": 0.2})
+    #: rule: S1 (lowest distance: robust to attack) or S2 (highest: non-IID without attack);
+    #: scoring: sum (CMFL) or median (robust to lying committee members)
+    selection: dict[str, Any] = field(
+        default_factory=lambda: {"rule": "S1", "fraction": 0.5, "scoring": "sum"})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "members": list(self.members),
+                "committee": list(self.committee), "seed": self.seed, "model": self.model,
+                "training": self.training, "data": self.data, "selection": self.selection}
+
+    @property
+    def network_id(self) -> bytes:
+        """SHA-256 of the canonical CBOR of the genesis content."""
+        return hashlib.sha256(cbor2.dumps(self.to_dict(), canonical=True)).digest()
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Genesis:
+        """Build and check a genesis; GenesisError names the first problem."""
+        try:
+            g = cls(name=str(d["name"]), members=tuple(d["members"]),
+                    committee=tuple(d["committee"]), seed=int(d.get("seed", 0)),
+                    model=dict(d.get("model", {"layers": [64, 64, 10]})),
+                    training=dict(d["training"]), data=dict(d["data"]),
+                    selection=dict(d["selection"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise GenesisError(f"genesis is missing or has a bad field: {exc}") from None
+        g.check()
+        return g
+
+    def check(self) -> None:
+        """Raise GenesisError if the genesis cannot define a working network."""
+        if len(set(self.members)) != len(self.members):
+            raise GenesisError("duplicate members")
+        for peer in self.members:
+            try:
+                public_key_from_peer_id(peer)
+            except ValueError as exc:
+                raise GenesisError(f"member {peer!r}: {exc}") from None
+        if not self.committee or not set(self.committee) <= set(self.members):
+            raise GenesisError("the committee must be a non-empty subset of the members")
+        if len(self.members) - len(self.committee) < 1:
+            raise GenesisError("at least one member must be a trainer (not on the committee)")
+        if self.selection.get("rule") not in ("S1", "S2"):
+            raise GenesisError("selection.rule must be S1 or S2")
+        if self.selection.get("scoring") not in ("sum", "median"):
+            raise GenesisError("selection.scoring must be sum or median")
+        if quorum_size(len(self.committee)) > len(self.committee):
+            raise GenesisError("committee too small for a quorum")
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> Genesis:
+        try:
+            d = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise GenesisError(f"genesis file not found: {path}") from None
+        except json.JSONDecodeError as exc:
+            raise GenesisError(f"genesis file {path} is not valid JSON: {exc}") from None
+        if not isinstance(d, dict):
+            raise GenesisError(f"genesis file {path} is not a JSON object")
+        return cls.from_dict(d)

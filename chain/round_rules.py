@@ -1,0 +1,162 @@
+"""The rules that turn a round's signed inputs into its block: the one place they are written.
+
+The leader runs `derive_block` to propose; every other peer runs the same function on the score
+vectors inside the proposal (or the committed block) and accepts only an identical result, so a
+block is valid exactly when it re-derives from signed inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from bft.quorum import quorum_size
+from chain.block import Block, BlockError, UpdateRef
+from gossip.envelope import Envelope, EnvelopeError, decode_envelope
+from learning.aggregation import aggregate_weighted
+from learning.election import elect_middle
+from learning.scoring import combine_scores
+from learning.selection import select_highest_distance, select_lowest_distance
+from learning.tensors import ModelState, state_hash
+
+
+@dataclass(frozen=True)
+class RoundContext:
+    """What every peer knows at the start of a round, from its own chain and the genesis."""
+
+    network_id: bytes
+    height: int
+    prev_hash: bytes
+    members: tuple[str, ...]
+    committee: tuple[str, ...]
+    trainers: tuple[str, ...]
+    base_state: ModelState
+    base_hash: bytes
+    selection_rule: str = "S1"
+    selection_fraction: float = 0.5
+    scoring_rule: str = "sum"
+
+    @property
+    def leader(self) -> str:
+        """The member who proposes this round's block."""
+        return self.committee[self.height % len(self.committee)]
+
+    @property
+    def quorum(self) -> int:
+        return quorum_size(len(self.committee))
+
+
+@dataclass(frozen=True)
+class ReceivedUpdate:
+    """A trainer's update as a peer holds it: who sent it, the envelope digest, and the model."""
+
+    peer: str
+    digest: bytes
+    samples: int
+    state: ModelState
+
+
+class MissingUpdates(Exception):
+    """The block cannot be re-derived yet: these trainers' selected updates are not held."""
+
+    def __init__(self, peers: list[str]) -> None:
+        super().__init__(f"missing updates from {', '.join(p[-8:] for p in peers)}")
+        self.peers = peers
+
+
+def trainers_for(members: tuple[str, ...], committee: tuple[str, ...]) -> tuple[str, ...]:
+    """A round's trainers: every member not on its committee, in id order."""
+    return tuple(sorted(set(members) - set(committee)))
+
+
+def scores_payload(scores: dict[str, tuple[bytes, float]]) -> dict:
+    """The body of a `scores` message: per trainer, the update digest scored and its distance."""
+    return {"scores": [[t, d, float(s)] for t, (d, s) in sorted(scores.items())]}
+
+
+def parse_score_vector(ctx: RoundContext, raw: bytes) -> tuple[str, dict[str, tuple[bytes, float]]]:
+    """Check one signed score vector for this round; BlockError names what is wrong."""
+    try:
+        env = decode_envelope(raw)
+    except EnvelopeError as exc:
+        raise BlockError(f"score vector: {exc}") from None
+    if env.kind != "scores" or env.network_id != ctx.network_id or env.round != ctx.height:
+        raise BlockError("score vector is not a scores message of this round")
+    if env.sender not in ctx.committee:
+        raise BlockError(f"score vector from non-committee peer {env.sender[-8:]}")
+    if not env.has_valid_signature():
+        raise BlockError(f"score vector of {env.sender[-8:]} has a forged signature")
+    return env.sender, parse_scores_body(ctx, env)
+
+
+def parse_scores_body(ctx: RoundContext, env: Envelope) -> dict[str, tuple[bytes, float]]:
+    """The trainer -> (digest, distance) map of a scores message; BlockError if malformed."""
+    body = env.payload
+    if not isinstance(body, dict) or not isinstance(body.get("scores"), list):
+        raise BlockError("scores body is not a list")
+    out: dict[str, tuple[bytes, float]] = {}
+    for item in body["scores"]:
+        if not (isinstance(item, list) and len(item) == 3):
+            raise BlockError("scores entry is not [trainer, digest, distance]")
+        trainer, digest, dist = item
+        if trainer not in ctx.trainers or trainer in out:
+            raise BlockError("scores name a non-trainer or a trainer twice")
+        if not isinstance(digest, bytes) or len(digest) != 32:
+            raise BlockError("scores entry has a bad digest")
+        if not isinstance(dist, (int, float)) or not math.isfinite(dist) or dist < 0:
+            raise BlockError("scores entry has a bad distance")
+        out[trainer] = (digest, float(dist))
+    return out
+
+
+def derive_block(
+    ctx: RoundContext, score_vectors: list[bytes], updates: dict[str, ReceivedUpdate]
+) -> tuple[Block, ModelState]:
+    """The block and new global model that these score vectors imply.
+
+    Raises BlockError if the inputs are invalid (then no block can come of them) and
+    MissingUpdates if a selected trainer's update is not in `updates` (then wait for it).
+    """
+    vectors: dict[str, dict[str, tuple[bytes, float]]] = {}
+    for raw in score_vectors:
+        member, scores = parse_score_vector(ctx, raw)
+        if member in vectors:
+            raise BlockError(f"two score vectors from {member[-8:]}")
+        vectors[member] = scores
+    if len(vectors) < ctx.quorum:
+        raise BlockError(f"{len(vectors)} score vectors, a quorum is {ctx.quorum}")
+
+    # A trainer counts only if every vector scored the same update of it: one that sent different
+    # updates to different members (equivocation) is left out rather than guessed about.
+    digests: dict[str, bytes] = {}
+    for trainer in ctx.trainers:
+        seen = {v[trainer][0] for v in vectors.values() if trainer in v}
+        if len(seen) == 1 and all(trainer in v for v in vectors.values()):
+            digests[trainer] = seen.pop()
+    combined = combine_scores(
+        [{t: v[t][1] for t in digests} for _, v in sorted(vectors.items())], ctx.scoring_rule)
+
+    k = math.ceil(ctx.selection_fraction * len(combined)) if combined else 0
+    select = select_lowest_distance if ctx.selection_rule == "S1" else select_highest_distance
+    selected = select(combined, k)
+
+    held = {t: u for t, u in updates.items() if t in digests and u.digest == digests[t]}
+    missing = [t for t in selected if t not in held]
+    if missing:
+        raise MissingUpdates(missing)
+    new_state = aggregate_weighted(
+        ctx.base_state, {t: held[t].state for t in selected},
+        {t: held[t].samples for t in selected})
+
+    size = len(ctx.committee)
+    next_committee = (tuple(elect_middle(combined, size)) if len(combined) >= size
+                      else ctx.committee)
+    # Only aggregated updates are listed: every peer that re-derives holds exactly these, and their
+    # sample counts are bound by the digest (they are inside the signed update).
+    refs = tuple(UpdateRef(t, digests[t], held[t].samples) for t in selected)
+    block = Block(
+        height=ctx.height, prev_hash=ctx.prev_hash, network_id=ctx.network_id,
+        committee=ctx.committee, trainers=ctx.trainers, updates=refs,
+        score_vectors=tuple(sorted(score_vectors)), selected=tuple(selected),
+        model_hash=state_hash(new_state), next_committee=tuple(sorted(next_committee)))
+    return block, new_state

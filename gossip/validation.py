@@ -1,0 +1,59 @@
+"""The admission check every gossip message passes before any other code reads it.
+
+Pure: the caller supplies the current round and the member set; the check returns a verdict with
+the reason, so the driver can log it, count it and tell gossipsub to reject the message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gossip.envelope import MAX_ENVELOPE_BYTES, Envelope, EnvelopeError, decode_envelope
+
+#: How far ahead of our own round a message may be and still be kept for later: a peer a little
+#: ahead of us is normal (it committed first); one far ahead is either lying or we need to sync.
+FUTURE_ROUND_WINDOW = 2
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Outcome of admitting one message: the envelope if accepted, else the reason."""
+
+    envelope: Envelope | None
+    reason: str = ""
+
+    @property
+    def accepted(self) -> bool:
+        return self.envelope is not None
+
+
+@dataclass
+class EnvelopeAdmission:
+    """Checks decoding, size, signature, network, sender membership and round window."""
+
+    network_id: bytes
+    members: frozenset[str]
+    current_round: int = 0
+    max_bytes: int = MAX_ENVELOPE_BYTES
+
+    def admit(self, data: bytes, expected_kinds: tuple[str, ...] | None = None) -> Verdict:
+        """Decide whether wire bytes are an acceptable envelope right now."""
+        try:
+            env = decode_envelope(data, self.max_bytes)
+        except EnvelopeError as exc:
+            return Verdict(None, str(exc))
+        if expected_kinds is not None and env.kind not in expected_kinds:
+            return Verdict(None, f"kind {env.kind} not allowed on this topic")
+        if env.network_id != self.network_id:
+            return Verdict(None, "wrong network id")
+        if env.sender not in self.members:
+            return Verdict(None, f"sender {env.sender[-8:]} is not a member")
+        # The signature is checked before the round, so "stale" is only ever said of real messages.
+        if not env.has_valid_signature():
+            return Verdict(None, f"forged signature (claims sender {env.sender[-8:]})")
+        # A committed block stays valid after its round, so a lagging peer can still use it.
+        if env.round < self.current_round and env.kind != "block":
+            return Verdict(None, f"stale round {env.round} < {self.current_round}")
+        if env.round > self.current_round + FUTURE_ROUND_WINDOW:
+            return Verdict(None, f"round {env.round} too far ahead of {self.current_round}")
+        return Verdict(env)

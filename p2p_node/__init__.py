@@ -1,0 +1,1 @@
+"""The peer process: identity, configuration, the round core and its libp2p driver, the CLI."""

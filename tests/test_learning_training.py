@@ -1,0 +1,131 @@
+"""Data sharding, FedAvg convergence and attack behaviour."""
+
+import numpy as np
+import pytest
+import torch
+
+from learning.aggregation import aggregate_weighted
+from learning.attacks import (
+    ATTACKS,
+    GaussianNoise,
+    LabelFlip,
+    Scaling,
+    SignFlip,
+    Zeros,
+    make_attack,
+)
+from learning.data import load_digits_split, shard
+from learning.model import ModelSpec, initial_state
+from learning.training import evaluate, train_local
+
+SPEC = ModelSpec()
+
+
+@pytest.fixture(scope="module")
+def split():
+    return load_digits_split(seed=0)
+
+
+def test_split_shapes_and_scaling(split):
+    train, test = split
+    assert len(train) + len(test) == 1797 and len(test) == 360
+    assert train.x.dtype == torch.float32 and train.x.shape[1] == 64
+    assert train.y.dtype == torch.int64
+    assert 0.0 <= float(train.x.min()) and float(train.x.max()) <= 1.0
+    again, _ = load_digits_split(seed=0)
+    assert torch.equal(again.x, train.x) and torch.equal(again.y, train.y)
+
+
+def _rows(d):
+    return {tuple(r) for r in torch.cat([d.x, d.y[:, None].float()], 1).tolist()}
+
+
+@pytest.mark.parametrize("partition", ["iid", "dirichlet"])
+def test_shards_disjoint_covering_nonempty(split, partition):
+    train, _ = split
+    n = 6
+    shards = [shard(train, n, i, seed=7, partition=partition, alpha=0.1) for i in range(n)]
+    assert sum(len(s) for s in shards) == len(train)
+    assert all(len(s) >= 2 for s in shards)
+    union = set()
+    for s in shards:
+        union |= _rows(s)
+    assert union == _rows(train)  # covering; with sizes summing to n this also means disjoint
+    if partition == "iid":
+        assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    again = shard(train, n, 3, seed=7, partition=partition, alpha=0.1)
+    assert torch.equal(again.x, shards[3].x) and torch.equal(again.y, shards[3].y)
+
+
+def test_dirichlet_tiny_alpha_still_gives_every_shard_samples(split):
+    train, _ = split
+    sizes = [len(shard(train, 20, i, seed=1, partition="dirichlet", alpha=0.01)) for i in range(20)]
+    assert min(sizes) >= 2 and sum(sizes) == len(train)
+
+
+def test_fedavg_iid_reaches_accuracy(split):
+    train, test = split
+    shards = {f"p{i}": shard(train, 6, i, seed=1) for i in range(6)}
+    samples = {p: len(d) for p, d in shards.items()}
+    state = initial_state(SPEC, seed=0)
+    for rnd in range(5):
+        ups = {
+            p: train_local(SPEC, state, d, epochs=2, lr=0.1, batch_size=16, seed=100 * rnd + i)
+            for i, (p, d) in enumerate(sorted(shards.items()))
+        }
+        state = aggregate_weighted(state, ups, samples)
+    acc = evaluate(SPEC, state, test)
+    print(f"FedAvg test accuracy after 5 rounds: {acc:.4f}")
+    assert acc > 0.8
+
+
+def test_train_local_is_deterministic(split):
+    train, _ = split
+    d = shard(train, 6, 0, seed=1)
+    base = initial_state(SPEC, 0)
+    a = train_local(SPEC, base, d, epochs=1, lr=0.1, batch_size=16, seed=5)
+    b = train_local(SPEC, base, d, epochs=1, lr=0.1, batch_size=16, seed=5)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["0.weight"], base["0.weight"])
+
+
+def test_attacks_change_update_as_described(split):
+    train, _ = split
+    base = {"w": torch.tensor([1.0, 2.0]), "b": torch.tensor([0.5])}
+    trained = {"w": torch.tensor([2.0, 1.0]), "b": torch.tensor([1.5])}
+    rng = np.random.default_rng(0)
+
+    flipped = SignFlip().poison_update(base, trained, rng)
+    assert torch.equal(flipped["w"], torch.tensor([0.0, 3.0]))
+    assert torch.equal(flipped["b"], torch.tensor([-0.5]))
+
+    scaled = Scaling(factor=10.0).poison_update(base, trained, rng)
+    assert torch.equal(scaled["w"], torch.tensor([11.0, -8.0]))
+
+    zeros = Zeros().poison_update(base, trained, rng)
+    assert all(torch.count_nonzero(zeros[k]) == 0 for k in zeros)
+
+    big = {"w": torch.zeros(20000)}
+    noisy = GaussianNoise(sigma=2.0).poison_update(big, big, np.random.default_rng(0))
+    assert noisy["w"].dtype == torch.float32
+    assert float(noisy["w"].std()) == pytest.approx(2.0, rel=0.05)
+    noisy2 = GaussianNoise(sigma=2.0).poison_update(big, big, np.random.default_rng(0))
+    assert torch.equal(noisy["w"], noisy2["w"])  # seeded
+
+    data = shard(train, 6, 0, seed=1)
+    poisoned = LabelFlip().poison_data(data, rng)
+    assert torch.equal(poisoned.y, 9 - data.y) and torch.equal(poisoned.x, data.x)
+    # attacks that only touch one hook leave the other as identity
+    assert LabelFlip().poison_update(base, trained, rng) is trained
+    assert SignFlip().poison_data(data, rng) is data
+
+
+def test_make_attack_registry():
+    assert make_attack("none") is None and make_attack("") is None
+    assert set(ATTACKS) == {"sign_flip", "gaussian_noise", "scaling", "zeros", "label_flip"}
+    for name, cls in ATTACKS.items():
+        att = make_attack(name)
+        assert isinstance(att, cls) and att.name == name
+    assert isinstance(make_attack("sign-flip"), SignFlip)
+    with pytest.raises(ValueError, match="sign_flip"):
+        make_attack("teleport")
