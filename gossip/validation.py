@@ -21,6 +21,8 @@ class Verdict:
 
     envelope: Envelope | None
     reason: str = ""
+    #: True for messages that are merely late or early (normal in gossip), not misbehaviour.
+    benign: bool = False
 
     @property
     def accepted(self) -> bool:
@@ -53,7 +55,8 @@ class EnvelopeAdmission:
             return Verdict(None, f"forged signature (claims sender {env.sender[-8:]})")
         # A committed block stays valid after its round, so a lagging peer can still use it.
         if env.round < self.current_round and env.kind != "block":
-            return Verdict(None, f"stale round {env.round} < {self.current_round}")
+            return Verdict(None, f"stale round {env.round} < {self.current_round}", benign=True)
         if env.round > self.current_round + FUTURE_ROUND_WINDOW:
-            return Verdict(None, f"round {env.round} too far ahead of {self.current_round}")
+            return Verdict(None, f"round {env.round} too far ahead of {self.current_round}",
+                           benign=True)
         return Verdict(env)

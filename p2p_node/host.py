@@ -1,0 +1,71 @@
+"""Building the libp2p host and gossipsub router, with every traffic limit set on purpose.
+
+py-libp2p's defaults lose traffic silently (DEVELOPERS.md, verified on loopback), so each one
+that matters to us is set here, in one place, with the reason.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+import multiaddr
+from libp2p import new_host
+from libp2p.abc import IHost
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
+from libp2p.pubsub import rpc_queue
+from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.tools.anyio_service import background_trio_service
+
+from gossip.envelope import MAX_ENVELOPE_BYTES
+from gossip.peer_keys import Signer
+
+#: Heartbeat: py-libp2p's default is 120 s, far too slow to form and repair meshes.
+HEARTBEAT_SECONDS = 1
+#: Spam protection counts messages per topic per *forwarding* peer: a committee member forwards
+#: one update per trainer within a second, so the default 10/s would drop honest traffic. Our own
+#: signature checks, not a rate, are what keep junk out.
+MAX_MESSAGES_PER_TOPIC_PER_SECOND = 1000.0
+#: Per-peer outbound queue: 32 by default; a round's burst (updates, scores, votes, blocks,
+#: rebroadcasts) to one slow peer can pass that. The queue's size is a constructor default bound
+#: at import time, so it is raised here on the class itself.
+OUTBOUND_QUEUE_MESSAGES = 1024
+#: Inbound RPC limit: above our own envelope cap, so our cap (a logged refusal) is the one hit.
+MAX_INBOUND_RPC_BYTES = 2 * 1024 * 1024
+
+assert MAX_ENVELOPE_BYTES < rpc_queue.DefaultMaxMessageSize  # outbound split limit (1 MiB)
+rpc_queue.RpcQueue.__init__.__defaults__ = (OUTBOUND_QUEUE_MESSAGES,
+                                            rpc_queue.DefaultMaxMessageSize)
+
+
+def build_host(signer: Signer) -> tuple[IHost, Pubsub, GossipSub]:
+    """A TCP host with Noise pinned (no plaintext, no secio) and yamux, plus gossipsub v1.1."""
+    key_pair = create_new_key_pair(signer.seed)
+    noise = NoiseTransport(key_pair, noise_privkey=create_new_x25519_key_pair().private_key)
+    host = new_host(key_pair=key_pair, sec_opt={NOISE_PROTOCOL_ID: noise},
+                    muxer_preference="YAMUX")
+    router = GossipSub(
+        protocols=[PROTOCOL_ID_V11], degree=6, degree_low=4, degree_high=12,
+        heartbeat_interval=HEARTBEAT_SECONDS, heartbeat_initial_delay=0.1,
+        spam_protection_enabled=True,
+        max_messages_per_topic_per_second=MAX_MESSAGES_PER_TOPIC_PER_SECOND,
+        # Peers on one LAN (or loopback) share an address: IP diversity would shrink the mesh.
+        eclipse_protection_enabled=False,
+    )
+    pubsub = Pubsub(host, router, max_inbound_rpc_size=MAX_INBOUND_RPC_BYTES)
+    return host, pubsub, router
+
+
+@asynccontextmanager
+async def running_host(signer: Signer, listen: list[str]) -> AsyncIterator[
+        tuple[IHost, Pubsub, GossipSub]]:
+    """Build, start and listen; everything stops when the block exits."""
+    host, pubsub, router = build_host(signer)
+    async with host.run([multiaddr.Multiaddr(a) for a in listen]):
+        async with background_trio_service(pubsub), background_trio_service(router):
+            await pubsub.wait_until_ready()
+            yield host, pubsub, router

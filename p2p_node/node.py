@@ -1,0 +1,380 @@
+"""The peer process's driver: moves bytes between libp2p and the round core, trains, stores.
+
+Protocol rules live in RoundMachine and chain.round_rules; this module only carries out what they
+decide: publish, train in a worker thread, fire deadlines, write committed blocks to disk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import trio
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.pubsub.pb import rpc_pb2
+import multiaddr
+
+from chain.block import CommittedBlock
+from chain.genesis import Genesis
+from chain.round_rules import RoundContext, trainers_for
+from chain.store import BlockStore, ModelStore
+from gossip.envelope import MAX_ENVELOPE_BYTES, Envelope, decode_envelope
+from gossip.validation import EnvelopeAdmission
+from learning.attacks import Attack, make_attack
+from learning.data import Dataset, load_digits_split, shard
+from learning.model import ModelSpec, initial_state
+from learning.tensors import ModelState, state_bytes, state_from_bytes, state_hash
+from learning.training import evaluate, train_local
+from p2p_node.host import HEARTBEAT_SECONDS, running_host
+from p2p_node.identity import load_identity
+from p2p_node.round_machine import Commit, Publish, Rejected, RoundMachine
+
+log = logging.getLogger("p2p_node")
+
+#: Which topic carries which kinds: updates are the bulk, blocks are for every peer.
+TOPIC_KINDS = {"updates": ("update",), "committee": ("scores", "proposal", "vote"),
+               "blocks": ("block",)}
+
+
+def topic_name(network_id: bytes, topic: str) -> str:
+    return f"/cmfl/{network_id.hex()[:16]}/{topic}"
+
+
+@dataclass
+class NodeConfig:
+    """Everything `p2p-node run` takes."""
+
+    data_dir: Path
+    genesis_path: Path | None = None
+    listen: list[str] = field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/0"])
+    bootstrap: list[str] = field(default_factory=list)
+    attack: str = "none"
+    shard_index: int | None = None
+    num_shards: int | None = None
+    rounds: int | None = None
+    collect_timeout: float = 20.0
+    propose_timeout: float = 10.0
+    rebroadcast_interval: float = 3.0
+    start_wait: float = 60.0
+    #: peers that must share our topics before the first round (default: the bootstrap count)
+    min_peers: int | None = None
+    linger: float = 5.0
+    threads: int = 1
+
+    @property
+    def genesis_file(self) -> Path:
+        return self.genesis_path or self.data_dir / "genesis.json"
+
+
+@dataclass
+class RoundTimes:
+    """When the stages of one round ended, seconds since the round began."""
+
+    started: float
+    marks: dict[str, float] = field(default_factory=dict)
+
+    def mark(self, stage: str) -> None:
+        self.marks.setdefault(stage, time.monotonic() - self.started)
+
+
+def open_chain(data_dir: Path) -> tuple[BlockStore, ModelStore]:
+    return BlockStore(data_dir / "chain.sqlite"), ModelStore(data_dir / "models")
+
+
+class Node:
+    """One peer: identity, chain, private data, and the round loop over libp2p."""
+
+    def __init__(self, config: NodeConfig, on_event: Callable[[dict], None] | None = None):
+        self.config = config
+        self.signer = load_identity(config.data_dir)
+        self.me = self.signer.peer_id
+        self.genesis = Genesis.load(config.genesis_file)
+        self.network_id = self.genesis.network_id
+        if self.me not in self.genesis.members:
+            raise ValueError(f"this peer ({self.me}) is not a member in {config.genesis_file}")
+        self.store, self.models = open_chain(config.data_dir)
+        self.spec = ModelSpec.from_dict(self.genesis.model)
+        self.attack: Attack | None = make_attack(config.attack)
+        self.train_data, self.test_data = self._load_data()
+        self.admission = EnvelopeAdmission(self.network_id, frozenset(self.genesis.members))
+        self.on_event = on_event or (lambda e: None)
+        self.rejections: dict[str, int] = defaultdict(int)
+        self._future: dict[int, list[Envelope]] = defaultdict(list)
+        self._own_messages: list[tuple[str, bytes]] = []
+        self._pubsub: Any = None
+        self._inbox_send, self._inbox = trio.open_memory_channel[tuple](100_000)
+        self.host: Any = None
+
+    # set-up ------------------------------------------------------------------------------------
+    def _load_data(self) -> tuple[Dataset, Dataset]:
+        g, data = self.genesis, self.genesis.data
+        train, test = load_digits_split(g.seed, float(data.get("test_fraction", 0.2)))
+        members = sorted(g.members)
+        index = (self.config.shard_index if self.config.shard_index is not None
+                 else members.index(self.me))
+        count = self.config.num_shards or len(members)
+        local = shard(train, count, index, g.seed, data.get("partition", "iid"),
+                      float(data.get("alpha", 0.5)))
+        if self.attack is not None:
+            local = self.attack.poison_data(local, np.random.default_rng([g.seed, index]))
+        self.shard_index = index
+        return local, test
+
+    def _context(self) -> tuple[RoundContext, bool]:
+        """The next round's context from the local chain; the flag says it resumes a chain."""
+        g = self.genesis
+        head = self.store.head()
+        sel = g.selection
+        common = dict(network_id=self.network_id, members=tuple(sorted(g.members)),
+                      selection_rule=sel["rule"], selection_fraction=float(sel["fraction"]),
+                      scoring_rule=sel["scoring"])
+        if head is None:
+            state = initial_state(self.spec, g.seed)
+            committee = tuple(sorted(g.committee))
+            return RoundContext(height=0, prev_hash=self.network_id, committee=committee,
+                                trainers=trainers_for(common["members"], committee),
+                                base_state=state, base_hash=state_hash(state), **common), False
+        height, head_hash = head
+        block = self.store.get(height).block
+        raw = self.models.get(block.model_hash)
+        if raw is None:
+            raise RuntimeError(f"model {block.model_hash.hex()[:12]} of block {height} missing")
+        state = state_from_bytes(raw)
+        committee = block.next_committee
+        return RoundContext(height=height + 1, prev_hash=head_hash, committee=committee,
+                            trainers=trainers_for(common["members"], committee),
+                            base_state=state, base_hash=block.model_hash, **common), True
+
+    # gossip ------------------------------------------------------------------------------------
+    def _validator(self, topic: str) -> Callable[[Any, rpc_pb2.Message], bool]:
+        kinds = TOPIC_KINDS[topic]
+
+        def validate(forwarder: Any, msg: rpc_pb2.Message) -> bool:
+            verdict = self.admission.admit(msg.data, kinds)
+            if not verdict.accepted:
+                reason = verdict.reason
+                self.rejections[reason.split(":")[0].split(" (")[0].split(" from")[0]] += 1
+                # Late messages of a decided round are normal gossip; only misbehaviour is loud.
+                log.log(logging.DEBUG if verdict.benign else logging.WARNING,
+                        "rejected %s message via %s: %s", topic, str(forwarder)[-8:], reason)
+            return verdict.accepted
+
+        return validate
+
+    async def _read_topic(self, subscription: Any) -> None:
+        async for msg in subscription:
+            # Already admitted by the validator (signature included); decoding again is cheap.
+            await self._inbox_send.send(("envelope", decode_envelope(msg.data)))
+
+    async def _publish(self, ctx: RoundContext, kind: str, payload: Any, keep: bool) -> None:
+        env = Envelope(kind, self.network_id, ctx.height, self.me, payload).signed_by(self.signer)
+        data = env.encode()
+        if len(data) > MAX_ENVELOPE_BYTES:
+            log.error("not publishing %s: %d bytes is over the %d-byte gossip limit",
+                      kind, len(data), MAX_ENVELOPE_BYTES)
+            return
+        topic = next(t for t, kinds in TOPIC_KINDS.items() if kind in kinds)
+        if keep:
+            self._own_messages.append((topic, data))
+        await self._pubsub.publish(topic_name(self.network_id, topic), data)
+
+    async def _rebroadcast(self) -> None:
+        """Repeat this round's own messages: gossip has no replay for peers whose mesh was late."""
+        while True:
+            await trio.sleep(self.config.rebroadcast_interval)
+            for topic, data in list(self._own_messages):
+                await self._pubsub.publish(topic_name(self.network_id, topic), data)
+
+    async def _connect_bootstrap(self, addr: str) -> None:
+        """Dial one bootstrap peer, retrying with back-off while it is not up yet."""
+        delay = 0.25
+        deadline = trio.current_time() + self.config.start_wait
+        while True:
+            try:
+                await self.host.connect(info_from_p2p_addr(multiaddr.Multiaddr(addr)))
+                log.info("connected to bootstrap peer %s", addr)
+                return
+            except Exception as exc:
+                if trio.current_time() > deadline:
+                    log.error("cannot reach bootstrap peer %s: %s", addr, exc)
+                    return
+            await trio.sleep(delay)
+            delay = min(2 * delay, 4.0)
+
+    async def _wait_for_peers(self) -> None:
+        """Before the first round, wait (bounded) until enough peers share our topics.
+
+        Members need not all be connected directly: gossip relays through the mesh, and the
+        rebroadcast covers peers whose mesh formed after a message went out.
+        """
+        topic = topic_name(self.network_id, "committee")
+        want = self.config.min_peers
+        if want is None:
+            want = len(self.config.bootstrap)
+
+        def present() -> int:
+            return len(self._pubsub.peer_topics.get(topic, ()))
+
+        with trio.move_on_after(self.config.start_wait):
+            while present() < want:
+                await trio.sleep(0.2)
+        log.info("starting with %d peers on our topics (waited for %d)", present(), want)
+        # Two heartbeats, so the mesh is grafted before the first publish.
+        await trio.sleep(2 * HEARTBEAT_SECONDS)
+
+    # the round loop ----------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Run until `rounds` blocks are committed (forever if None)."""
+        torch.set_num_threads(self.config.threads)
+        async with running_host(self.signer, self.config.listen) as (host, pubsub, _router):
+            self.host, self._pubsub = host, pubsub
+            addrs = [str(a) for a in host.get_addrs()]
+            (self.config.data_dir / "listen_addrs").write_text("\n".join(addrs) + "\n")
+            log.info("peer %s listening on %s", self.me, ", ".join(addrs))
+            self.on_event({"event": "listening", "peer": self.me, "addrs": addrs})
+            async with trio.open_nursery() as nursery:
+                for topic in TOPIC_KINDS:
+                    name = topic_name(self.network_id, topic)
+                    pubsub.set_topic_validator(name, self._validator(topic), False)
+                    nursery.start_soon(self._read_topic, await pubsub.subscribe(name))
+                for addr in self.config.bootstrap:
+                    nursery.start_soon(self._connect_bootstrap, addr)
+                await self._wait_for_peers()
+                nursery.start_soon(self._rebroadcast)
+                while not self._done():
+                    await self._run_round()
+                await trio.sleep(self.config.linger)  # keep serving the last block to late peers
+                nursery.cancel_scope.cancel()
+
+    def _done(self) -> bool:
+        head = self.store.head()
+        return self.config.rounds is not None and head is not None and \
+            head[0] + 1 >= self.config.rounds
+
+    async def _run_round(self) -> None:
+        ctx, _ = self._context()
+        machine = RoundMachine(ctx, self.me)
+        self.admission.current_round = ctx.height
+        self._own_messages = []
+        times = RoundTimes(time.monotonic())
+        role = "leader" if machine.is_leader else "committee" if machine.is_committee else \
+            "trainer" if machine.is_trainer else "observer"
+        log.info("round %d: %s (%d committee, %d trainers)", ctx.height, role,
+                 len(ctx.committee), len(ctx.trainers))
+        async with trio.open_nursery() as nursery:
+            if machine.is_trainer or machine.is_committee:
+                nursery.start_soon(self._train, ctx, times)
+            nursery.start_soon(self._deadlines, ctx.height)
+            for env in self._future.pop(ctx.height, []):
+                await self._inbox_send.send(("envelope", env))
+            async for item in self._inbox:
+                actions = self._dispatch(machine, ctx, item, times)
+                for action in actions:
+                    if isinstance(action, Publish):
+                        if action.kind == "scores":
+                            times.mark("collected")
+                        await self._publish(ctx, action.kind, action.payload,
+                                            keep=action.kind != "block")
+                    elif isinstance(action, Rejected):
+                        self.rejections[f"{action.kind}: {action.reason}"] += 1
+                        log.warning("round %d: rejected %s from %s: %s", ctx.height,
+                                    action.kind, action.sender[-8:], action.reason)
+                    elif isinstance(action, Commit):
+                        await self._commit(ctx, action, times)
+                if machine.committed:
+                    nursery.cancel_scope.cancel()  # stops this round's training and deadlines
+                    break
+
+    def _dispatch(self, machine: RoundMachine, ctx: RoundContext, item: tuple,
+                  times: RoundTimes) -> list:
+        kind = item[0]
+        if kind == "envelope":
+            env: Envelope = item[1]
+            if env.round > ctx.height:
+                self._future[env.round].append(env)
+                return []
+            if env.kind == "proposal":
+                times.mark("proposed")
+            return machine.on_envelope(env)
+        if item[1] != ctx.height:
+            return []  # a worker or timer of a round already decided
+        if kind == "own_update":
+            times.mark("trained")
+            return machine.on_own_update(item[2], item[3])
+        if kind == "collect_deadline":
+            return machine.on_collect_deadline()
+        if kind == "propose_deadline":
+            return machine.on_propose_deadline()
+        raise AssertionError(kind)
+
+    async def _train(self, ctx: RoundContext, times: RoundTimes) -> None:
+        g = self.genesis
+        # Fresh shuffling each round, reproducible from the chain and the peer's shard.
+        seed = int.from_bytes(ctx.prev_hash[:4], "big") ^ self.shard_index
+        t = g.training
+
+        def work() -> tuple[ModelState, int]:
+            trained = train_local(self.spec, ctx.base_state, self.train_data, int(t["epochs"]),
+                                  float(t["lr"]), int(t["batch_size"]), seed)
+            if self.attack is not None:
+                trained = self.attack.poison_update(ctx.base_state, trained,
+                                                    np.random.default_rng(seed))
+            return trained, len(self.train_data)
+
+        started = time.monotonic()
+        state, samples = await trio.to_thread.run_sync(work, abandon_on_cancel=True)
+        times.marks["train_seconds"] = time.monotonic() - started
+        await self._inbox_send.send(("own_update", ctx.height, state, samples))
+
+    async def _deadlines(self, height: int) -> None:
+        await trio.sleep(self.config.collect_timeout)
+        await self._inbox_send.send(("collect_deadline", height))
+        await trio.sleep(self.config.propose_timeout)
+        await self._inbox_send.send(("propose_deadline", height))
+
+    async def _commit(self, ctx: RoundContext, action: Commit, times: RoundTimes) -> None:
+        block = action.committed.block
+        stored_at = time.monotonic()
+        model_hash = self.models.put(state_bytes(action.new_state))
+        assert model_hash == block.model_hash, "model bytes do not match the block's hash"
+        self.store.append(action.committed)
+        times.marks["store_seconds"] = time.monotonic() - stored_at
+        times.mark("committed")
+        accuracy = await trio.to_thread.run_sync(evaluate, self.spec, action.new_state,
+                                                 self.test_data)
+        event = {
+            "event": "committed", "peer": self.me, "height": block.height,
+            "hash": block.hash().hex(), "committee": list(block.committee),
+            "selected": list(block.selected), "next_committee": list(block.next_committee),
+            "accuracy": round(accuracy, 4), "round_seconds": round(times.marks["committed"], 3),
+            "stages": {k: round(v, 4) for k, v in times.marks.items()},
+            "attack": self.config.attack,
+        }
+        log.info("committed height %d %s acc=%.3f in %.2fs (selected %d of %d)", block.height,
+                 block.hash().hex()[:12], accuracy, times.marks["committed"],
+                 len(block.selected), len(block.trainers))
+        self.on_event(event)
+
+
+def chain_summary(data_dir: Path) -> dict[str, Any]:
+    """Height and head hash of a peer's local chain (no network)."""
+    store = BlockStore(data_dir / "chain.sqlite")
+    try:
+        head = store.head()
+        return {"blocks": 0 if head is None else head[0] + 1,
+                "height": None if head is None else head[0],
+                "head": None if head is None else head[1].hex()}
+    finally:
+        store.close()
+
+
+def event_line(event: dict) -> str:
+    return "EVENT " + json.dumps(event, sort_keys=True)
+
