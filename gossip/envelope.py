@@ -24,7 +24,11 @@ KINDS = ("update", "scores", "proposal", "vote", "block")
 
 
 class EnvelopeError(ValueError):
-    """A message that is not a well-formed, correctly signed envelope; the text is the reason."""
+    """A message that is not a well-formed envelope: `code` names the class, the text the detail."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -70,22 +74,22 @@ class Envelope:
 def decode_envelope(data: bytes, max_bytes: int = MAX_ENVELOPE_BYTES) -> Envelope:
     """Parse wire bytes into an Envelope, checking shape but not signature; EnvelopeError if bad."""
     if len(data) > max_bytes:
-        raise EnvelopeError(f"oversize: {len(data)} bytes > {max_bytes}")
+        raise EnvelopeError("oversize", f"{len(data)} bytes > {max_bytes}")
     try:
         obj = cbor2.loads(data)
     except Exception as exc:  # cbor2 raises several types on malformed input
-        raise EnvelopeError(f"undecodable CBOR: {type(exc).__name__}") from None
+        raise EnvelopeError("undecodable", f"malformed CBOR ({type(exc).__name__})") from None
     if not isinstance(obj, dict) or set(obj) != {"k", "n", "r", "s", "p", "sig"}:
-        raise EnvelopeError("not an envelope map")
+        raise EnvelopeError("malformed", "not an envelope map")
     kind, network_id, rnd, sender, sig = obj["k"], obj["n"], obj["r"], obj["s"], obj["sig"]
     if kind not in KINDS:
-        raise EnvelopeError(f"unknown kind {kind!r:.40}")
+        raise EnvelopeError("malformed", f"unknown kind {kind!r:.40}")
     if not isinstance(network_id, bytes) or len(network_id) != 32:
-        raise EnvelopeError("bad network id")
+        raise EnvelopeError("malformed", "bad network id")
     if not isinstance(rnd, int) or isinstance(rnd, bool) or not 0 <= rnd < 2**63:
-        raise EnvelopeError("bad round")
+        raise EnvelopeError("malformed", "bad round")
     if not isinstance(sender, str) or len(sender) > 128:
-        raise EnvelopeError("bad sender")
+        raise EnvelopeError("malformed", "bad sender")
     if not isinstance(sig, bytes) or len(sig) != 64:
-        raise EnvelopeError("unsigned or bad signature length")
+        raise EnvelopeError("unsigned", "no signature or a bad signature length")
     return Envelope(kind, network_id, rnd, sender, obj["p"], sig)

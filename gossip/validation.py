@@ -17,9 +17,14 @@ FUTURE_ROUND_WINDOW = 2
 
 @dataclass(frozen=True)
 class Verdict:
-    """Outcome of admitting one message: the envelope if accepted, else the reason."""
+    """Outcome of admitting one message: the envelope if accepted, else why not.
+
+    `code` is a short stable class for counters and metrics (forged-signature, stale-round, ...);
+    `reason` is the human-readable detail for the log.
+    """
 
     envelope: Envelope | None
+    code: str = ""
     reason: str = ""
     #: True for messages that are merely late or early (normal in gossip), not misbehaviour.
     benign: bool = False
@@ -43,20 +48,22 @@ class EnvelopeAdmission:
         try:
             env = decode_envelope(data, self.max_bytes)
         except EnvelopeError as exc:
-            return Verdict(None, str(exc))
+            return Verdict(None, exc.code, str(exc))
         if expected_kinds is not None and env.kind not in expected_kinds:
-            return Verdict(None, f"kind {env.kind} not allowed on this topic")
+            return Verdict(None, "wrong-topic", f"kind {env.kind} not allowed on this topic")
         if env.network_id != self.network_id:
-            return Verdict(None, "wrong network id")
+            return Verdict(None, "wrong-network", "message of another network")
         if env.sender not in self.members:
-            return Verdict(None, f"sender {env.sender[-8:]} is not a member")
+            return Verdict(None, "not-member", f"sender {env.sender[-8:]} is not a member")
         # The signature is checked before the round, so "stale" is only ever said of real messages.
         if not env.has_valid_signature():
-            return Verdict(None, f"forged signature (claims sender {env.sender[-8:]})")
+            return Verdict(None, "forged-signature",
+                           f"signature does not verify (claims sender {env.sender[-8:]})")
         # A committed block stays valid after its round, so a lagging peer can still use it.
         if env.round < self.current_round and env.kind != "block":
-            return Verdict(None, f"stale round {env.round} < {self.current_round}", benign=True)
-        if env.round > self.current_round + FUTURE_ROUND_WINDOW:
-            return Verdict(None, f"round {env.round} too far ahead of {self.current_round}",
+            return Verdict(None, "stale-round", f"round {env.round} < {self.current_round}",
                            benign=True)
+        if env.round > self.current_round + FUTURE_ROUND_WINDOW:
+            return Verdict(None, "future-round",
+                           f"round {env.round} too far ahead of {self.current_round}", benign=True)
         return Verdict(env)

@@ -67,6 +67,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     events = args.data_dir / "events.jsonl"
 
     def on_event(event: dict) -> None:
+        if event["event"] == "rejected":
+            return  # already in the log; the events file records the chain's progress
         with open(events, "a") as f:
             f.write(json.dumps(event, sort_keys=True) + "\n")
 

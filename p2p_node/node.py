@@ -159,11 +159,13 @@ class Node:
         def validate(forwarder: Any, msg: rpc_pb2.Message) -> bool:
             verdict = self.admission.admit(msg.data, kinds)
             if not verdict.accepted:
-                reason = verdict.reason
-                self.rejections[reason.split(":")[0].split(" (")[0].split(" from")[0]] += 1
+                self.rejections[verdict.code] += 1
+                self.on_event({"event": "rejected", "peer": self.me, "code": verdict.code,
+                               "topic": topic})
                 # Late messages of a decided round are normal gossip; only misbehaviour is loud.
                 log.log(logging.DEBUG if verdict.benign else logging.WARNING,
-                        "rejected %s message via %s: %s", topic, str(forwarder)[-8:], reason)
+                        "rejected %s message via %s: %s", topic, str(forwarder)[-8:],
+                        verdict.reason)
             return verdict.accepted
 
         return validate
@@ -196,9 +198,15 @@ class Node:
         """Dial one bootstrap peer, retrying with back-off while it is not up yet."""
         delay = 0.25
         deadline = trio.current_time() + self.config.start_wait
+        info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
         while True:
+            # py-libp2p refuses to re-dial a peer for 60 s after one failed dial (its negative
+            # cache); a bootstrap peer that is simply not up yet must be retried sooner, by us.
+            negative_cache = getattr(self.host.get_network(), "_negative_peer_cache", None)
+            if negative_cache is not None:
+                negative_cache.evict(str(info.peer_id))
             try:
-                await self.host.connect(info_from_p2p_addr(multiaddr.Multiaddr(addr)))
+                await self.host.connect(info)
                 log.info("connected to bootstrap peer %s", addr)
                 return
             except Exception as exc:
@@ -268,6 +276,7 @@ class Node:
             "trainer" if machine.is_trainer else "observer"
         log.info("round %d: %s (%d committee, %d trainers)", ctx.height, role,
                  len(ctx.committee), len(ctx.trainers))
+        self.on_event({"event": "round", "peer": self.me, "height": ctx.height, "role": role})
         async with trio.open_nursery() as nursery:
             if machine.is_trainer or machine.is_committee:
                 nursery.start_soon(self._train, ctx, times)
@@ -275,7 +284,10 @@ class Node:
             for env in self._future.pop(ctx.height, []):
                 await self._inbox_send.send(("envelope", env))
             async for item in self._inbox:
+                dispatched = time.monotonic()
                 actions = self._dispatch(machine, ctx, item, times)
+                if any(isinstance(a, Publish) and a.kind == "scores" for a in actions):
+                    times.marks["score_seconds"] = time.monotonic() - dispatched
                 for action in actions:
                     if isinstance(action, Publish):
                         if action.kind == "scores":
@@ -283,7 +295,7 @@ class Node:
                         await self._publish(ctx, action.kind, action.payload,
                                             keep=action.kind != "block")
                     elif isinstance(action, Rejected):
-                        self.rejections[f"{action.kind}: {action.reason}"] += 1
+                        self.rejections[f"invalid-{action.kind}"] += 1
                         log.warning("round %d: rejected %s from %s: %s", ctx.height,
                                     action.kind, action.sender[-8:], action.reason)
                     elif isinstance(action, Commit):

@@ -1,0 +1,68 @@
+"""Where a round's time goes, for the demo's set-up: train / gossip / score / agree / store.
+
+Runs the demo (real peer processes on loopback), reads every peer's per-round stage marks, and
+prints the mean split over committee members together with the ratio of a whole round to the
+local training alone (the baseline, measured in the same run). Round 0 is left out: it includes
+the network's start-up.
+
+    python bench/round_cost.py [--peers 10] [--rounds 6] [--attackers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+from p2p_node.demo import DemoConfig, run_demo
+
+
+def stage_split(events: list[dict]) -> dict[str, float]:
+    """Mean seconds per stage over the committee members' rounds in `events`."""
+    rows = []
+    for e in events:
+        m = e["stages"]
+        if "collected" not in m or e["height"] == 0:
+            continue  # not a committee member this round (or the start-up round)
+        score = m.get("score_seconds", 0.0)
+        store = m["store_seconds"]
+        rows.append({
+            "train": m["train_seconds"],
+            "gossip": m["collected"] - m["trained"] - score,
+            "score": score,
+            "agree": m["committed"] - m["collected"] - store,
+            "store": store,
+            "round": m["committed"],
+        })
+    return {k: statistics.fmean(r[k] for r in rows) for k in rows[0]} if rows else {}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--peers", type=int, default=10)
+    parser.add_argument("--attackers", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--out", type=Path, help="keep the demo's folder here")
+    args = parser.parse_args()
+    out = args.out or Path(tempfile.mkdtemp(prefix="round-cost-"))
+    code = run_demo(DemoConfig(out=out, peers=args.peers, attackers=args.attackers,
+                               rounds=args.rounds))
+    events = [json.loads(line) for d in sorted(out.glob("peer-*"))
+              for line in (d / "events.jsonl").read_text().splitlines()]
+    split = stage_split([e for e in events if e["event"] == "committed"])
+    if not split:
+        print("round_cost: no rounds to measure")
+        return 1
+    print(f"\nround cost, {args.peers} peers, {args.rounds - 1} rounds after start-up, "
+          "mean over committee members (seconds):")
+    for stage in ("train", "gossip", "score", "agree", "store"):
+        print(f"  {stage:<7} {split[stage]:8.3f}  {100 * split[stage] / split['round']:5.1f}%")
+    print(f"  {'round':<7} {split['round']:8.3f}")
+    print(f"ratio round / local training alone: {split['round'] / split['train']:.1f}x")
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,81 @@
+"""Envelopes: signing, canonical encoding, and the admission check every gossip message passes."""
+
+import cbor2
+import pytest
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.peer.id import ID
+
+from gossip.envelope import MAX_ENVELOPE_BYTES, Envelope, EnvelopeError, decode_envelope
+from gossip.peer_keys import Signer, peer_id_from_public_key, public_key_from_peer_id
+from gossip.validation import EnvelopeAdmission
+
+NET = bytes(range(32))
+ALICE, BOB, MALLORY = (Signer(bytes([i]) * 32) for i in (1, 2, 3))
+
+
+def admission(round_=3):
+    return EnvelopeAdmission(NET, frozenset({ALICE.peer_id, BOB.peer_id}), current_round=round_)
+
+
+def signed(kind="update", round_=3, payload=None, signer=ALICE, net=NET):
+    return Envelope(kind, net, round_, "", payload or {"x": 1}).signed_by(signer)
+
+
+def test_peer_id_is_libp2ps_and_inlines_the_key():
+    libp2p_id = ID.from_pubkey(create_new_key_pair(ALICE.seed).public_key).to_base58()
+    assert ALICE.peer_id == libp2p_id
+    assert public_key_from_peer_id(ALICE.peer_id) == ALICE.public_key
+    assert peer_id_from_public_key(ALICE.public_key) == ALICE.peer_id
+    with pytest.raises(ValueError):
+        public_key_from_peer_id("QmNotAnEd25519Id")
+
+
+def test_roundtrip_is_canonical_and_verifies():
+    env = signed(payload={"b": 2, "a": [1, b"\x00"]})
+    data = env.encode()
+    back = decode_envelope(data)
+    assert back == env and back.encode() == data and back.has_valid_signature()
+    assert admission().admit(data).envelope == env
+
+
+@pytest.mark.parametrize("mutate, code", [
+    (lambda e: Envelope(e.kind, e.network_id, e.round, e.sender, {"x": 2}, e.signature),
+     "forged-signature"),
+    (lambda e: Envelope(e.kind, e.network_id, e.round, BOB.peer_id, e.payload, e.signature),
+     "forged-signature"),
+    (lambda e: signed(signer=MALLORY), "not-member"),
+    (lambda e: signed(net=bytes(32)), "wrong-network"),
+    (lambda e: signed(round_=2), "stale-round"),
+    (lambda e: signed(round_=9), "future-round"),
+])
+def test_admission_rejects_with_a_reason(mutate, code):
+    verdict = admission().admit(mutate(signed()).encode())
+    assert not verdict.accepted and verdict.code == code and verdict.reason
+
+
+def test_a_committed_block_stays_admissible_after_its_round():
+    assert admission().admit(signed(kind="block", round_=1).encode()).accepted
+
+
+def test_topic_accepts_only_its_kinds():
+    verdict = admission().admit(signed(kind="vote").encode(), expected_kinds=("update",))
+    assert verdict.code == "wrong-topic"
+
+
+@pytest.mark.parametrize("data, code", [
+    (b"\xff\x00garbage", "undecodable"),
+    (b"", "undecodable"),
+    (cbor2.dumps([1, 2, 3]), "malformed"),
+    (cbor2.dumps({"k": "update", "n": NET, "r": -1, "s": "x", "p": 0, "sig": bytes(64)}),
+     "malformed"),
+    (cbor2.dumps({"k": "nope", "n": NET, "r": 1, "s": "x", "p": 0, "sig": bytes(64)}),
+     "malformed"),
+    (cbor2.dumps({"k": "update", "n": NET, "r": 1, "s": "x", "p": 0, "sig": b""}), "unsigned"),
+    (b"\x81" * 100_000, "undecodable"),  # deeply nested arrays
+    (b"\x00" * (MAX_ENVELOPE_BYTES + 1), "oversize"),
+])
+def test_garbage_is_rejected_not_raised(data, code):
+    verdict = admission().admit(data)
+    assert not verdict.accepted and verdict.code == code
+    with pytest.raises(EnvelopeError):
+        decode_envelope(data)
