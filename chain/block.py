@@ -45,7 +45,8 @@ class Block:
     model_hash: bytes
     next_committee: tuple[str, ...]
     membership: tuple[Any, ...] = ()
-    evidence: tuple[Any, ...] = ()
+    #: equivocation proofs: pairs of conflicting signed envelopes (wire bytes) by one member
+    evidence: tuple[tuple[bytes, bytes], ...] = ()
 
     def to_obj(self) -> dict[str, Any]:
         return {
@@ -54,7 +55,7 @@ class Block:
             "updates": [[u.peer, u.digest, u.samples] for u in self.updates],
             "score_vectors": list(self.score_vectors), "selected": list(self.selected),
             "model_hash": self.model_hash, "next_committee": list(self.next_committee),
-            "membership": list(self.membership), "evidence": list(self.evidence),
+            "membership": list(self.membership), "evidence": [list(e) for e in self.evidence],
         }
 
     @classmethod
@@ -71,16 +72,28 @@ class Block:
                 score_vectors=tuple(_bytes(v) for v in o["score_vectors"]),
                 selected=_ids(o["selected"]), model_hash=_hash(o["model_hash"]),
                 next_committee=_ids(o["next_committee"]),
-                membership=tuple(o["membership"]), evidence=tuple(o["evidence"]))
+                membership=_no_membership(o["membership"]), evidence=tuple(_pair(e) for e in o["evidence"]))
         except BlockError:
             raise
         except (TypeError, ValueError) as exc:
             raise BlockError(f"malformed block: {exc}") from None
         return block
 
+    def encode(self) -> bytes:
+        """Canonical CBOR of the block without certificate: what the committee agrees on."""
+        return cbor2.dumps(self.to_obj(), canonical=True)
+
+    @classmethod
+    def decode(cls, data: bytes) -> Block:
+        try:
+            obj = cbor2.loads(data)
+        except Exception as exc:
+            raise BlockError(f"undecodable block: {type(exc).__name__}") from None
+        return cls.from_obj(obj)
+
     def hash(self) -> bytes:
-        """SHA-256 of the canonical CBOR of the block (without certificate)."""
-        return hashlib.sha256(cbor2.dumps(self.to_obj(), canonical=True)).digest()
+        """SHA-256 of `encode()`: the block's identity and the value pBFT decides on."""
+        return hashlib.sha256(self.encode()).digest()
 
 
 _BLOCK_FIELDS = {"height", "prev_hash", "network_id", "committee", "trainers", "updates",
@@ -88,16 +101,22 @@ _BLOCK_FIELDS = {"height", "prev_hash", "network_id", "committee", "trainers", "
                  "evidence"}
 
 
-def vote_envelope(network_id: bytes, height: int, block_hash: bytes, sender: str = "",
-                  signature: bytes = b"") -> Envelope:
-    """The vote a committee member signs to commit `block_hash` at `height`."""
-    return Envelope("vote", network_id, height, sender, {"block_hash": block_hash}, signature)
+def commit_envelope(network_id: bytes, height: int, view: int, block_hash: bytes,
+                    sender: str = "", signature: bytes = b"") -> Envelope:
+    """The pBFT commit a committee member signs for `block_hash` at (`height`, `view`).
+
+    Its payload is exactly `bft.messages.Commit.body()`, so the commits the committee gossips
+    are the certificate's signatures, re-checkable by anyone.
+    """
+    return Envelope("commit", network_id, height, sender,
+                    {"view": view, "value_hash": block_hash}, signature)
 
 
 @dataclass(frozen=True)
 class CommitCertificate:
-    """Committee members' signatures on their votes for one block hash."""
+    """A quorum of committee members' signed commits for one block in one view."""
 
+    view: int
     votes: tuple[tuple[str, bytes], ...]
 
     def verify(self, block: Block, committee: tuple[str, ...]) -> None:
@@ -109,8 +128,9 @@ class CommitCertificate:
                 raise BlockError(f"certificate signer {member[-8:]} is not on the committee")
             if member in signers:
                 raise BlockError(f"certificate counts {member[-8:]} twice")
-            vote = vote_envelope(block.network_id, block.height, block_hash, member, signature)
-            if not vote.has_valid_signature():
+            commit = commit_envelope(block.network_id, block.height, self.view, block_hash,
+                                     member, signature)
+            if not commit.has_valid_signature():
                 raise BlockError(f"certificate signature of {member[-8:]} is invalid")
             signers.add(member)
         need = quorum_size(len(committee))
@@ -127,20 +147,26 @@ class CommittedBlock:
 
     def to_obj(self) -> dict[str, Any]:
         return {"block": self.block.to_obj(),
-                "certificate": [[m, s] for m, s in self.certificate.votes]}
+                "certificate": {"view": self.certificate.view,
+                                "commits": [[m, s] for m, s in self.certificate.votes]}}
 
     def encode(self) -> bytes:
         return cbor2.dumps(self.to_obj(), canonical=True)
 
     @classmethod
     def from_obj(cls, o: Any) -> CommittedBlock:
+        """Parse untrusted decoded CBOR; BlockError if malformed (signatures are not checked)."""
         if not isinstance(o, dict) or set(o) != {"block", "certificate"}:
             raise BlockError("not a committed block map")
+        cert = o["certificate"]
         try:
-            votes = tuple((_id(m), _bytes(s)) for m, s in o["certificate"])
+            if not isinstance(cert, dict) or set(cert) != {"view", "commits"}:
+                raise BlockError("certificate is not {view, commits}")
+            votes = tuple((_id(m), _bytes(s)) for m, s in cert["commits"])
+            view = _int(cert["view"])
         except (TypeError, ValueError) as exc:
             raise BlockError(f"malformed certificate: {exc}") from None
-        return cls(Block.from_obj(o["block"]), CommitCertificate(votes))
+        return cls(Block.from_obj(o["block"]), CommitCertificate(view, votes))
 
     @classmethod
     def decode(cls, data: bytes) -> CommittedBlock:
@@ -149,6 +175,19 @@ class CommittedBlock:
         except Exception as exc:
             raise BlockError(f"undecodable block: {type(exc).__name__}") from None
         return cls.from_obj(obj)
+
+
+def _no_membership(v: Any) -> tuple[()]:
+    # Membership changes after genesis are not defined yet (chain issue): none is valid.
+    if v != []:
+        raise BlockError("membership changes are not supported yet")
+    return ()
+
+
+def _pair(v: Any) -> tuple[bytes, bytes]:
+    if not isinstance(v, list) or len(v) != 2:
+        raise BlockError("evidence entry is not a pair of messages")
+    return _bytes(v[0]), _bytes(v[1])
 
 
 def _int(v: Any) -> int:

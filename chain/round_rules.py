@@ -10,13 +10,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from bft.messages import KINDS as PBFT_KINDS
 from bft.quorum import quorum_size
 from chain.block import Block, BlockError, UpdateRef
 from gossip.envelope import Envelope, EnvelopeError, decode_envelope
-from learning.aggregation import aggregate_weighted
-from learning.election import elect_middle
-from learning.scoring import combine_scores
-from learning.selection import select_highest_distance, select_lowest_distance
+from learning.cmfl import RoundConfig, find_dissenters, finish_round, select_round
 from learning.tensors import ModelState, state_hash
 
 
@@ -32,9 +30,10 @@ class RoundContext:
     trainers: tuple[str, ...]
     base_state: ModelState
     base_hash: bytes
-    selection_rule: str = "S1"
-    selection_fraction: float = 0.5
-    scoring_rule: str = "sum"
+    #: the genesis `selection` settings (rule, fraction, scoring, election, outlier ratio)
+    selection: RoundConfig = RoundConfig()
+    #: members with recorded misbehaviour in the chain so far: never elected again
+    excluded: frozenset[str] = frozenset()
 
     @property
     def leader(self) -> str:
@@ -110,9 +109,10 @@ def parse_scores_body(ctx: RoundContext, env: Envelope) -> dict[str, tuple[bytes
 
 
 def derive_block(
-    ctx: RoundContext, score_vectors: list[bytes], updates: dict[str, ReceivedUpdate]
+    ctx: RoundContext, score_vectors: list[bytes], updates: dict[str, ReceivedUpdate],
+    evidence: tuple[tuple[bytes, bytes], ...] = (),
 ) -> tuple[Block, ModelState]:
-    """The block and new global model that these score vectors imply.
+    """The block and new global model that these score vectors (and evidence) imply.
 
     Raises BlockError if the inputs are invalid (then no block can come of them) and
     MissingUpdates if a selected trainer's update is not in `updates` (then wait for it).
@@ -126,31 +126,21 @@ def derive_block(
     if len(vectors) < ctx.quorum:
         raise BlockError(f"{len(vectors)} score vectors, a quorum is {ctx.quorum}")
 
-    # A trainer counts only if every vector scored the same update of it: one that sent different
-    # updates to different members (equivocation) is left out rather than guessed about.
-    digests: dict[str, bytes] = {}
-    for trainer in ctx.trainers:
-        seen = {v[trainer][0] for v in vectors.values() if trainer in v}
-        if len(seen) == 1 and all(trainer in v for v in vectors.values()):
-            digests[trainer] = seen.pop()
-    combined = combine_scores(
-        [{t: v[t][1] for t in digests} for _, v in sorted(vectors.items())], ctx.scoring_rule)
-
-    k = math.ceil(ctx.selection_fraction * len(combined)) if combined else 0
-    select = select_lowest_distance if ctx.selection_rule == "S1" else select_highest_distance
-    selected = select(combined, k)
+    digests = agreed_digests(vectors, ctx.trainers)
+    evidence = tuple(sorted(set(evidence)))
+    offenders = {check_evidence(ctx.network_id, pair) for pair in evidence}
+    # The learning decision is learning.cmfl's, the same code the robustness harness runs.
+    selection = select_round(distances(vectors, digests), ctx.selection)
+    selected = list(selection.selected)
 
     held = {t: u for t, u in updates.items() if t in digests and u.digest == digests[t]}
     missing = [t for t in selected if t not in held]
     if missing:
         raise MissingUpdates(missing)
-    new_state = aggregate_weighted(
-        ctx.base_state, {t: held[t].state for t in selected},
-        {t: held[t].samples for t in selected})
-
-    size = len(ctx.committee)
-    next_committee = (tuple(elect_middle(combined, size)) if len(combined) >= size
-                      else ctx.committee)
+    decision = finish_round(ctx.base_state, selection, {t: held[t].state for t in selected},
+                            {t: held[t].samples for t in selected}, len(ctx.committee),
+                            ctx.committee, ctx.selection, ctx.excluded | offenders)
+    new_state, next_committee = decision.new_state, decision.next_committee
     # Only aggregated updates are listed: every peer that re-derives holds exactly these, and their
     # sample counts are bound by the digest (they are inside the signed update).
     refs = tuple(UpdateRef(t, digests[t], held[t].samples) for t in selected)
@@ -158,5 +148,61 @@ def derive_block(
         height=ctx.height, prev_hash=ctx.prev_hash, network_id=ctx.network_id,
         committee=ctx.committee, trainers=ctx.trainers, updates=refs,
         score_vectors=tuple(sorted(score_vectors)), selected=tuple(selected),
-        model_hash=state_hash(new_state), next_committee=tuple(sorted(next_committee)))
+        model_hash=state_hash(new_state), next_committee=tuple(sorted(next_committee)),
+        evidence=evidence)
     return block, new_state
+
+
+def check_evidence(network_id: bytes, pair: tuple[bytes, bytes]) -> str:
+    """The member an equivocation proof convicts; BlockError unless the proof holds.
+
+    A proof is two different messages of one kind, height and view, both validly signed by the
+    same member: something an honest member never signs (its write-ahead record forbids it).
+    """
+    try:
+        a, b = (decode_envelope(raw) for raw in pair)
+    except EnvelopeError as exc:
+        raise BlockError(f"evidence: {exc}") from None
+    if a.kind not in PBFT_KINDS or (a.kind, a.round, a.sender, a.network_id) != (
+            b.kind, b.round, b.sender, b.network_id) or a.network_id != network_id:
+        raise BlockError("evidence messages are not of one kind, height and member")
+    views = [e.payload.get("view") if isinstance(e.payload, dict) else None for e in (a, b)]
+    if views[0] is None or views[0] != views[1]:
+        raise BlockError("evidence messages are not of one view")
+    if a.signing_bytes() == b.signing_bytes():
+        raise BlockError("evidence messages do not conflict")
+    if not (a.has_valid_signature() and b.has_valid_signature()):
+        raise BlockError("evidence message with a forged signature")
+    return a.sender
+
+
+def recorded_misbehaviour(block: Block) -> set[str]:
+    """Members a committed block convicts: equivocators in its evidence, and committee members
+    whose score vector contradicted the others' (learning.cmfl.find_dissenters)."""
+    offenders = {decode_envelope(pair[0]).sender for pair in block.evidence}
+    vectors = {}
+    for raw in block.score_vectors:
+        env = decode_envelope(raw)
+        vectors[env.sender] = {t: (d, float(s)) for t, d, s in env.payload["scores"]}
+    common = distances(vectors, agreed_digests(vectors, block.trainers))
+    return offenders | set(find_dissenters(common))
+
+
+def agreed_digests(vectors: dict[str, dict[str, tuple[bytes, float]]],
+                   trainers: tuple[str, ...]) -> dict[str, bytes]:
+    """Trainers every vector scored with one same update digest, and that digest.
+
+    A trainer that sent different updates to different members (equivocation) is left out
+    rather than guessed about."""
+    digests: dict[str, bytes] = {}
+    for trainer in trainers:
+        seen = {v[trainer][0] for v in vectors.values() if trainer in v}
+        if len(seen) == 1 and all(trainer in v for v in vectors.values()):
+            digests[trainer] = seen.pop()
+    return digests
+
+
+def distances(vectors: dict[str, dict[str, tuple[bytes, float]]],
+              digests: dict[str, bytes]) -> dict[str, dict[str, float]]:
+    """Each member's distances to the agreed trainers, members in id order."""
+    return {m: {t: v[t][1] for t in digests} for m, v in sorted(vectors.items())}

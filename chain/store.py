@@ -32,6 +32,8 @@ class BlockStore:
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS blocks (height INTEGER PRIMARY KEY, "
                 "hash BLOB NOT NULL UNIQUE, prev_hash BLOB NOT NULL, data BLOB NOT NULL)")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
             self._db.execute("PRAGMA quick_check").fetchone()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"block store {self.path} is corrupt or unreadable: {exc}") from None
@@ -59,6 +61,14 @@ class BlockStore:
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+
+    def put_state(self, key: str, value: bytes) -> None:
+        """Durably set one piece of peer state (e.g. the consensus write-ahead record)."""
+        self._db.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (key, value))
+
+    def get_state(self, key: str) -> bytes | None:
+        row = self._db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
 
     def get(self, height: int) -> CommittedBlock | None:
         row = self._db.execute("SELECT data FROM blocks WHERE height = ?", (height,)).fetchone()

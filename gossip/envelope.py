@@ -20,7 +20,9 @@ _DOMAIN = "cmfl-p2p/envelope/1"
 #: silently, so we stay below it with room for the pubsub framing and refuse loudly instead.
 MAX_ENVELOPE_BYTES = 1024 * 1024 - 16 * 1024
 
-KINDS = ("update", "scores", "proposal", "vote", "block")
+#: update and scores carry learning; the pBFT kinds (bft.messages.KINDS) agree on the block.
+KINDS = ("update", "scores", "pre_prepare", "prepare", "commit", "view_change", "new_view",
+         "block")
 
 
 class EnvelopeError(ValueError):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from learning.selection import rank_by_score
 
 
@@ -16,3 +18,14 @@ def elect_middle(
         return sorted(ranked)
     start = (len(ranked) - size) // 2
     return sorted(ranked[start : start + size])
+
+
+def sample_trainers(candidates: list[str] | tuple[str, ...], count: int, seed: bytes) -> list[str]:
+    """`count` of the candidates, drawn from `seed` (the committed block's hash), sorted by id.
+
+    Each candidate's draw is sha256(seed || id), so every peer gets the same sample from the
+    same block, nobody can steer it without choosing the block, and no RNG state is shared."""
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    draw = sorted(set(candidates), key=lambda p: (hashlib.sha256(seed + p.encode()).digest(), p))
+    return sorted(draw[:count])

@@ -45,7 +45,8 @@ def _cmd_genesis_new(args: argparse.Namespace) -> int:
         name=args.name, members=tuple(members), committee=tuple(committee), seed=args.seed,
         data={"dataset": "digits", "partition": args.partition, "alpha": args.alpha,
               "test_fraction": 0.2},
-        selection={"rule": args.selection, "fraction": args.fraction, "scoring": args.scoring})
+        selection={"rule": args.selection, "fraction": args.fraction, "scoring": args.scoring,
+                   "election": args.election, "outlier_ratio": args.outlier_ratio})
     genesis.check()
     genesis.save(args.out)
     print(f"wrote {args.out}: network id {genesis.network_id.hex()}")
@@ -62,7 +63,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         listen=args.listen or ["/ip4/0.0.0.0/tcp/0"], bootstrap=args.bootstrap or [],
         attack=args.attack, shard_index=args.shard_index, num_shards=args.num_shards,
         rounds=args.rounds, collect_timeout=args.collect_timeout,
-        propose_timeout=args.propose_timeout, start_wait=args.start_wait,
+        propose_timeout=args.propose_timeout, view_timeout=args.view_timeout,
+        start_wait=args.start_wait,
         min_peers=args.min_peers, threads=args.threads)
     events = args.data_dir / "events.jsonl"
 
@@ -130,12 +132,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the model and data split")
     p.add_argument("--partition", choices=["iid", "dirichlet"], default="iid")
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet alpha for non-IID data")
-    p.add_argument("--selection", choices=["S1", "S2"], default="S1",
+    p.add_argument("--selection", choices=["S1", "S2", "auto"], default="auto",
                    help="S1: aggregate the lowest-distance updates (under attack); "
-                        "S2: the highest (non-IID, no attack)")
-    p.add_argument("--fraction", type=float, default=0.5, help="share of trainers aggregated")
-    p.add_argument("--scoring", choices=["sum", "median"], default="sum",
-                   help="combine committee distances by sum (CMFL) or median (robust)")
+                        "S2: the highest (non-IID, no attack); auto (default): drop outliers "
+                        "when there is evidence of attack, else aggregate all")
+    p.add_argument("--fraction", type=float, default=0.5,
+                   help="share of scored trainers aggregated by S1/S2 (auto: at least this)")
+    p.add_argument("--scoring", choices=["sum", "median"], default="median",
+                   help="combine committee distances by sum (CMFL) or median (default; a "
+                        "lying member cannot move it alone)")
+    p.add_argument("--election", choices=["middle", "trusted"], default="trusted",
+                   help="next committee: middle of the ranking (CMFL) or trusted (default: "
+                        "middle of the trainers that passed this round's checks)")
+    p.add_argument("--outlier-ratio", type=float, default=1.3,
+                   help="auto: an update farther than this times the typical distance is an "
+                        "outlier")
     p.set_defaults(func=_cmd_genesis_new)
 
     p = sub.add_parser("run", help="run a peer until stopped (or for --rounds blocks)")
@@ -156,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a committee member waits for updates before scoring")
     p.add_argument("--propose-timeout", type=float, default=10.0,
                    help="further seconds the leader waits for every score vector")
+    p.add_argument("--view-timeout", type=float,
+                   help="pBFT view timeout in seconds, doubled on each view change "
+                        "(default: collect + propose timeouts + 10)")
     p.add_argument("--start-wait", type=float, default=60.0,
                    help="seconds to wait for the other members before the first round")
     p.add_argument("--min-peers", type=int,

@@ -6,6 +6,8 @@ that matters to us is set here, in one place, with the reason.
 
 from __future__ import annotations
 
+import logging
+import sys
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
@@ -20,9 +22,15 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.tools.anyio_service import background_trio_service
+from libp2p.tools.anyio_service.exceptions import LifecycleError
 
 from gossip.envelope import MAX_ENVELOPE_BYTES
 from gossip.peer_keys import Signer
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
+log = logging.getLogger(__name__)
 
 #: Heartbeat: py-libp2p's default is 120 s, far too slow to form and repair meshes.
 HEARTBEAT_SECONDS = 1
@@ -60,12 +68,31 @@ def build_host(signer: Signer) -> tuple[IHost, Pubsub, GossipSub]:
     return host, pubsub, router
 
 
+def _is_shutdown_race(exc: BaseException) -> bool:
+    """py-libp2p 0.8.1 services may still start tasks while they stop: harmless at shutdown."""
+    return isinstance(exc, LifecycleError) or (
+        isinstance(exc, RuntimeError) and "closed to new arrivals" in str(exc))
+
+
 @asynccontextmanager
 async def running_host(signer: Signer, listen: list[str]) -> AsyncIterator[
         tuple[IHost, Pubsub, GossipSub]]:
     """Build, start and listen; everything stops when the block exits."""
     host, pubsub, router = build_host(signer)
-    async with host.run([multiaddr.Multiaddr(a) for a in listen]):
-        async with background_trio_service(pubsub), background_trio_service(router):
-            await pubsub.wait_until_ready()
-            yield host, pubsub, router
+    stopping = False
+    try:
+        async with host.run([multiaddr.Multiaddr(a) for a in listen]):
+            async with background_trio_service(pubsub), background_trio_service(router):
+                await pubsub.wait_until_ready()
+                try:
+                    yield host, pubsub, router
+                finally:
+                    stopping = True
+    except BaseExceptionGroup as group:
+        if not stopping:
+            raise
+        real = group.subgroup(lambda e: isinstance(e, BaseExceptionGroup) or
+                              not _is_shutdown_race(e))
+        if real is not None:
+            raise real from None
+        log.debug("ignored libp2p shutdown races: %s", group)

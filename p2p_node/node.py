@@ -14,37 +14,51 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import cbor2
+import multiaddr
 import numpy as np
 import torch
 import trio
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.pubsub.pb import rpc_pb2
-import multiaddr
 
-from chain.block import CommittedBlock
+from bft.messages import KINDS as PBFT_KINDS
 from chain.genesis import Genesis
-from chain.round_rules import RoundContext, trainers_for
+from chain.round_rules import RoundContext, recorded_misbehaviour, trainers_for
 from chain.store import BlockStore, ModelStore
 from gossip.envelope import MAX_ENVELOPE_BYTES, Envelope, decode_envelope
 from gossip.validation import EnvelopeAdmission
 from learning.attacks import Attack, make_attack
+from learning.cmfl import RoundConfig
 from learning.data import Dataset, load_digits_split, shard
 from learning.model import ModelSpec, initial_state
 from learning.tensors import ModelState, state_bytes, state_from_bytes, state_hash
 from learning.training import evaluate, train_local
 from p2p_node.host import HEARTBEAT_SECONDS, running_host
 from p2p_node.identity import load_identity
-from p2p_node.round_machine import Commit, Publish, Rejected, RoundMachine
+from p2p_node.round_machine import (
+    Commit,
+    Evidence,
+    Publish,
+    PublishSigned,
+    Rejected,
+    RoundMachine,
+    SetTimer,
+)
 
 log = logging.getLogger("p2p_node")
 
 #: Which topic carries which kinds: updates are the bulk, blocks are for every peer.
-TOPIC_KINDS = {"updates": ("update",), "committee": ("scores", "proposal", "vote"),
+TOPIC_KINDS = {"updates": ("update",), "committee": ("scores", *PBFT_KINDS),
                "blocks": ("block",)}
 
 
 def topic_name(network_id: bytes, topic: str) -> str:
     return f"/cmfl/{network_id.hex()[:16]}/{topic}"
+
+
+def _topic_of(kind: str) -> str:
+    return next(t for t, kinds in TOPIC_KINDS.items() if kind in kinds)
 
 
 @dataclass
@@ -61,12 +75,19 @@ class NodeConfig:
     rounds: int | None = None
     collect_timeout: float = 20.0
     propose_timeout: float = 10.0
+    #: pBFT view timeout before back-off (default: collect + propose + 10 s, so an honest
+    #: leader that waited out both deadlines still proposes in time)
+    view_timeout: float | None = None
     rebroadcast_interval: float = 3.0
     start_wait: float = 60.0
     #: peers that must share our topics before the first round (default: the bootstrap count)
     min_peers: int | None = None
     linger: float = 5.0
     threads: int = 1
+
+    @property
+    def base_view_timeout(self) -> float:
+        return self.view_timeout or self.collect_timeout + self.propose_timeout + 10.0
 
     @property
     def genesis_file(self) -> Path:
@@ -106,6 +127,8 @@ class Node:
         self.admission = EnvelopeAdmission(self.network_id, frozenset(self.genesis.members))
         self.on_event = on_event or (lambda e: None)
         self.rejections: dict[str, int] = defaultdict(int)
+        self.evidence: list[Evidence] = []
+        self._excluded: set[str] | None = None
         self._future: dict[int, list[Envelope]] = defaultdict(list)
         self._own_messages: list[tuple[str, bytes]] = []
         self._pubsub: Any = None
@@ -127,30 +150,34 @@ class Node:
         self.shard_index = index
         return local, test
 
-    def _context(self) -> tuple[RoundContext, bool]:
-        """The next round's context from the local chain; the flag says it resumes a chain."""
+    def _context(self) -> RoundContext:
+        """The next round's context, from the genesis and the local chain."""
         g = self.genesis
         head = self.store.head()
-        sel = g.selection
-        common = dict(network_id=self.network_id, members=tuple(sorted(g.members)),
-                      selection_rule=sel["rule"], selection_fraction=float(sel["fraction"]),
-                      scoring_rule=sel["scoring"])
+        members = tuple(sorted(g.members))
+        if self._excluded is None:  # once per process: later blocks add to it in _commit
+            self._excluded = set()
+            for height in self.store.heights():
+                self._excluded |= recorded_misbehaviour(self.store.get(height).block)
+        common = dict(network_id=self.network_id, members=members,
+                      selection=RoundConfig.from_selection(g.selection),
+                      excluded=frozenset(self._excluded))
         if head is None:
             state = initial_state(self.spec, g.seed)
             committee = tuple(sorted(g.committee))
             return RoundContext(height=0, prev_hash=self.network_id, committee=committee,
-                                trainers=trainers_for(common["members"], committee),
-                                base_state=state, base_hash=state_hash(state), **common), False
+                                trainers=trainers_for(members, committee),
+                                base_state=state, base_hash=state_hash(state), **common)
         height, head_hash = head
         block = self.store.get(height).block
         raw = self.models.get(block.model_hash)
         if raw is None:
             raise RuntimeError(f"model {block.model_hash.hex()[:12]} of block {height} missing")
-        state = state_from_bytes(raw)
         committee = block.next_committee
         return RoundContext(height=height + 1, prev_hash=head_hash, committee=committee,
-                            trainers=trainers_for(common["members"], committee),
-                            base_state=state, base_hash=block.model_hash, **common), True
+                            trainers=trainers_for(members, committee),
+                            base_state=state_from_bytes(raw), base_hash=block.model_hash,
+                            **common)
 
     # gossip ------------------------------------------------------------------------------------
     def _validator(self, topic: str) -> Callable[[Any, rpc_pb2.Message], bool]:
@@ -182,10 +209,12 @@ class Node:
             log.error("not publishing %s: %d bytes is over the %d-byte gossip limit",
                       kind, len(data), MAX_ENVELOPE_BYTES)
             return
-        topic = next(t for t, kinds in TOPIC_KINDS.items() if kind in kinds)
         if keep:
-            self._own_messages.append((topic, data))
-        await self._pubsub.publish(topic_name(self.network_id, topic), data)
+            self._own_messages.append((_topic_of(kind), data))
+        await self._publish_raw(kind, data)
+
+    async def _publish_raw(self, kind: str, data: bytes) -> None:
+        await self._pubsub.publish(topic_name(self.network_id, _topic_of(kind)), data)
 
     async def _rebroadcast(self) -> None:
         """Repeat this round's own messages: gossip has no replay for peers whose mesh was late."""
@@ -267,13 +296,18 @@ class Node:
             head[0] + 1 >= self.config.rounds
 
     async def _run_round(self) -> None:
-        ctx, _ = self._context()
-        machine = RoundMachine(ctx, self.me)
+        ctx = self._context()
+        snapshot = self.store.get_state("pbft")
+        evidence = tuple((e.first.encode(), e.second.encode()) for e in self.evidence
+                         if e.member not in ctx.excluded)
+        machine = RoundMachine(ctx, self.me, cbor2.loads(snapshot) if snapshot else None,
+                               evidence=evidence)
         self.admission.current_round = ctx.height
         self._own_messages = []
         times = RoundTimes(time.monotonic())
-        role = "leader" if machine.is_leader else "committee" if machine.is_committee else \
-            "trainer" if machine.is_trainer else "observer"
+        role = ("leader" if machine.is_committee and ctx.leader == self.me else
+                "committee" if machine.is_committee else
+                "trainer" if machine.is_trainer else "observer")
         log.info("round %d: %s (%d committee, %d trainers)", ctx.height, role,
                  len(ctx.committee), len(ctx.trainers))
         self.on_event({"event": "round", "peer": self.me, "height": ctx.height, "role": role})
@@ -281,6 +315,7 @@ class Node:
             if machine.is_trainer or machine.is_committee:
                 nursery.start_soon(self._train, ctx, times)
             nursery.start_soon(self._deadlines, ctx.height)
+            await self._carry_out(machine, ctx, machine.start(), times, nursery)
             for env in self._future.pop(ctx.height, []):
                 await self._inbox_send.send(("envelope", env))
             async for item in self._inbox:
@@ -288,21 +323,47 @@ class Node:
                 actions = self._dispatch(machine, ctx, item, times)
                 if any(isinstance(a, Publish) and a.kind == "scores" for a in actions):
                     times.marks["score_seconds"] = time.monotonic() - dispatched
-                for action in actions:
-                    if isinstance(action, Publish):
-                        if action.kind == "scores":
-                            times.mark("collected")
-                        await self._publish(ctx, action.kind, action.payload,
-                                            keep=action.kind != "block")
-                    elif isinstance(action, Rejected):
-                        self.rejections[f"invalid-{action.kind}"] += 1
-                        log.warning("round %d: rejected %s from %s: %s", ctx.height,
-                                    action.kind, action.sender[-8:], action.reason)
-                    elif isinstance(action, Commit):
-                        await self._commit(ctx, action, times)
+                await self._carry_out(machine, ctx, actions, times, nursery)
                 if machine.committed:
-                    nursery.cancel_scope.cancel()  # stops this round's training and deadlines
+                    nursery.cancel_scope.cancel()  # stops this round's training and timers
                     break
+
+    async def _carry_out(self, machine: RoundMachine, ctx: RoundContext, actions: list,
+                         times: RoundTimes, nursery: trio.Nursery) -> None:
+        """Do what the round core decided, persisting its consensus state before speaking."""
+        if machine.consensus is not None and any(
+                isinstance(a, Publish) and a.kind in PBFT_KINDS for a in actions):
+            # Write-ahead: what we are about to sign is on disk first, so a restarted member
+            # never signs a conflicting message for the same view.
+            self.store.put_state("pbft", cbor2.dumps(machine.consensus.snapshot(),
+                                                     canonical=True))
+        for action in actions:
+            if isinstance(action, Publish):
+                if action.kind == "scores":
+                    times.mark("collected")
+                await self._publish(ctx, action.kind, action.payload,
+                                    keep=action.kind != "block")
+            elif isinstance(action, PublishSigned):
+                await self._publish_raw(action.envelope.kind, action.envelope.encode())
+            elif isinstance(action, SetTimer):
+                nursery.start_soon(self._timer, ctx.height, action,
+                                   self.config.base_view_timeout * action.factor)
+            elif isinstance(action, Rejected):
+                self.rejections[f"invalid-{action.kind}"] += 1
+                log.warning("round %d: rejected %s from %s: %s", ctx.height, action.kind,
+                            action.sender[-8:], action.reason)
+            elif isinstance(action, Evidence):
+                self.evidence.append(action)
+                log.warning("round %d: %s equivocated (%s): evidence kept", ctx.height,
+                            action.member[-8:], action.first.kind)
+                self.on_event({"event": "evidence", "peer": self.me, "height": ctx.height,
+                               "member": action.member, "kind": action.first.kind})
+            elif isinstance(action, Commit):
+                await self._commit(ctx, action, times)
+
+    async def _timer(self, height: int, timer: SetTimer, seconds: float) -> None:
+        await trio.sleep(seconds)
+        await self._inbox_send.send(("timer", height, timer.name, timer.view))
 
     def _dispatch(self, machine: RoundMachine, ctx: RoundContext, item: tuple,
                   times: RoundTimes) -> list:
@@ -312,7 +373,7 @@ class Node:
             if env.round > ctx.height:
                 self._future[env.round].append(env)
                 return []
-            if env.kind == "proposal":
+            if env.kind in ("pre_prepare", "new_view"):
                 times.mark("proposed")
             return machine.on_envelope(env)
         if item[1] != ctx.height:
@@ -324,6 +385,8 @@ class Node:
             return machine.on_collect_deadline()
         if kind == "propose_deadline":
             return machine.on_propose_deadline()
+        if kind == "timer":
+            return machine.on_timer(item[2], item[3])
         raise AssertionError(kind)
 
     async def _train(self, ctx: RoundContext, times: RoundTimes) -> None:
@@ -357,13 +420,20 @@ class Node:
         model_hash = self.models.put(state_bytes(action.new_state))
         assert model_hash == block.model_hash, "model bytes do not match the block's hash"
         self.store.append(action.committed)
+        assert self._excluded is not None
+        convicted = recorded_misbehaviour(block) - self._excluded
+        if convicted:
+            log.warning("height %d records misbehaviour of %s: excluded from committees",
+                        block.height, ", ".join(sorted(p[-8:] for p in convicted)))
+            self._excluded |= convicted
         times.marks["store_seconds"] = time.monotonic() - stored_at
         times.mark("committed")
         accuracy = await trio.to_thread.run_sync(evaluate, self.spec, action.new_state,
                                                  self.test_data)
         event = {
             "event": "committed", "peer": self.me, "height": block.height,
-            "hash": block.hash().hex(), "committee": list(block.committee),
+            "hash": block.hash().hex(), "view": action.committed.certificate.view,
+            "committee": list(block.committee),
             "selected": list(block.selected), "next_committee": list(block.next_committee),
             "accuracy": round(accuracy, 4), "round_seconds": round(times.marks["committed"], 3),
             "stages": {k: round(v, 4) for k, v in times.marks.items()},

@@ -5,9 +5,10 @@ finished training, and deadlines firing. Outputs: messages to publish, rejection
 most one commit. No trio, no libp2p, no clock, no disk: the driver (p2p_node.node) does the I/O.
 
 Flow: trainers publish updates; each committee member scores every update against its own and
-publishes the signed score vector; the leader derives the block from a quorum of vectors and
-proposes it; members re-derive it, vote, and a quorum of votes is the commit certificate.
-Every peer, member or not, re-derives the block before it commits it.
+publishes the signed score vector; once it holds enough vectors, every member derives the block
+they imply and hands it to its pBFT core as its candidate; the leader of the view proposes it and
+the committee agrees (bft.pbft: prepare, commit, view change). A quorum of signed commits is the
+block's certificate. Every peer, member or not, re-derives the block before it commits it.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Union
 
-from bft.vote_agreement import VoteAgreement
-from chain.block import Block, BlockError, CommittedBlock
+import bft.pbft as pbft
+from bft.messages import KINDS as PBFT_KINDS
+from bft.messages import Message, MessageError, decode_message
+from chain.block import Block, BlockError, CommitCertificate, CommittedBlock
 from chain.round_rules import (
     MissingUpdates,
     ReceivedUpdate,
@@ -39,6 +42,31 @@ class Publish:
 
 
 @dataclass(frozen=True)
+class PublishSigned:
+    """Gossip this already-signed envelope unchanged (a relayed pBFT message)."""
+
+    envelope: Envelope
+
+
+@dataclass(frozen=True)
+class SetTimer:
+    """Fire `on_timer(name, view)` after the driver's base view timeout * `factor`."""
+
+    name: str
+    view: int
+    factor: int
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """`member` signed two conflicting messages: both signed envelopes are the proof."""
+
+    member: str
+    first: Envelope
+    second: Envelope
+
+
+@dataclass(frozen=True)
 class Rejected:
     """A message was refused; log why (and, later, lower its sender's score)."""
 
@@ -55,27 +83,36 @@ class Commit:
     new_state: ModelState
 
 
-Action = Union[Publish, Rejected, Commit]
+Action = Union[Publish, PublishSigned, SetTimer, Evidence, Rejected, Commit]
 
 
 class RoundMachine:
     """What one peer does in one round, given what it has received so far."""
 
-    def __init__(self, ctx: RoundContext, me: str) -> None:
+    def __init__(self, ctx: RoundContext, me: str,
+                 pbft_snapshot: dict[str, Any] | None = None,
+                 evidence: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         self.ctx = ctx
         self.me = me
-        self.agreement = VoteAgreement(ctx.committee, me)
+        #: equivocation proofs this peer holds, recorded in the block if it proposes
+        self.evidence = evidence
         self.updates: dict[str, ReceivedUpdate] = {}
         self.own_reference: ModelState | None = None
         self.score_vectors: dict[str, bytes] = {}
         self.collect_expired = False
         self.propose_expired = False
         self.scored = False
-        self.proposed = False
-        self.proposal: Block | None = None
+        self.candidate: Block | None = None
         self.certified: CommittedBlock | None = None
         self.validated: dict[bytes, tuple[Block, ModelState]] = {}
+        self._pending_validity: dict[bytes, Block] = {}
         self.committed: Commit | None = None
+        self.consensus: pbft.PbftCore | None = None
+        if self.is_committee:
+            args = (ctx.committee, me, self._validate_value, self._verify_message)
+            self.consensus = (pbft.PbftCore.from_snapshot(pbft_snapshot, *args)
+                              if pbft_snapshot and pbft_snapshot.get("height") == ctx.height
+                              else pbft.PbftCore(ctx.height, *args))
 
     # roles -------------------------------------------------------------------------------------
     @property
@@ -86,11 +123,11 @@ class RoundMachine:
     def is_trainer(self) -> bool:
         return self.me in self.ctx.trainers
 
-    @property
-    def is_leader(self) -> bool:
-        return self.me == self.ctx.leader
-
     # inputs ------------------------------------------------------------------------------------
+    def start(self) -> list[Action]:
+        """Begin the round: committee members arm their view timer."""
+        return self._from_consensus(self.consensus.start()) if self.consensus else []
+
     def on_own_update(self, state: ModelState, samples: int) -> list[Action]:
         """Local training finished: trainers gossip the update, members keep it as reference."""
         if self.committed:
@@ -109,19 +146,27 @@ class RoundMachine:
         return self._progress()
 
     def on_propose_deadline(self) -> list[Action]:
-        """Stop waiting for every member's scores: propose from a quorum."""
+        """Stop waiting for every member's scores: build the candidate block from a quorum."""
         self.propose_expired = True
         return self._progress()
+
+    def on_timer(self, name: str, view: int) -> list[Action]:
+        """A consensus timer fired (the view deadline)."""
+        if self.committed or self.consensus is None:
+            return []
+        return self._from_consensus(self.consensus.on_timer(name, view)) + self._progress()
 
     def on_envelope(self, env: Envelope) -> list[Action]:
         """An admitted message of this round."""
         if self.committed or env.round != self.ctx.height:
             return []
-        handler = {"update": self._on_update, "scores": self._on_scores,
-                   "proposal": self._on_proposal, "vote": self._on_vote,
-                   "block": self._on_block}[env.kind]
         try:
-            actions = handler(env)
+            if env.kind in PBFT_KINDS:
+                actions = self._on_consensus(env)
+            else:
+                handler = {"update": self._on_update, "scores": self._on_scores,
+                           "block": self._on_block}[env.kind]
+                actions = handler(env)
         except BlockError as exc:
             return [Rejected(env.sender, env.kind, str(exc))]
         return actions + self._progress()
@@ -168,22 +213,14 @@ class RoundMachine:
         self.score_vectors[env.sender] = raw
         return []
 
-    def _on_proposal(self, env: Envelope) -> list[Action]:
-        if env.sender != self.ctx.leader:
-            return [Rejected(env.sender, "proposal", "sender is not this round's leader")]
-        block = Block.from_obj(env.payload)
-        if self.proposal is not None:
-            return [] if block == self.proposal else [
-                Rejected(env.sender, "proposal", "leader proposed two blocks")]
-        self.proposal = block
-        return []
-
-    def _on_vote(self, env: Envelope) -> list[Action]:
-        body = env.payload
-        if not isinstance(body, dict) or set(body) != {"block_hash"}:
-            return [Rejected(env.sender, "vote", "malformed vote")]
-        reason = self.agreement.on_vote(env.sender, body["block_hash"], env.signature)
-        return [Rejected(env.sender, "vote", reason)] if reason else []
+    def _on_consensus(self, env: Envelope) -> list[Action]:
+        if self.consensus is None:
+            return []  # not on the committee: the certified block will come as a `block`
+        try:
+            message = decode_message(env.kind, env.round, env.sender, env.payload, env.signature)
+        except MessageError as exc:
+            return [Rejected(env.sender, env.kind, str(exc))]
+        return self._from_consensus(self.consensus.on_message(message))
 
     def _on_block(self, env: Envelope) -> list[Action]:
         committed = CommittedBlock.from_obj(env.payload)
@@ -191,15 +228,60 @@ class RoundMachine:
         if block.height != self.ctx.height or block.prev_hash != self.ctx.prev_hash:
             return [Rejected(env.sender, "block", "block does not extend our head")]
         committed.certificate.verify(block, self.ctx.committee)
-        self.certified = committed
+        self.certified = self.certified or committed
         return []
+
+    # consensus glue ----------------------------------------------------------------------------
+    def _verify_message(self, message: Message) -> bool:
+        """Signature check of a pBFT message embedded in another (for the core)."""
+        return Envelope(message.kind, self.ctx.network_id, message.height, message.sender,
+                        message.body(), message.signature).has_valid_signature()
+
+    def _validate_value(self, value_hash: bytes, value: bytes) -> bool | None:
+        """Validity of a proposed block: it must re-derive; None while updates are missing."""
+        try:
+            block = Block.decode(value)
+            if block.height != self.ctx.height or block.prev_hash != self.ctx.prev_hash:
+                return False
+            derived = self._rederive(block)
+        except BlockError:
+            return False
+        if derived is None:
+            self._pending_validity[value_hash] = block
+            return None
+        return True
+
+    def _from_consensus(self, outputs: list[pbft.Output]) -> list[Action]:
+        """Turn the pBFT core's outputs into actions for the driver."""
+        actions: list[Action] = []
+        for out in outputs:
+            if isinstance(out, pbft.Broadcast):
+                actions.append(Publish(out.message.kind, out.message.body()))
+            elif isinstance(out, pbft.Relay):
+                actions += [PublishSigned(self._envelope_of(m)) for m in out.messages]
+            elif isinstance(out, pbft.SetTimer):
+                actions.append(SetTimer(out.name, out.view, out.duration_factor))
+            elif isinstance(out, pbft.Decided):
+                certificate = CommitCertificate(out.view, out.certificate)
+                self.certified = CommittedBlock(Block.decode(out.value), certificate)
+            elif isinstance(out, pbft.Equivocation):
+                actions.append(Evidence(out.member, self._envelope_of(out.first),
+                                        self._envelope_of(out.second)))
+            elif isinstance(out, pbft.Rejected):
+                actions.append(Rejected(out.sender, out.kind, out.reason))
+            # ProposalNeeded: the candidate is handed over as soon as it can be derived.
+        return actions
+
+    def _envelope_of(self, message: Message) -> Envelope:
+        return Envelope(message.kind, self.ctx.network_id, message.height, message.sender,
+                        message.body(), message.signature)
 
     # progress ----------------------------------------------------------------------------------
     def _progress(self) -> list[Action]:
         """Take every step the inputs so far allow, in protocol order."""
         if self.committed:
             return []
-        actions = self._maybe_score() + self._maybe_propose() + self._maybe_vote()
+        actions = self._maybe_score() + self._maybe_candidate() + self._recheck_validity()
         return actions + self._maybe_commit()
 
     def _maybe_score(self) -> list[Action]:
@@ -213,18 +295,36 @@ class RoundMachine:
         return [Publish("scores", scores_payload(
             {t: (self.updates[t].digest, d) for t, d in distances.items()}))]
 
-    def _maybe_propose(self) -> list[Action]:
-        if not self.is_leader or self.proposed:
+    def _maybe_candidate(self) -> list[Action]:
+        """Derive the block our score vectors imply; the pBFT core proposes it if we lead."""
+        if self.consensus is None or self.candidate is not None:
             return []
         have = len(self.score_vectors)
         if have < len(self.ctx.committee) and not (self.propose_expired and have >= self.ctx.quorum):
             return []
         try:
-            block, _ = derive_block(self.ctx, list(self.score_vectors.values()), self.updates)
+            block, state = derive_block(self.ctx, list(self.score_vectors.values()),
+                                        self.updates, self.evidence)
         except MissingUpdates:
             return []
-        self.proposed = True
-        return [Publish("proposal", block.to_obj())]
+        self.candidate = block
+        self.validated[block.hash()] = (block, state)
+        return self._from_consensus(self.consensus.propose(block.hash(), block.encode()))
+
+    def _recheck_validity(self) -> list[Action]:
+        """Answer the core's "not yet known" validity questions that new updates settle."""
+        actions: list[Action] = []
+        for value_hash, block in list(self._pending_validity.items()):
+            try:
+                if self._rederive(block) is None:
+                    continue  # still missing a selected update
+                ok = True
+            except BlockError:
+                ok = False
+            del self._pending_validity[value_hash]
+            assert self.consensus is not None
+            actions += self._from_consensus(self.consensus.on_value_validated(value_hash, ok))
+        return actions
 
     def _rederive(self, block: Block) -> tuple[Block, ModelState] | None:
         """Re-derive `block` from its own score vectors; None while updates are missing."""
@@ -232,7 +332,8 @@ class RoundMachine:
         if known is not None:
             return known
         try:
-            derived, state = derive_block(self.ctx, list(block.score_vectors), self.updates)
+            derived, state = derive_block(self.ctx, list(block.score_vectors), self.updates,
+                                          block.evidence)
         except MissingUpdates:
             return None
         if derived != block:
@@ -240,35 +341,17 @@ class RoundMachine:
         self.validated[block.hash()] = (block, state)
         return block, state
 
-    def _maybe_vote(self) -> list[Action]:
-        if self.proposal is None or not self.is_committee or self.agreement.voted_for:
+    def _maybe_commit(self) -> list[Action]:
+        if self.certified is None:
             return []
         try:
-            if self._rederive(self.proposal) is None:
-                return []
+            derived = self._rederive(self.certified.block)
         except BlockError as exc:
-            bad, self.proposal = self.proposal, None
-            return [Rejected(self.ctx.leader, "proposal", f"{exc} (height {bad.height})")]
-        block_hash = self.proposal.hash()
-        if self.agreement.vote_for(block_hash):
-            return [Publish("vote", {"block_hash": block_hash})]
-        return []
-
-    def _maybe_commit(self) -> list[Action]:
-        candidates = [b for b in (self.proposal, self.certified and self.certified.block) if b]
-        for block in candidates:
-            cert = (self.certified.certificate
-                    if self.certified and self.certified.block == block
-                    else self.agreement.certificate(block.hash()))
-            if cert is None:
-                continue
-            try:
-                derived = self._rederive(block)
-            except BlockError as exc:
-                return [Rejected("", "block", f"certified block is invalid: {exc}")]
-            if derived is None:
-                continue
-            committed = CommittedBlock(block, cert)
-            self.committed = Commit(committed, derived[1])
-            return [self.committed, Publish("block", committed.to_obj())]
-        return []
+            # A quorum certified a block we cannot re-derive: more than f members lied.
+            bad, self.certified = self.certified, None
+            return [Rejected("", "block", f"certified block {bad.block.hash().hex()[:12]} is "
+                                          f"invalid: {exc}")]
+        if derived is None:
+            return []  # certified, but we lack a selected update: wait for it
+        self.committed = Commit(self.certified, derived[1])
+        return [self.committed, Publish("block", self.certified.to_obj())]

@@ -50,19 +50,33 @@ class Cluster:
                                committee=tuple(self.ids[: self.committee_size]), seed=1)
         self.genesis.save(self.root / "genesis.json")
 
-    def node_configs(self, rounds: int) -> list[NodeConfig]:
+    def node_configs(self, rounds: int, **overrides: float) -> list[NodeConfig]:
         ports = free_ports(self.size)
         addrs = [f"/ip4/127.0.0.1/tcp/{p}/p2p/{pid}" for p, pid in zip(ports, self.ids)]
+        settings = dict(rounds=rounds, collect_timeout=20.0, rebroadcast_interval=1.0,
+                        start_wait=60.0, min_peers=self.size - 1, linger=2.0)
+        settings.update(overrides)
         return [NodeConfig(
             data_dir=d, genesis_path=self.root / "genesis.json",
             listen=[addrs[i].split("/p2p/")[0]], bootstrap=addrs[:i],
-            attack=self.attacks.get(i, "none"), rounds=rounds, collect_timeout=20.0,
-            rebroadcast_interval=1.0, start_wait=60.0, min_peers=self.size - 1, linger=2.0)
-            for i, d in enumerate(self.dirs)]
+            attack=self.attacks.get(i, "none"), **settings) for i, d in enumerate(self.dirs)]
 
-    async def run(self, rounds: int, log: EventLog, nursery: trio.Nursery) -> list[Node]:
-        """Start every node in `nursery`; they stop by themselves after `rounds` blocks."""
-        nodes = [Node(c, log) for c in self.node_configs(rounds)]
+    async def run(self, rounds: int, log: EventLog, nursery: trio.Nursery,
+                  **overrides: float) -> list[Node]:
+        """Start every node in `nursery`; they stop by themselves after `rounds` blocks.
+
+        `self.kill(peer)` stops one at once, as a crash would (its host goes away unannounced).
+        """
+        nodes = [Node(c, log) for c in self.node_configs(rounds, **overrides)]
+        self._scopes: dict[str, trio.CancelScope] = {}
         for node in nodes:
-            nursery.start_soon(node.run)
+            nursery.start_soon(self._run_node, node)
         return nodes
+
+    async def _run_node(self, node: Node) -> None:
+        with trio.CancelScope() as scope:
+            self._scopes[node.me] = scope
+            await node.run()
+
+    def kill(self, peer: str) -> None:
+        self._scopes[peer].cancel()

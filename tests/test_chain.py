@@ -4,7 +4,14 @@ import sqlite3
 
 import pytest
 
-from chain.block import Block, BlockError, CommitCertificate, CommittedBlock, UpdateRef, vote_envelope
+from chain.block import (
+    Block,
+    BlockError,
+    CommitCertificate,
+    CommittedBlock,
+    UpdateRef,
+    commit_envelope,
+)
 from chain.genesis import Genesis, GenesisError
 from chain.store import BlockStore, ModelStore, StoreError
 from gossip.peer_keys import Signer
@@ -22,12 +29,12 @@ def make_block(height=0, prev=NET, model=b"\x01" * 32):
                  next_committee=COMMITTEE)
 
 
-def certify(block, signers=MEMBERS[:3]):
+def certify(block, signers=MEMBERS[:3], view=0):
     votes = []
     for s in signers:
-        vote = vote_envelope(NET, block.height, block.hash()).signed_by(s)
-        votes.append((s.peer_id, vote.signature))
-    return CommittedBlock(block, CommitCertificate(tuple(votes)))
+        commit = commit_envelope(NET, block.height, view, block.hash()).signed_by(s)
+        votes.append((s.peer_id, commit.signature))
+    return CommittedBlock(block, CommitCertificate(view, tuple(votes)))
 
 
 def test_block_roundtrip_and_hash_excludes_certificate():
@@ -50,13 +57,17 @@ def test_certificate_needs_a_quorum_of_distinct_committee_signatures():
     other = make_block(model=b"\x03" * 32)  # signatures for one block do not certify another
     with pytest.raises(BlockError, match="invalid"):
         certify(block).certificate.verify(other, COMMITTEE)
+    moved = certify(block, view=1)  # nor do commits of one view stand for another
+    with pytest.raises(BlockError, match="invalid"):
+        CommitCertificate(0, moved.certificate.votes).verify(block, COMMITTEE)
 
 
 @pytest.mark.parametrize("obj", [None, [], {"block": {}, "certificate": []},
+                                 {"block": make_block().to_obj(), "certificate": []},
                                  {"block": {**make_block().to_obj(), "height": -1},
-                                  "certificate": []},
+                                  "certificate": {"view": 0, "commits": []}},
                                  {"block": {**make_block().to_obj(), "prev_hash": b"short"},
-                                  "certificate": []}])
+                                  "certificate": {"view": 0, "commits": []}}])
 def test_malformed_blocks_are_rejected(obj):
     with pytest.raises(BlockError):
         CommittedBlock.from_obj(obj)

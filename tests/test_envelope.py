@@ -58,7 +58,7 @@ def test_a_committed_block_stays_admissible_after_its_round():
 
 
 def test_topic_accepts_only_its_kinds():
-    verdict = admission().admit(signed(kind="vote").encode(), expected_kinds=("update",))
+    verdict = admission().admit(signed(kind="commit").encode(), expected_kinds=("update",))
     assert verdict.code == "wrong-topic"
 
 

@@ -7,11 +7,14 @@ import torch
 from learning.aggregation import aggregate_weighted
 from learning.attacks import (
     ATTACKS,
+    ALittleIsEnough,
+    FalseScores,
     GaussianNoise,
     LabelFlip,
     Scaling,
     SignFlip,
     Zeros,
+    alie_z,
     make_attack,
 )
 from learning.data import load_digits_split, shard
@@ -122,10 +125,36 @@ def test_attacks_change_update_as_described(split):
 
 def test_make_attack_registry():
     assert make_attack("none") is None and make_attack("") is None
-    assert set(ATTACKS) == {"sign_flip", "gaussian_noise", "scaling", "zeros", "label_flip"}
+    assert set(ATTACKS) == {"sign_flip", "gaussian_noise", "scaling", "zeros", "label_flip",
+                            "alie", "false_scores"}
     for name, cls in ATTACKS.items():
         att = make_attack(name)
         assert isinstance(att, cls) and att.name == name
     assert isinstance(make_attack("sign-flip"), SignFlip)
     with pytest.raises(ValueError, match="sign_flip"):
         make_attack("teleport")
+
+
+def test_alie_sends_mean_minus_z_std_of_what_it_observed():
+    base = {"w": torch.tensor([0.0, 0.0])}
+    honest = [{"w": torch.tensor([1.0, 2.0])}, {"w": torch.tensor([3.0, 2.0])}]
+    att = ALittleIsEnough(z=1.0).observe(honest, n_peers=20, n_colluders=6)
+    out = att.poison_update(base, {"w": torch.tensor([9.0, 9.0])}, np.random.default_rng(0))
+    # mean (2, 2), population std (1, 0) -> (1, 2)
+    assert torch.equal(out["w"], torch.tensor([1.0, 2.0]))
+    alone = ALittleIsEnough(z=1.0).poison_update(base, honest[0], np.random.default_rng(0))
+    assert torch.equal(alone["w"], honest[0]["w"])  # nothing observed: std 0, own model
+    # Baruch et al.: n = 50, m = 12 -> s = 14, z = Phi^-1(36/50) ~ 0.58
+    assert alie_z(50, 12) == pytest.approx(0.583, abs=1e-3)
+    assert alie_z(20, 6) == pytest.approx(0.674, abs=1e-3)  # s = 5, Phi^-1(0.75)
+    assert alie_z(20, 0) == 0.0
+
+
+def test_false_scores_pull_colluders_in_and_push_honest_out():
+    att = FalseScores(inflate=10.0)
+    lied = att.poison_scores({"h": 1.5, "x": 7.0}, colluders={"x"})
+    assert lied == {"h": 15.0, "x": 0.0}
+    assert SignFlip().poison_scores({"h": 1.5}, {"x"}) == {"h": 1.5}  # others report truthfully
+    base = {"w": torch.tensor([1.0])}
+    flipped = att.poison_update(base, {"w": torch.tensor([3.0])}, np.random.default_rng(0))
+    assert torch.equal(flipped["w"], torch.tensor([-1.0]))

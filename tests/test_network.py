@@ -97,3 +97,28 @@ def test_restarted_peers_keep_identity_and_blocks_and_continue(tmp_path):
     restarted_rounds = {e["height"] for e in log.events[len(log.events) // 2:]
                         if e["event"] == "round"}
     assert 0 not in restarted_rounds or min(restarted_rounds) == 2
+
+
+def test_killing_the_leader_mid_round_still_commits_after_a_view_change(tmp_path):
+    cluster = Cluster(tmp_path, size=6)
+    log = EventLog()
+    leader = sorted(cluster.genesis.committee)[0]  # leads view 0 of height 0
+    alive = set(cluster.ids) - {leader}
+
+    async def scenario():
+        with trio.fail_after(180):
+            await killed_leader_run()
+
+    async def killed_leader_run():
+        async with trio.open_nursery() as nursery:
+            await cluster.run(rounds=1, log=log, nursery=nursery, collect_timeout=3.0,
+                              propose_timeout=2.0, view_timeout=6.0)
+            await log.wait_for(lambda ev: leader in log.peers_at("round", 0))
+            cluster.kill(leader)  # before it could propose: members are still collecting
+            await log.wait_for(lambda ev: log.peers_at("committed", 0) == alive)
+
+    trio.run(scenario)
+    assert len(committed_hashes(log, 0)) == 1
+    assert leader not in log.peers_at("committed", 0)
+    views = {e["view"] for e in log.events if e["event"] == "committed"}
+    assert views and min(views) >= 1, "the round must have been decided after a view change"

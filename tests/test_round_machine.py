@@ -8,8 +8,17 @@ from chain.block import Block, CommittedBlock
 from chain.round_rules import RoundContext, trainers_for
 from gossip.envelope import Envelope, decode_envelope
 from gossip.peer_keys import Signer
+from learning.cmfl import RoundConfig
 from learning.tensors import encode_state, state_hash
-from p2p_node.round_machine import Commit, Publish, Rejected, RoundMachine
+from p2p_node.round_machine import (
+    Commit,
+    Evidence,
+    Publish,
+    PublishSigned,
+    Rejected,
+    RoundMachine,
+    SetTimer,
+)
 
 NET = bytes([9]) * 32
 SIGNERS = {s.peer_id: s for s in (Signer(bytes([i + 1]) * 32) for i in range(8))}
@@ -23,7 +32,8 @@ BASE = {"w": torch.zeros(3, 4), "b": torch.zeros(3)}
 def context():
     return RoundContext(network_id=NET, height=0, prev_hash=NET, members=MEMBERS,
                         committee=COMMITTEE, trainers=TRAINERS, base_state=BASE,
-                        base_hash=state_hash(BASE), selection_fraction=0.5)
+                        base_hash=state_hash(BASE),
+                        selection=RoundConfig(rule="S1", fraction=0.5))
 
 
 def update_of(peer):
@@ -35,65 +45,142 @@ def update_of(peer):
 
 
 class Network:
-    """Delivers every published message to every machine, signing on the sender's behalf."""
+    """Delivers published messages to machines, signing on the sender's behalf.
 
-    def __init__(self, rewrite=None):
+    `route(peer, data)` decides who receives what a peer publishes (default: everyone, once);
+    `crashed` peers neither send nor receive.
+    """
+
+    def __init__(self, route=None, crashed=()):
         self.machines = {p: RoundMachine(context(), p) for p in MEMBERS}
-        self.queue: deque[bytes] = deque()
+        self.crashed = set(crashed)
+        self.queue: deque[tuple[set[str], bytes]] = deque()
         self.commits: dict[str, CommittedBlock] = {}
         self.rejections: list[tuple[str, Rejected]] = []
-        self.rewrite = rewrite or (lambda peer, action: action)
+        self.evidence: list[tuple[str, Evidence]] = []
+        self.timers: list[tuple[str, SetTimer]] = []
+        self.route = route or (lambda peer, data: [(set(MEMBERS), data)])
 
     def emit(self, peer, actions):
         for action in actions:
-            action = self.rewrite(peer, action)
             if isinstance(action, Publish):
                 env = Envelope(action.kind, NET, 0, "", action.payload).signed_by(SIGNERS[peer])
-                self.queue.append(env.encode())
+                self.queue.extend(self.route(peer, env.encode()))
+            elif isinstance(action, PublishSigned):
+                self.queue.append((set(MEMBERS), action.envelope.encode()))
             elif isinstance(action, Commit):
                 self.commits[peer] = action.committed
             elif isinstance(action, Rejected):
                 self.rejections.append((peer, action))
+            elif isinstance(action, Evidence):
+                self.evidence.append((peer, action))
+            elif isinstance(action, SetTimer):
+                self.timers.append((peer, action))
 
-    def deliver(self, data: bytes):
-        env = decode_envelope(data)
-        for peer, machine in self.machines.items():
-            self.emit(peer, machine.on_envelope(env))
+    def live(self):
+        return {p: m for p, m in self.machines.items() if p not in self.crashed}
+
+    def settle(self):
+        while self.queue:
+            recipients, data = self.queue.popleft()
+            env = decode_envelope(data)
+            if env.sender in self.crashed:
+                continue
+            for peer, machine in self.live().items():
+                if peer in recipients:
+                    self.emit(peer, machine.on_envelope(env))
 
     def run(self):
-        for peer, machine in self.machines.items():
+        for peer, machine in self.live().items():
+            self.emit(peer, machine.start())
             self.emit(peer, machine.on_own_update(update_of(peer), 10 + MEMBERS.index(peer)))
-        while self.queue:
-            self.deliver(self.queue.popleft())
+        self.settle()
+
+    def expire(self, step):
+        """Let a deadline pass on every live peer ("collect", "propose" or the view timer)."""
+        for peer, machine in self.live().items():
+            if step == "view":
+                pending = [t for p, t in self.timers if p == peer]
+                self.timers = [(p, t) for p, t in self.timers if p != peer]
+                for timer in pending:
+                    self.emit(peer, machine.on_timer(timer.name, timer.view))
+            else:
+                self.emit(peer, getattr(machine, f"on_{step}_deadline")())
+        self.settle()
+
+
+def agreed_block(net):
+    blocks = {c.block for c in net.commits.values()}
+    assert len(blocks) == 1, "peers committed different blocks"
+    for committed in net.commits.values():
+        committed.certificate.verify(committed.block, COMMITTEE)
+    return blocks.pop()
 
 
 def test_every_peer_commits_the_same_block_without_the_attacker():
     net = Network()
     net.run()
     assert set(net.commits) == set(MEMBERS)
-    hashes = {c.block.hash() for c in net.commits.values()}
-    assert len(hashes) == 1
-    block = next(iter(net.commits.values())).block
+    block = agreed_block(net)
     assert ATTACKER not in block.selected and len(block.selected) == 2
-    for committed in net.commits.values():
-        committed.certificate.verify(committed.block, COMMITTEE)
-    assert not net.rejections
+    assert next(iter(net.commits.values())).certificate.view == 0
+    assert not net.rejections and not net.evidence
 
 
-def test_a_tampered_proposal_gets_no_votes_and_no_commit():
-    def tamper(peer, action):
-        if isinstance(action, Publish) and action.kind == "proposal":
-            block = Block.from_obj(action.payload)
-            bad = Block(**{**block.__dict__, "selected": tuple(sorted({*block.selected, ATTACKER}))})
-            return Publish("proposal", bad.to_obj())
-        return action
+def tampered(data, signer):
+    """The same pre-prepare, but proposing a block that also aggregates the attacker."""
+    env = decode_envelope(data)
+    block = Block.decode(env.payload["value"])
+    bad = Block(**{**block.__dict__, "selected": tuple(sorted({*block.selected, ATTACKER}))})
+    body = {**env.payload, "value": bad.encode(), "value_hash": bad.hash()}
+    return Envelope(env.kind, NET, 0, "", body).signed_by(signer).encode()
 
-    net = Network(rewrite=tamper)
+
+def test_a_tampered_proposal_is_refused_and_the_next_leader_commits_the_valid_block():
+    leader = context().leader
+
+    def route(peer, data):
+        if peer == leader and decode_envelope(data).kind == "pre_prepare":
+            return [(set(MEMBERS), tampered(data, SIGNERS[leader]))]
+        return [(set(MEMBERS), data)]
+
+    net = Network(route=route)
+    net.run()  # members refuse view 0's proposal and change view at once, without a timer
+    block = agreed_block(net)
+    assert set(net.commits) == set(MEMBERS)
+    assert ATTACKER not in block.selected
+    assert next(iter(net.commits.values())).certificate.view >= 1
+
+
+def test_a_crashed_leader_is_replaced_by_a_view_change():
+    leader = context().leader
+    net = Network(crashed={leader})
     net.run()
-    assert not net.commits
-    reasons = {r.reason for _, r in net.rejections if r.kind == "proposal"}
-    assert any("re-derive" in r for r in reasons)
-    assert all(m.agreement.voted_for is None for m in net.machines.values())
+    assert not net.commits  # three of four score vectors: members wait for the deadline
+    net.expire("collect")
+    net.expire("propose")
+    net.expire("view")
+    block = agreed_block(net)
+    assert set(net.commits) == set(MEMBERS) - {leader}
+    assert len(block.score_vectors) == 3 and ATTACKER not in block.selected
+
+
+def test_an_equivocating_leader_is_caught_with_both_signed_proposals():
+    leader = context().leader
+    witness = next(m for m in COMMITTEE if m != leader)
+
+    def route(peer, data):
+        if peer == leader and decode_envelope(data).kind == "pre_prepare":
+            return [(set(MEMBERS), data), ({witness}, tampered(data, SIGNERS[leader]))]
+        return [(set(MEMBERS), data)]
+
+    net = Network(route=route)
+    net.run()
+    [(who, evidence)] = [(p, e) for p, e in net.evidence if p == witness]
+    assert evidence.member == leader
+    assert evidence.first.has_valid_signature() and evidence.second.has_valid_signature()
+    assert evidence.first.payload["value_hash"] != evidence.second.payload["value_hash"]
+    assert ATTACKER not in agreed_block(net).selected
 
 
 def test_a_replayed_update_is_not_counted_twice_and_a_second_update_is_refused():

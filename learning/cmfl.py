@@ -1,0 +1,223 @@
+"""One CMFL round decision, as pure functions: the single code path of peers and harness.
+
+`chain.round_rules.derive_block` and the experiment harness both call `select_round` (which
+trainers' updates to aggregate; needed before the updates themselves are fetched) and then
+`finish_round` (aggregate them and elect the next committee). `decide_round` does both.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from learning.aggregation import aggregate_weighted
+from learning.election import elect_middle
+from learning.scoring import combine_scores
+from learning.selection import rank_by_score, select_highest_distance, select_lowest_distance
+from learning.tensors import ModelState
+
+RULES = ("S1", "S2", "auto")
+SCORINGS = ("sum", "median")
+ELECTIONS = ("middle", "trusted")
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    """The genesis `selection` settings that shape a round's decision."""
+
+    #: S1 lowest distances (attacks), S2 highest (non-IID, no attack), auto: chosen by evidence
+    rule: str = "S1"
+    #: share of scored trainers aggregated by S1/S2 (auto keeps at least this share)
+    fraction: float = 0.5
+    #: sum (CMFL) or median over committee members (robust to lying members)
+    scoring: str = "sum"
+    #: middle (CMFL) or trusted (middle of the trainers that passed this round's checks)
+    election: str = "middle"
+    #: auto: a trainer is an outlier past this many times the typical honest distance
+    outlier_ratio: float = 1.3
+
+    def __post_init__(self) -> None:
+        if self.rule not in RULES:
+            raise ValueError(f"selection rule must be one of {RULES}, got {self.rule!r}")
+        if self.scoring not in SCORINGS:
+            raise ValueError(f"scoring must be one of {SCORINGS}, got {self.scoring!r}")
+        if self.election not in ELECTIONS:
+            raise ValueError(f"election must be one of {ELECTIONS}, got {self.election!r}")
+        if not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
+        if not self.outlier_ratio > 1.0:
+            raise ValueError(f"outlier_ratio must be > 1, got {self.outlier_ratio}")
+
+    @classmethod
+    def from_selection(cls, selection: Mapping[str, Any]) -> RoundConfig:
+        """Read a genesis `selection` dict; absent keys take the defaults above."""
+        d = cls()
+        return cls(rule=str(selection.get("rule", d.rule)),
+                   fraction=float(selection.get("fraction", d.fraction)),
+                   scoring=str(selection.get("scoring", d.scoring)),
+                   election=str(selection.get("election", d.election)),
+                   outlier_ratio=float(selection.get("outlier_ratio", d.outlier_ratio)))
+
+    def to_selection(self) -> dict[str, Any]:
+        """The genesis `selection` dict for this config."""
+        return {"rule": self.rule, "fraction": self.fraction, "scoring": self.scoring,
+                "election": self.election, "outlier_ratio": self.outlier_ratio}
+
+
+@dataclass(frozen=True)
+class RoundSelection:
+    """What the score vectors decide before any update is needed."""
+
+    combined: dict[str, float]
+    selected: tuple[str, ...]
+    #: the rule applied: "S1" or "S2" (auto resolves to one of them, or "S1+S2")
+    applied: str
+    #: trainers whose combined distance marks them as outliers this round
+    outliers: tuple[str, ...] = ()
+    #: committee members whose score vector contradicts the others' (recorded misbehaviour)
+    dissenters: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RoundDecision:
+    """A round's outcome: scores, the aggregated trainers, the new model and next committee."""
+
+    combined_scores: dict[str, float]
+    selected: tuple[str, ...]
+    new_state: ModelState
+    next_committee: tuple[str, ...]
+    applied: str = "S1"
+    outliers: tuple[str, ...] = ()
+    dissenters: tuple[str, ...] = field(default_factory=tuple)
+
+
+def rank_agreement(vector: Mapping[str, float], consensus: Mapping[str, float]) -> float:
+    """Spearman rank correlation of one member's distances with the consensus, over the
+    trainers both score (ties by id, so exact and order-free); 1.0 if fewer than 3 trainers."""
+    common = sorted(set(vector) & set(consensus))
+    n = len(common)
+    if n < 3:
+        return 1.0
+    mine = {t: i for i, t in enumerate(rank_by_score({t: vector[t] for t in common}))}
+    theirs = {t: i for i, t in enumerate(rank_by_score({t: consensus[t] for t in common}))}
+    d2 = sum((mine[t] - theirs[t]) ** 2 for t in common)  # an int: exact
+    return 1.0 - 6.0 * d2 / (n * (n * n - 1))
+
+
+def find_dissenters(
+    vectors: Mapping[str, Mapping[str, float]], min_agreement: float = 0.0
+) -> tuple[str, ...]:
+    """Members whose ranking of trainers disagrees with the median of all members' rankings.
+
+    An honest member ranks trainers roughly as the others do even with unusual local data (its
+    own offset adds to every distance alike); one scoring against a poisoned model, or lying,
+    ranks its colluders first and honest trainers last, so its correlation turns negative."""
+    if len(vectors) < 3:
+        return ()
+    consensus = combine_scores([vectors[m] for m in sorted(vectors)], "median")
+    return tuple(m for m in sorted(vectors)
+                 if rank_agreement(vectors[m], consensus) < min_agreement)
+
+
+def find_outliers(combined: Mapping[str, float], ratio: float) -> tuple[str, ...]:
+    """Trainers farther than `ratio` times the typical honest distance.
+
+    The typical distance is the median of the lower half of the scores: it stays honest while
+    attackers are fewer than three quarters of the trainers, or sit far away."""
+    ranked = rank_by_score(dict(combined))
+    if len(ranked) < 2:
+        return ()
+    lower = [combined[t] for t in ranked[: max(len(ranked) // 2, 1)]]
+    typical = lower[len(lower) // 2] if len(lower) % 2 else (
+        lower[len(lower) // 2 - 1] + lower[len(lower) // 2]) / 2
+    limit = ratio * typical
+    return tuple(sorted(t for t in ranked if not combined[t] <= limit))
+
+
+def select_round(
+    member_vectors: Mapping[str, Mapping[str, float]], config: RoundConfig
+) -> RoundSelection:
+    """Combine the committee's score vectors and choose the trainers to aggregate."""
+    members = sorted(member_vectors)
+    combined = combine_scores([dict(member_vectors[m]) for m in members], config.scoring)
+    dissenters = find_dissenters(member_vectors)
+    n = len(combined)
+    k = math.ceil(config.fraction * n) if n else 0
+    if config.rule == "S1":
+        return RoundSelection(combined, tuple(select_lowest_distance(combined, k)), "S1",
+                              dissenters=dissenters)
+    if config.rule == "S2":
+        return RoundSelection(combined, tuple(select_highest_distance(combined, k)), "S2",
+                              dissenters=dissenters)
+    outliers = find_outliers(combined, config.outlier_ratio)
+    inliers = {t: s for t, s in combined.items() if t not in outliers}
+    if outliers or dissenters:
+        # Evidence of attack: drop the outliers, then aggregate the closest, as S1 does, but
+        # every inlier rather than a fixed share, so diverse honest data is not cut away.
+        chosen = select_lowest_distance(inliers, max(k, len(inliers)))
+        applied = "S1"
+    else:
+        chosen = sorted(combined)
+        applied = "S1+S2"
+    return RoundSelection(combined, tuple(chosen), applied, outliers, dissenters)
+
+
+def elect_committee(
+    selection: RoundSelection,
+    size: int,
+    current_committee: tuple[str, ...],
+    config: RoundConfig,
+    excluded: frozenset[str] | set[str] = frozenset(),
+) -> tuple[str, ...]:
+    """The next committee, sorted: CMFL's middle of the score ranking, among trusted trainers."""
+    combined = selection.combined
+    if config.election == "middle":
+        # Recorded misbehaviour (equivocation proofs in blocks) bars a peer in either mode.
+        candidates = {t: s for t, s in combined.items() if t not in excluded}
+        if len(candidates) < size:
+            return tuple(sorted(current_committee))
+        return tuple(elect_middle(candidates, size))
+    barred = set(excluded) | set(selection.outliers)
+    candidates = {t: s for t, s in combined.items() if t not in barred}
+    if len(candidates) < size:
+        return tuple(sorted(current_committee))
+    return tuple(elect_middle(candidates, size))
+
+
+def finish_round(
+    base_state: ModelState,
+    selection: RoundSelection,
+    updates: Mapping[str, ModelState],
+    samples: Mapping[str, int],
+    committee_size: int,
+    current_committee: tuple[str, ...],
+    config: RoundConfig,
+    excluded: frozenset[str] | set[str] = frozenset(),
+) -> RoundDecision:
+    """Aggregate the selected updates (sample-weighted, bit-reproducible) and elect."""
+    missing = [t for t in selection.selected if t not in updates or t not in samples]
+    if missing:
+        raise KeyError(f"selected trainers without an update: {missing}")
+    new_state = aggregate_weighted(base_state, {t: updates[t] for t in selection.selected},
+                                   {t: samples[t] for t in selection.selected})
+    committee = elect_committee(selection, committee_size, current_committee, config, excluded)
+    return RoundDecision(selection.combined, selection.selected, new_state, committee,
+                         selection.applied, selection.outliers, selection.dissenters)
+
+
+def decide_round(
+    base_state: ModelState,
+    member_vectors: Mapping[str, Mapping[str, float]],
+    updates: Mapping[str, ModelState],
+    samples: Mapping[str, int],
+    committee_size: int,
+    current_committee: tuple[str, ...],
+    config: RoundConfig,
+    excluded: frozenset[str] | set[str] = frozenset(),
+) -> RoundDecision:
+    """select_round then finish_round: the whole learning decision of one round."""
+    selection = select_round(member_vectors, config)
+    return finish_round(base_state, selection, updates, samples, committee_size,
+                        current_committee, config, excluded)

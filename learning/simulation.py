@@ -1,0 +1,164 @@
+"""In-memory federated-learning runs for the robustness harness: CMFL or a baseline rule.
+
+A run is a pure function of its `RunSpec`: the same spec gives the same accuracies. CMFL runs
+go through `learning.cmfl.select_round` / `finish_round`, the code the peers run in
+`chain.round_rules.derive_block`; only the transport is missing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from learning.attacks import Attack, make_attack
+from learning.baselines import BASELINES, aggregate_baseline
+from learning.cmfl import RoundConfig, finish_round, select_round
+from learning.data import Dataset, load_digits_split, shard_indices, subset
+from learning.model import ModelSpec, initial_state
+from learning.scoring import score_updates
+from learning.tensors import ModelState
+from learning.training import evaluate, train_local
+
+#: CMFL variants by name: the genesis `selection` settings they stand for.
+CMFL_RULES: dict[str, RoundConfig] = {
+    "cmfl-s1": RoundConfig(rule="S1", scoring="sum", election="middle"),
+    "cmfl-s2": RoundConfig(rule="S2", scoring="sum", election="middle"),
+    "cmfl-auto": RoundConfig(rule="auto", scoring="median", election="trusted"),
+}
+RULE_NAMES = tuple(CMFL_RULES) + BASELINES
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything one run depends on."""
+
+    rule: str = "cmfl-auto"
+    attack: str = "none"
+    fraction: float = 0.3
+    partition: str = "iid"
+    alpha: float = 0.5
+    seed: int = 0
+    n_peers: int = 20
+    committee_size: int = 5
+    rounds: int = 40
+    epochs: int = 2
+    lr: float = 0.1
+    batch_size: int = 16
+    layers: tuple[int, ...] = (64, 64, 10)
+    #: overrides the CMFL_RULES config of a cmfl-* rule
+    config: RoundConfig | None = None
+
+
+@dataclass
+class RunResult:
+    """Per-round test accuracy plus, for CMFL, who was selected and who sat on the committee."""
+
+    spec: RunSpec
+    accuracy: list[float] = field(default_factory=list)
+    attackers_selected: list[int] = field(default_factory=list)
+    attackers_on_committee: list[int] = field(default_factory=list)
+    applied: list[str] = field(default_factory=list)
+
+
+def peer_ids(n: int) -> list[str]:
+    """Peer names p00, p01, ... (sorted order = index order)."""
+    return [f"p{i:02d}" for i in range(n)]
+
+
+def choose_attackers(spec: RunSpec) -> frozenset[str]:
+    """round(fraction * n) peers, drawn from the seed."""
+    ids = peer_ids(spec.n_peers)
+    m = int(round(spec.fraction * spec.n_peers))
+    rng = np.random.default_rng([spec.seed, 17])
+    return frozenset(ids[i] for i in sorted(rng.choice(spec.n_peers, size=m, replace=False)))
+
+
+def genesis_committee(spec: RunSpec) -> tuple[str, ...]:
+    """The round-0 committee, a seeded draw from all peers (so it may hold attackers)."""
+    ids = peer_ids(spec.n_peers)
+    rng = np.random.default_rng([spec.seed, 29])
+    pick = rng.choice(spec.n_peers, size=spec.committee_size, replace=False)
+    return tuple(sorted(ids[i] for i in pick))
+
+
+def _local_data(spec: RunSpec, train: Dataset, attackers: frozenset[str],
+                attack: Attack | None) -> dict[str, Dataset]:
+    parts = shard_indices(train.y.numpy(), spec.n_peers, spec.seed, spec.partition, spec.alpha)
+    out = {}
+    for i, p in enumerate(peer_ids(spec.n_peers)):
+        d = subset(train, parts[i])
+        if attack is not None and p in attackers:
+            d = attack.poison_data(d, np.random.default_rng([spec.seed, i, 3]))
+        out[p] = d
+    return out
+
+
+def _round_models(spec: RunSpec, rnd: int, base: ModelState, data: dict[str, Dataset],
+                  attackers: frozenset[str], attack: Attack | None) -> dict[str, ModelState]:
+    """Every peer's model to send this round: trained, then poisoned by attackers."""
+    mspec = ModelSpec(spec.layers)
+    ids = sorted(data)
+    trained = {p: train_local(mspec, base, data[p], spec.epochs, spec.lr, spec.batch_size,
+                              seed=spec.seed * 1_000_003 + rnd * 1_009 + i)
+               for i, p in enumerate(ids)}
+    if attack is None or not attackers:
+        return trained
+    if attack.colluding:
+        # The omniscient colluders: every benign model of the round (see ALittleIsEnough).
+        benign = [trained[p] for p in ids if p not in attackers]
+        attack = attack.observe(benign, len(ids), len(attackers))
+    sent = dict(trained)
+    for i, p in enumerate(ids):
+        if p in attackers:
+            rng = np.random.default_rng([spec.seed, rnd, i, 5])
+            sent[p] = attack.poison_update(base, trained[p], rng)
+    return sent
+
+
+def run(spec: RunSpec) -> RunResult:
+    """Run spec.rounds rounds and record the test accuracy after each."""
+    if spec.rule not in RULE_NAMES:
+        raise ValueError(f"unknown rule {spec.rule!r}; expected one of {RULE_NAMES}")
+    train, test = load_digits_split(spec.seed)
+    mspec = ModelSpec(spec.layers)
+    attackers = choose_attackers(spec)
+    attack = make_attack(spec.attack)
+    data = _local_data(spec, train, attackers, attack)
+    samples = {p: len(d) for p, d in data.items()}
+    state = initial_state(mspec, spec.seed)
+    result = RunResult(spec)
+    if spec.rule in CMFL_RULES:
+        config = spec.config or CMFL_RULES[spec.rule]
+        committee = genesis_committee(spec)
+        excluded: set[str] = set()
+        for rnd in range(spec.rounds):
+            sent = _round_models(spec, rnd, state, data, attackers, attack)
+            trainers = [p for p in sorted(sent) if p not in committee]
+            updates = {t: sent[t] for t in trainers}
+            vectors = {}
+            for m in committee:
+                vec = score_updates(sent[m], updates)  # the member's own model is its reference
+                if attack is not None and m in attackers:
+                    vec = attack.poison_scores(vec, attackers)
+                vectors[m] = vec
+            selection = select_round(vectors, config)
+            decision = finish_round(state, selection, updates, samples, spec.committee_size,
+                                    committee, config,
+                                    # plain CMFL (middle election) stays plain in the table
+                                    frozenset(excluded) if config.election == "trusted"
+                                    else frozenset())
+            # Recorded misbehaviour: members whose vectors contradicted the committee's.
+            excluded |= set(decision.dissenters)
+            result.attackers_selected.append(len(set(decision.selected) & attackers))
+            result.attackers_on_committee.append(len(set(committee) & attackers))
+            result.applied.append(decision.applied)
+            state, committee = decision.new_state, decision.next_committee
+            result.accuracy.append(evaluate(mspec, state, test))
+    else:
+        for rnd in range(spec.rounds):
+            sent = _round_models(spec, rnd, state, data, attackers, attack)
+            state = aggregate_baseline(spec.rule, sent, samples, len(attackers))
+            result.accuracy.append(evaluate(mspec, state, test))
+    return result
+

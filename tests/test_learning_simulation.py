@@ -1,0 +1,25 @@
+"""The robustness harness's runs: seeded, reproducible, and CMFL keeps zeros out."""
+
+from learning.simulation import RunSpec, choose_attackers, genesis_committee, run
+
+TINY = dict(n_peers=8, committee_size=3, rounds=2, epochs=1)
+
+
+def test_run_is_reproducible_and_attackers_are_seeded():
+    spec = RunSpec(rule="cmfl-auto", attack="zeros", fraction=0.25, **TINY)
+    assert run(spec).accuracy == run(spec).accuracy
+    assert len(choose_attackers(spec)) == 2 and len(genesis_committee(spec)) == 3
+
+
+def test_cmfl_auto_never_aggregates_zeros_and_fedavg_suffers():
+    spec = RunSpec(rule="cmfl-auto", attack="zeros", fraction=0.25, **TINY)
+    res = run(spec)
+    assert res.attackers_selected == [0, 0]
+    fed = run(RunSpec(rule="fedavg", attack="zeros", fraction=0.25, **TINY))
+    assert fed.accuracy[-1] < res.accuracy[-1]
+
+
+def test_colluding_attack_and_every_baseline_run():
+    for rule in ("cmfl-s1", "krum", "multikrum", "median", "trimmed_mean"):
+        res = run(RunSpec(rule=rule, attack="alie", fraction=0.25, **TINY))
+        assert len(res.accuracy) == 2 and all(0.0 <= a <= 1.0 for a in res.accuracy)
