@@ -176,7 +176,7 @@ def check_evidence(network_id: bytes, pair: tuple[bytes, bytes]) -> str:
     return a.sender
 
 
-def recorded_misbehaviour(block: Block) -> set[str]:
+def recorded_misbehaviour(block: Block, selection: RoundConfig) -> set[str]:
     """Members a committed block convicts: equivocators in its evidence, and committee members
     whose score vector contradicted the others' (learning.cmfl.find_dissenters)."""
     offenders = {decode_envelope(pair[0]).sender for pair in block.evidence}
@@ -185,7 +185,7 @@ def recorded_misbehaviour(block: Block) -> set[str]:
         env = decode_envelope(raw)
         vectors[env.sender] = {t: (d, float(s)) for t, d, s in env.payload["scores"]}
     common = distances(vectors, agreed_digests(vectors, block.trainers))
-    return offenders | set(find_dissenters(common))
+    return offenders | set(find_dissenters(common, selection.outlier_ratio))
 
 
 def agreed_digests(vectors: dict[str, dict[str, tuple[bytes, float]]],

@@ -20,9 +20,10 @@ _DOMAIN = "cmfl-p2p/envelope/1"
 #: silently, so we stay below it with room for the pubsub framing and refuse loudly instead.
 MAX_ENVELOPE_BYTES = 1024 * 1024 - 16 * 1024
 
-#: update and scores carry learning; the pBFT kinds (bft.messages.KINDS) agree on the block.
+#: update and scores carry learning; the pBFT kinds (bft.messages.KINDS) agree on the block;
+#: block and evidence (an equivocation proof) concern every peer.
 KINDS = ("update", "scores", "pre_prepare", "prepare", "commit", "view_change", "new_view",
-         "block")
+         "block", "evidence")
 
 
 class EnvelopeError(ValueError):

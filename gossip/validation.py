@@ -59,8 +59,8 @@ class EnvelopeAdmission:
         if not env.has_valid_signature():
             return Verdict(None, "forged-signature",
                            f"signature does not verify (claims sender {env.sender[-8:]})")
-        # A committed block stays valid after its round, so a lagging peer can still use it.
-        if env.round < self.current_round and env.kind != "block":
+        # A committed block or a proof of equivocation stays valid after its round.
+        if env.round < self.current_round and env.kind not in ("block", "evidence"):
             return Verdict(None, "stale-round", f"round {env.round} < {self.current_round}",
                            benign=True)
         if env.round > self.current_round + FUTURE_ROUND_WINDOW:

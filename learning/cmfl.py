@@ -107,18 +107,30 @@ def rank_agreement(vector: Mapping[str, float], consensus: Mapping[str, float]) 
 
 
 def find_dissenters(
-    vectors: Mapping[str, Mapping[str, float]], min_agreement: float = 0.0
+    vectors: Mapping[str, Mapping[str, float]], outlier_ratio: float = 1.3
 ) -> tuple[str, ...]:
-    """Members whose ranking of trainers disagrees with the median of all members' rankings.
+    """Members who rank the consensus outliers closer than the consensus inliers.
 
-    An honest member ranks trainers roughly as the others do even with unusual local data (its
-    own offset adds to every distance alike); one scoring against a poisoned model, or lying,
-    ranks its colluders first and honest trainers last, so its correlation turns negative."""
+    The consensus is the median over members, which one liar cannot move; its outliers are the
+    updates far from the typical honest one (find_outliers). An honest member ranks them last,
+    whatever its local data; a member that scores against a poisoned model, or lies to pull
+    its colluders in, ranks them first. Without outliers no one is accused: when every update
+    is honest the rankings are noise, and disagreeing about noise is not misbehaviour."""
     if len(vectors) < 3:
         return ()
-    consensus = combine_scores([vectors[m] for m in sorted(vectors)], "median")
-    return tuple(m for m in sorted(vectors)
-                 if rank_agreement(vectors[m], consensus) < min_agreement)
+    consensus = combine_scores([dict(vectors[m]) for m in sorted(vectors)], "median")
+    outliers = set(find_outliers(consensus, outlier_ratio))
+    if not outliers or len(outliers) == len(consensus):
+        return ()
+    dissenters = []
+    for member in sorted(vectors):
+        ranks = {t: i for i, t in enumerate(rank_by_score(
+            {t: vectors[member][t] for t in consensus if t in vectors[member]}))}
+        far = [ranks[t] for t in outliers if t in ranks]
+        near = [ranks[t] for t in consensus if t not in outliers and t in ranks]
+        if far and near and sum(far) * len(near) < sum(near) * len(far):  # mean(far) < mean(near)
+            dissenters.append(member)
+    return tuple(dissenters)
 
 
 def find_outliers(combined: Mapping[str, float], ratio: float) -> tuple[str, ...]:
@@ -142,7 +154,7 @@ def select_round(
     """Combine the committee's score vectors and choose the trainers to aggregate."""
     members = sorted(member_vectors)
     combined = combine_scores([dict(member_vectors[m]) for m in members], config.scoring)
-    dissenters = find_dissenters(member_vectors)
+    dissenters = find_dissenters(member_vectors, config.outlier_ratio)
     n = len(combined)
     k = math.ceil(config.fraction * n) if n else 0
     if config.rule == "S1":

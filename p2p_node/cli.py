@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from bft.byzantine import BEHAVIOURS
 from chain.genesis import Genesis, GenesisError
 from chain.store import StoreError
 from learning.attacks import ATTACKS
@@ -61,7 +62,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = NodeConfig(
         data_dir=args.data_dir, genesis_path=args.genesis,
         listen=args.listen or ["/ip4/0.0.0.0/tcp/0"], bootstrap=args.bootstrap or [],
-        attack=args.attack, shard_index=args.shard_index, num_shards=args.num_shards,
+        attack=args.attack, colluders=args.colluder or [], byzantine=args.byzantine,
+        shard_index=args.shard_index, num_shards=args.num_shards,
         rounds=args.rounds, collect_timeout=args.collect_timeout,
         propose_timeout=args.propose_timeout, view_timeout=args.view_timeout,
         start_wait=args.start_wait,
@@ -158,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="multiaddr of a running peer, with /p2p/ID (repeatable)")
     p.add_argument("--attack", default="none", choices=["none", *ATTACKS],
                    help="simulate a malicious peer with this attack")
+    p.add_argument("--colluder", action="append",
+                   help="peer ID of a fellow attacker (colluding attacks such as false_scores: "
+                        "a lying committee member reports its colluders at distance 0)")
+    p.add_argument("--byzantine", default="none", choices=list(BEHAVIOURS),
+                   help="committee misbehaviour: equivocate (as leader, propose two blocks) "
+                        "or silent (send no consensus messages)")
     p.add_argument("--rounds", type=int, help="stop once the chain has this many blocks")
     p.add_argument("--shard-index", type=int, help="which data shard is this peer's "
                    "(default: its position among the sorted genesis members)")

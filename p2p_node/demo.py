@@ -94,6 +94,7 @@ def run_demo(cfg: DemoConfig) -> int:
             cmd += ["--bootstrap", addrs[j]]
         if ids[i] in attackers:
             cmd += ["--attack", cfg.attack]
+            cmd += [a for other in sorted(attackers - {ids[i]}) for a in ("--colluder", other)]
         log = open(d / "node.log", "w")
         procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
 

@@ -91,7 +91,8 @@ async def running_host(signer: Signer, listen: list[str]) -> AsyncIterator[
     except BaseExceptionGroup as group:
         if not stopping:
             raise
-        real = group.subgroup(lambda e: isinstance(e, BaseExceptionGroup) or
+        # False for a nested group makes subgroup() look inside it, down to the leaves.
+        real = group.subgroup(lambda e: not isinstance(e, BaseExceptionGroup) and
                               not _is_shutdown_race(e))
         if real is not None:
             raise real from None

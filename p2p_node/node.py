@@ -22,9 +22,16 @@ import trio
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.pubsub.pb import rpc_pb2
 
+from bft.byzantine import conflicting_proposal
 from bft.messages import KINDS as PBFT_KINDS
 from chain.genesis import Genesis
-from chain.round_rules import RoundContext, recorded_misbehaviour, trainers_for
+from chain.block import BlockError
+from chain.round_rules import (
+    RoundContext,
+    check_evidence,
+    recorded_misbehaviour,
+    trainers_for,
+)
 from chain.store import BlockStore, ModelStore
 from gossip.envelope import MAX_ENVELOPE_BYTES, Envelope, decode_envelope
 from gossip.validation import EnvelopeAdmission
@@ -50,7 +57,7 @@ log = logging.getLogger("p2p_node")
 
 #: Which topic carries which kinds: updates are the bulk, blocks are for every peer.
 TOPIC_KINDS = {"updates": ("update",), "committee": ("scores", *PBFT_KINDS),
-               "blocks": ("block",)}
+               "blocks": ("block", "evidence")}
 
 
 def topic_name(network_id: bytes, topic: str) -> str:
@@ -70,6 +77,10 @@ class NodeConfig:
     listen: list[str] = field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/0"])
     bootstrap: list[str] = field(default_factory=list)
     attack: str = "none"
+    #: peer IDs colluding with this attacker (colluding attacks: false_scores, alie)
+    colluders: list[str] = field(default_factory=list)
+    #: committee misbehaviour for the attack lab: none, equivocate (as leader), silent
+    byzantine: str = "none"
     shard_index: int | None = None
     num_shards: int | None = None
     rounds: int | None = None
@@ -122,12 +133,14 @@ class Node:
             raise ValueError(f"this peer ({self.me}) is not a member in {config.genesis_file}")
         self.store, self.models = open_chain(config.data_dir)
         self.spec = ModelSpec.from_dict(self.genesis.model)
+        self.selection = RoundConfig.from_selection(self.genesis.selection)
         self.attack: Attack | None = make_attack(config.attack)
         self.train_data, self.test_data = self._load_data()
         self.admission = EnvelopeAdmission(self.network_id, frozenset(self.genesis.members))
         self.on_event = on_event or (lambda e: None)
         self.rejections: dict[str, int] = defaultdict(int)
-        self.evidence: list[Evidence] = []
+        #: equivocation proofs held, by convicted member: any round's leader records them
+        self.evidence: dict[str, tuple[bytes, bytes]] = {}
         self._excluded: set[str] | None = None
         self._future: dict[int, list[Envelope]] = defaultdict(list)
         self._own_messages: list[tuple[str, bytes]] = []
@@ -158,9 +171,10 @@ class Node:
         if self._excluded is None:  # once per process: later blocks add to it in _commit
             self._excluded = set()
             for height in self.store.heights():
-                self._excluded |= recorded_misbehaviour(self.store.get(height).block)
+                self._excluded |= recorded_misbehaviour(self.store.get(height).block,
+                                                        self.selection)
         common = dict(network_id=self.network_id, members=members,
-                      selection=RoundConfig.from_selection(g.selection),
+                      selection=self.selection,
                       excluded=frozenset(self._excluded))
         if head is None:
             state = initial_state(self.spec, g.seed)
@@ -298,10 +312,10 @@ class Node:
     async def _run_round(self) -> None:
         ctx = self._context()
         snapshot = self.store.get_state("pbft")
-        evidence = tuple((e.first.encode(), e.second.encode()) for e in self.evidence
-                         if e.member not in ctx.excluded)
+        evidence = tuple(pair for member, pair in sorted(self.evidence.items())
+                         if member not in ctx.excluded)
         machine = RoundMachine(ctx, self.me, cbor2.loads(snapshot) if snapshot else None,
-                               evidence=evidence)
+                               evidence=evidence, score_tamper=self._score_tamper())
         self.admission.current_round = ctx.height
         self._own_messages = []
         times = RoundTimes(time.monotonic())
@@ -341,6 +355,8 @@ class Node:
             if isinstance(action, Publish):
                 if action.kind == "scores":
                     times.mark("collected")
+                if self.config.byzantine != "none" and await self._misbehave(ctx, action):
+                    continue
                 await self._publish(ctx, action.kind, action.payload,
                                     keep=action.kind != "block")
             elif isinstance(action, PublishSigned):
@@ -353,13 +369,34 @@ class Node:
                 log.warning("round %d: rejected %s from %s: %s", ctx.height, action.kind,
                             action.sender[-8:], action.reason)
             elif isinstance(action, Evidence):
-                self.evidence.append(action)
-                log.warning("round %d: %s equivocated (%s): evidence kept", ctx.height,
-                            action.member[-8:], action.first.kind)
+                log.warning("round %d: %s equivocated (%s): evidence kept and gossiped",
+                            ctx.height, action.member[-8:], action.first.kind)
                 self.on_event({"event": "evidence", "peer": self.me, "height": ctx.height,
                                "member": action.member, "kind": action.first.kind})
+                pair = (action.first.encode(), action.second.encode())
+                if self.evidence.setdefault(action.member, pair) == pair:
+                    await self._publish(ctx, "evidence", list(pair), keep=False)
             elif isinstance(action, Commit):
                 await self._commit(ctx, action, times)
+
+    def _score_tamper(self) -> Callable[[dict[str, float]], dict[str, float]] | None:
+        """A lying committee member's rewrite of its distances (attack lab), if any."""
+        if self.attack is None or type(self.attack).poison_scores is Attack.poison_scores:
+            return None
+        colluders = frozenset(self.config.colluders) | {self.me}
+        attack = self.attack
+        return lambda distances: attack.poison_scores(distances, colluders)
+
+    async def _misbehave(self, ctx: RoundContext, action: Publish) -> bool:
+        """Attack lab: carry out `--byzantine`; True if the honest publish must be skipped."""
+        if self.config.byzantine == "silent":
+            return action.kind in PBFT_KINDS
+        if self.config.byzantine == "equivocate" and action.kind in ("pre_prepare", "new_view"):
+            await self._publish(ctx, action.kind, action.payload, keep=True)
+            await self._publish(ctx, action.kind, conflicting_proposal(action.payload), keep=True)
+            log.warning("round %d: byzantine: sent two conflicting %s", ctx.height, action.kind)
+            return True
+        return False
 
     async def _timer(self, height: int, timer: SetTimer, seconds: float) -> None:
         await trio.sleep(seconds)
@@ -370,6 +407,9 @@ class Node:
         kind = item[0]
         if kind == "envelope":
             env: Envelope = item[1]
+            if env.kind == "evidence":
+                self._on_evidence(env)
+                return []
             if env.round > ctx.height:
                 self._future[env.round].append(env)
                 return []
@@ -389,6 +429,19 @@ class Node:
             return machine.on_timer(item[2], item[3])
         raise AssertionError(kind)
 
+    def _on_evidence(self, env: Envelope) -> None:
+        """Keep a gossiped equivocation proof (from any round) for a future block."""
+        try:
+            first, second = env.payload
+            member = check_evidence(self.network_id, (first, second))
+        except (BlockError, TypeError, ValueError) as exc:
+            self.rejections["invalid-evidence"] += 1
+            log.warning("rejected evidence from %s: %s", env.sender[-8:], exc)
+            return
+        if member not in self.evidence:
+            self.evidence[member] = (first, second)
+            log.info("holding evidence against %s (from %s)", member[-8:], env.sender[-8:])
+
     async def _train(self, ctx: RoundContext, times: RoundTimes) -> None:
         g = self.genesis
         # Fresh shuffling each round, reproducible from the chain and the peer's shard.
@@ -399,8 +452,12 @@ class Node:
             trained = train_local(self.spec, ctx.base_state, self.train_data, int(t["epochs"]),
                                   float(t["lr"]), int(t["batch_size"]), seed)
             if self.attack is not None:
-                trained = self.attack.poison_update(ctx.base_state, trained,
-                                                    np.random.default_rng(seed))
+                # A real colluder observes only its own honest training (no side channel), so
+                # ALIE's mean/std estimate comes from one sample here; see learning.attacks.
+                attack = self.attack.observe([trained], len(self.genesis.members),
+                                             len(set(self.config.colluders) | {self.me}))
+                trained = attack.poison_update(ctx.base_state, trained,
+                                               np.random.default_rng(seed))
             return trained, len(self.train_data)
 
         started = time.monotonic()
@@ -421,7 +478,7 @@ class Node:
         assert model_hash == block.model_hash, "model bytes do not match the block's hash"
         self.store.append(action.committed)
         assert self._excluded is not None
-        convicted = recorded_misbehaviour(block) - self._excluded
+        convicted = recorded_misbehaviour(block, self.selection) - self._excluded
         if convicted:
             log.warning("height %d records misbehaviour of %s: excluded from committees",
                         block.height, ", ".join(sorted(p[-8:] for p in convicted)))

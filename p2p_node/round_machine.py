@@ -14,7 +14,7 @@ block's certificate. Every peer, member or not, re-derives the block before it c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import bft.pbft as pbft
 from bft.messages import KINDS as PBFT_KINDS
@@ -91,9 +91,13 @@ class RoundMachine:
 
     def __init__(self, ctx: RoundContext, me: str,
                  pbft_snapshot: dict[str, Any] | None = None,
-                 evidence: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+                 evidence: tuple[tuple[bytes, bytes], ...] = (),
+                 score_tamper: Callable[[dict[str, float]], dict[str, float]] | None = None,
+                 ) -> None:
         self.ctx = ctx
         self.me = me
+        #: attack lab only: how a lying committee member rewrites its distances
+        self.score_tamper = score_tamper
         #: equivocation proofs this peer holds, recorded in the block if it proposes
         self.evidence = evidence
         self.updates: dict[str, ReceivedUpdate] = {}
@@ -292,6 +296,8 @@ class RoundMachine:
         self.scored = True
         distances = score_updates(self.own_reference,
                                   {t: u.state for t, u in self.updates.items()})
+        if self.score_tamper is not None:
+            distances = self.score_tamper(distances)
         return [Publish("scores", scores_payload(
             {t: (self.updates[t].digest, d) for t, d in distances.items()}))]
 

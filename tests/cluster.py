@@ -42,6 +42,8 @@ class Cluster:
     size: int = 6
     committee_size: int = 4
     attacks: dict[int, str] = field(default_factory=dict)
+    #: per-peer NodeConfig overrides (e.g. {0: {"byzantine": "equivocate"}})
+    behaviours: dict[int, dict] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.dirs = [self.root / f"peer-{i}" for i in range(self.size)]
@@ -59,7 +61,8 @@ class Cluster:
         return [NodeConfig(
             data_dir=d, genesis_path=self.root / "genesis.json",
             listen=[addrs[i].split("/p2p/")[0]], bootstrap=addrs[:i],
-            attack=self.attacks.get(i, "none"), **settings) for i, d in enumerate(self.dirs)]
+            attack=self.attacks.get(i, "none"), **{**settings, **self.behaviours.get(i, {})})
+            for i, d in enumerate(self.dirs)]
 
     async def run(self, rounds: int, log: EventLog, nursery: trio.Nursery,
                   **overrides: float) -> list[Node]:

@@ -155,3 +155,15 @@ def test_sample_trainers_is_seeded_by_the_block():
     draws = {tuple(sample_trainers(peers, 4, bytes([i]))) for i in range(20)}
     assert len(draws) > 10  # another block, another sample
     assert sample_trainers(peers, 0, b"x") == []
+
+
+def test_no_one_is_a_dissenter_when_every_update_is_honest():
+    # IID honest trainers sit at near-equal distances: members rank them by noise, and
+    # disagreeing about noise is not misbehaviour.
+    import random
+
+    rng = random.Random(5)
+    trainers = [f"t{i}" for i in range(6)]
+    for _ in range(50):
+        vectors = {f"m{j}": {t: 1.0 + rng.random() * 0.05 for t in trainers} for j in range(4)}
+        assert find_dissenters(vectors) == ()

@@ -122,3 +122,32 @@ def test_killing_the_leader_mid_round_still_commits_after_a_view_change(tmp_path
     assert leader not in log.peers_at("committed", 0)
     views = {e["view"] for e in log.events if e["event"] == "committed"}
     assert views and min(views) >= 1, "the round must have been decided after a view change"
+
+
+def test_an_equivocating_leader_is_caught_recorded_and_never_elected_again(tmp_path):
+    cluster = Cluster(tmp_path, size=9)
+    leader = sorted(cluster.genesis.committee)[0]  # leads view 0 of height 0
+    cluster.behaviours = {cluster.ids.index(leader): {"byzantine": "equivocate"}}
+    log = EventLog()
+    everyone = set(cluster.ids)
+
+    async def scenario():
+        with trio.fail_after(240):
+            async with trio.open_nursery() as nursery:
+                nodes = await cluster.run(rounds=3, log=log, nursery=nursery,
+                                          collect_timeout=5.0, propose_timeout=3.0,
+                                          view_timeout=8.0)
+                await log.wait_for(lambda ev: log.peers_at("committed", 2) == everyone)
+        return nodes
+
+    nodes = trio.run(scenario)
+    caught = {e["peer"] for e in log.events if e["event"] == "evidence"
+              and e["member"] == leader}
+    assert caught, "no committee member reported the equivocation"
+    for height in range(3):
+        assert len(committed_hashes(log, height)) == 1
+    chain = [nodes[0].store.get(h).block for h in range(3)]
+    recorded = [b.height for b in chain if b.evidence]
+    assert recorded, "the evidence was not recorded in a block"
+    for block in chain[recorded[0]:]:
+        assert leader not in block.next_committee
