@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 # `python bench/consensus.py` puts bench/ first on sys.path, where a module named like one of our
-# packages (bench/gossip.py) would shadow it: look the packages up from the project root instead.
+# packages would shadow it: look the packages up from the project root instead.
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 

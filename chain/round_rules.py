@@ -14,7 +14,14 @@ from bft.messages import KINDS as PBFT_KINDS
 from bft.quorum import quorum_size
 from chain.block import Block, BlockError, UpdateRef
 from gossip.envelope import Envelope, EnvelopeError, decode_envelope
-from learning.cmfl import RoundConfig, find_dissenters, finish_round, select_round
+from learning.cmfl import (
+    RoundConfig,
+    RoundSelection,
+    elect_committee,
+    find_dissenters,
+    finish_round,
+    select_round,
+)
 from learning.tensors import ModelState, state_hash
 
 
@@ -108,15 +115,22 @@ def parse_scores_body(ctx: RoundContext, env: Envelope) -> dict[str, tuple[bytes
     return out
 
 
-def derive_block(
-    ctx: RoundContext, score_vectors: list[bytes], updates: dict[str, ReceivedUpdate],
-    evidence: tuple[tuple[bytes, bytes], ...] = (),
-) -> tuple[Block, ModelState]:
-    """The block and new global model that these score vectors (and evidence) imply.
+@dataclass(frozen=True)
+class RoundOutline:
+    """All that a round's signed score vectors and evidence decide, before any update is needed:
+    everything in its block but the new model (what a syncing peer can check without updates)."""
 
-    Raises BlockError if the inputs are invalid (then no block can come of them) and
-    MissingUpdates if a selected trainer's update is not in `updates` (then wait for it).
-    """
+    #: trainers every vector scored with one same update digest, and that digest
+    digests: dict[str, bytes]
+    selection: RoundSelection
+    #: the evidence as the block records it (sorted, without duplicates)
+    evidence: tuple[tuple[bytes, bytes], ...]
+    next_committee: tuple[str, ...]
+
+
+def outline_round(ctx: RoundContext, score_vectors: list[bytes],
+                  evidence: tuple[tuple[bytes, bytes], ...] = ()) -> RoundOutline:
+    """Check the signed score vectors and evidence; select and elect. BlockError if invalid."""
     vectors: dict[str, dict[str, tuple[bytes, float]]] = {}
     for raw in score_vectors:
         member, scores = parse_score_vector(ctx, raw)
@@ -131,16 +145,34 @@ def derive_block(
     offenders = {check_evidence(ctx.network_id, pair) for pair in evidence}
     # The learning decision is learning.cmfl's, the same code the robustness harness runs.
     selection = select_round(distances(vectors, digests), ctx.selection)
+    next_committee = elect_committee(selection, len(ctx.committee), ctx.committee,
+                                     ctx.selection, ctx.excluded | offenders)
+    return RoundOutline(digests, selection, evidence, tuple(sorted(next_committee)))
+
+
+def derive_block(
+    ctx: RoundContext, score_vectors: list[bytes], updates: dict[str, ReceivedUpdate],
+    evidence: tuple[tuple[bytes, bytes], ...] = (),
+) -> tuple[Block, ModelState]:
+    """The block and new global model that these score vectors (and evidence) imply.
+
+    Raises BlockError if the inputs are invalid (then no block can come of them) and
+    MissingUpdates if a selected trainer's update is not in `updates` (then wait for it).
+    """
+    outline = outline_round(ctx, score_vectors, evidence)
+    digests, selection, evidence = outline.digests, outline.selection, outline.evidence
     selected = list(selection.selected)
 
     held = {t: u for t, u in updates.items() if t in digests and u.digest == digests[t]}
     missing = [t for t in selected if t not in held]
     if missing:
         raise MissingUpdates(missing)
-    decision = finish_round(ctx.base_state, selection, {t: held[t].state for t in selected},
-                            {t: held[t].samples for t in selected}, len(ctx.committee),
-                            ctx.committee, ctx.selection, ctx.excluded | offenders)
-    new_state, next_committee = decision.new_state, decision.next_committee
+    # Only the aggregate is taken from finish_round: the next committee is the outline's, so the
+    # proposer and a syncing verifier (chain.verify, which has no updates) share one election.
+    new_state = finish_round(ctx.base_state, selection, {t: held[t].state for t in selected},
+                             {t: held[t].samples for t in selected}, len(ctx.committee),
+                             ctx.committee, ctx.selection, ctx.excluded).new_state
+    next_committee = outline.next_committee
     # Only aggregated updates are listed: every peer that re-derives holds exactly these, and their
     # sample counts are bound by the digest (they are inside the signed update).
     refs = tuple(UpdateRef(t, digests[t], held[t].samples) for t in selected)

@@ -46,17 +46,26 @@ class BlockStore:
 
     def append(self, committed: CommittedBlock) -> None:
         """Store the next block; StoreError unless it extends the head."""
-        block = committed.block
+        self.append_many([committed])
+
+    def append_many(self, blocks: list[CommittedBlock]) -> None:
+        """Store consecutive blocks onto the head in one transaction: all of them or none.
+
+        Sync uses this: the blocks between the old head and the new one have no model on disk,
+        so only the whole run (whose last model is stored first) may become the head."""
         head = self.head()
-        want_height = 0 if head is None else head[0] + 1
-        if block.height != want_height:
-            raise StoreError(f"block height {block.height} does not follow head {want_height - 1}")
-        if head is not None and block.prev_hash != head[1]:
-            raise StoreError("block does not link to the head hash")
+        height, prev = (-1, None) if head is None else head
+        for committed in blocks:
+            block = committed.block
+            if block.height != height + 1:
+                raise StoreError(f"block height {block.height} does not follow head {height}")
+            if prev is not None and block.prev_hash != prev:
+                raise StoreError(f"block {block.height} does not link to the head hash")
+            height, prev = block.height, block.hash()
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            self._db.execute("INSERT INTO blocks VALUES (?, ?, ?, ?)",
-                             (block.height, block.hash(), block.prev_hash, committed.encode()))
+            self._db.executemany("INSERT INTO blocks VALUES (?, ?, ?, ?)", [
+                (c.block.height, c.block.hash(), c.block.prev_hash, c.encode()) for c in blocks])
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
@@ -73,6 +82,20 @@ class BlockStore:
     def get(self, height: int) -> CommittedBlock | None:
         row = self._db.execute("SELECT data FROM blocks WHERE height = ?", (height,)).fetchone()
         return CommittedBlock.decode(row[0]) if row else None
+
+    def get_raw(self, start: int, count: int, max_bytes: int) -> list[bytes]:
+        """Encoded blocks from height `start` on: at most `count`, and at most `max_bytes`
+        in total (but always the first, if held). What a sync request is answered with."""
+        out: list[bytes] = []
+        total = 0
+        for (data,) in self._db.execute(
+                "SELECT data FROM blocks WHERE height >= ? ORDER BY height LIMIT ?",
+                (start, count)):
+            if out and total + len(data) > max_bytes:
+                break
+            out.append(data)
+            total += len(data)
+        return out
 
     def heights(self) -> list[int]:
         return [r[0] for r in self._db.execute("SELECT height FROM blocks ORDER BY height")]
@@ -117,3 +140,55 @@ class ModelStore:
         except FileNotFoundError:
             return None
         return data if hashlib.sha256(data).digest() == digest else None
+
+    def has(self, digest: bytes) -> bool:
+        """True if a file is stored under `digest` (whether or not its bytes are intact)."""
+        return self._path(digest).exists()
+
+    def size(self, digest: bytes) -> int | None:
+        """Size in bytes of the file stored under `digest`, or None if absent."""
+        try:
+            return self._path(digest).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def digests(self) -> set[bytes]:
+        """Every digest with a file here."""
+        out = set()
+        for path in self.dir.glob("*.cbor"):
+            try:
+                out.add(bytes.fromhex(path.stem))
+            except ValueError:
+                continue  # not one of ours
+        return out
+
+    def prune(self, keep: set[bytes]) -> list[bytes]:
+        """Delete every checkpoint not in `keep` (and leftover temporary files); the deleted."""
+        for tmp in self.dir.glob("*.tmp"):
+            tmp.unlink(missing_ok=True)
+        gone = sorted(self.digests() - keep)
+        for digest in gone:
+            self._path(digest).unlink(missing_ok=True)
+        return gone
+
+
+#: Checkpoints kept by default: the head's model plus a few before it, enough for a peer that
+#: syncs while the network commits a few more blocks to still find the one it verified up to.
+DEFAULT_KEEP_CHECKPOINTS = 8
+
+
+def retain_checkpoints(store: BlockStore, models: ModelStore,
+                       keep_last: int = DEFAULT_KEEP_CHECKPOINTS) -> list[bytes]:
+    """Retention: delete model checkpoints except those of the last `keep_last` blocks.
+
+    The head's model is always kept (the next round starts from it). Call it only between
+    commits: a checkpoint written for a block not yet appended would not be in the keep set."""
+    head = store.head()
+    if head is None:
+        return []
+    keep = set()
+    for height in range(max(0, head[0] - max(keep_last, 1) + 1), head[0] + 1):
+        committed = store.get(height)
+        if committed is not None:
+            keep.add(committed.block.model_hash)
+    return models.prune(keep)

@@ -37,16 +37,23 @@ class ModelSpec:
 
 def build_model(spec: ModelSpec, seed: int) -> torch.nn.Module:
     """Build the MLP with parameters initialised deterministically from seed."""
-    # nn.Linear initialises in its constructor from the global RNG; build inside a forked,
-    # seeded RNG so we neither depend on nor disturb the caller's global state.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        mods: list[torch.nn.Module] = []
-        for i, (fan_in, fan_out) in enumerate(zip(spec.layers, spec.layers[1:])):
-            if i > 0:
-                mods.append(torch.nn.ReLU())
-            mods.append(torch.nn.Linear(fan_in, fan_out))
-        model = torch.nn.Sequential(*mods)
+    mods: list[torch.nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(spec.layers, spec.layers[1:])):
+        if i > 0:
+            mods.append(torch.nn.ReLU())
+        mods.append(torch.nn.Linear(fan_in, fan_out))
+    model = torch.nn.Sequential(*mods)
+    # Re-initialise from a private generator: torch's global RNG is shared by every thread of
+    # the process, so a seed set on it can be consumed by training running concurrently (seen
+    # with several peers in one process). Same distribution as nn.Linear's default:
+    # U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases.
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in model:
+            if isinstance(layer, torch.nn.Linear):
+                bound = 1.0 / layer.in_features ** 0.5
+                for p in (layer.weight, layer.bias):
+                    p.copy_(torch.rand(p.shape, generator=g) * (2 * bound) - bound)
     return model
 
 

@@ -1,5 +1,3 @@
-import sys
+from p2p_node.cli import console_main
 
-from p2p_node.cli import main
-
-sys.exit(main())
+console_main()

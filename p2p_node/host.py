@@ -17,7 +17,7 @@ from libp2p.abc import IHost
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
 from libp2p.pubsub import rpc_queue
-from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
+from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
@@ -26,6 +26,7 @@ from libp2p.tools.anyio_service.exceptions import LifecycleError
 
 from gossip.envelope import MAX_ENVELOPE_BYTES
 from gossip.peer_keys import Signer
+from gossip.peer_scoring import ScoredGossipSub
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
@@ -50,13 +51,18 @@ rpc_queue.RpcQueue.__init__.__defaults__ = (OUTBOUND_QUEUE_MESSAGES,
                                             rpc_queue.DefaultMaxMessageSize)
 
 
-def build_host(signer: Signer) -> tuple[IHost, Pubsub, GossipSub]:
-    """A TCP host with Noise pinned (no plaintext, no secio) and yamux, plus gossipsub v1.1."""
+def build_host(signer: Signer, mdns: bool = False) -> tuple[IHost, Pubsub, ScoredGossipSub]:
+    """A TCP host with Noise pinned (no plaintext, no secio) and yamux, plus gossipsub v1.1.
+
+    The router scores peers (gossip/peer_scoring.py): negative-score peers leave the mesh.
+    With `mdns`, the host answers and sends mDNS queries on the LAN; that only fills the
+    peerstore, so p2p_node.discovery is what dials the peers found.
+    """
     key_pair = create_new_key_pair(signer.seed)
     noise = NoiseTransport(key_pair, noise_privkey=create_new_x25519_key_pair().private_key)
     host = new_host(key_pair=key_pair, sec_opt={NOISE_PROTOCOL_ID: noise},
-                    muxer_preference="YAMUX")
-    router = GossipSub(
+                    muxer_preference="YAMUX", enable_mDNS=mdns)
+    router = ScoredGossipSub(
         protocols=[PROTOCOL_ID_V11], degree=6, degree_low=4, degree_high=12,
         heartbeat_interval=HEARTBEAT_SECONDS, heartbeat_initial_delay=0.1,
         spam_protection_enabled=True,
@@ -75,10 +81,10 @@ def _is_shutdown_race(exc: BaseException) -> bool:
 
 
 @asynccontextmanager
-async def running_host(signer: Signer, listen: list[str]) -> AsyncIterator[
-        tuple[IHost, Pubsub, GossipSub]]:
+async def running_host(signer: Signer, listen: list[str], mdns: bool = False) -> AsyncIterator[
+        tuple[IHost, Pubsub, ScoredGossipSub]]:
     """Build, start and listen; everything stops when the block exits."""
-    host, pubsub, router = build_host(signer)
+    host, pubsub, router = build_host(signer, mdns)
     stopping = False
     try:
         async with host.run([multiaddr.Multiaddr(a) for a in listen]):

@@ -32,7 +32,7 @@ from chain.round_rules import (
     recorded_misbehaviour,
     trainers_for,
 )
-from chain.store import BlockStore, ModelStore
+from chain.store import BlockStore, ModelStore, retain_checkpoints
 from gossip.envelope import MAX_ENVELOPE_BYTES, Envelope, decode_envelope
 from gossip.validation import EnvelopeAdmission
 from learning.attacks import Attack, make_attack
@@ -41,8 +41,11 @@ from learning.data import Dataset, load_digits_split, shard
 from learning.model import ModelSpec, initial_state
 from learning.tensors import ModelState, state_bytes, state_from_bytes, state_hash
 from learning.training import evaluate, train_local
+from gossip.peer_scoring import report_verdict
+from p2p_node.discovery import Discovery
 from p2p_node.host import HEARTBEAT_SECONDS, running_host
 from p2p_node.identity import load_identity
+from p2p_node.sync_service import SyncService
 from p2p_node.round_machine import (
     Commit,
     Evidence,
@@ -76,6 +79,8 @@ class NodeConfig:
     genesis_path: Path | None = None
     listen: list[str] = field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/0"])
     bootstrap: list[str] = field(default_factory=list)
+    #: find LAN peers by mDNS (peer exchange and redialling run always: p2p_node/discovery.py)
+    mdns: bool = False
     attack: str = "none"
     #: peer IDs colluding with this attacker (colluding attacks: false_scores, alie)
     colluders: list[str] = field(default_factory=list)
@@ -147,6 +152,7 @@ class Node:
         self._pubsub: Any = None
         self._inbox_send, self._inbox = trio.open_memory_channel[tuple](100_000)
         self.host: Any = None
+        self.router: Any = None  # gossip.peer_scoring.ScoredGossipSub: penalize(peer, reason)
 
     # set-up ------------------------------------------------------------------------------------
     def _load_data(self) -> tuple[Dataset, Dataset]:
@@ -199,7 +205,10 @@ class Node:
 
         def validate(forwarder: Any, msg: rpc_pb2.Message) -> bool:
             verdict = self.admission.admit(msg.data, kinds)
+            report_verdict(self.router, forwarder, verdict)  # misbehaviour lowers its score
             if not verdict.accepted:
+                if verdict.code == "future-round":
+                    self.sync.hint_behind()  # peers are rounds ahead: are we behind?
                 self.rejections[verdict.code] += 1
                 self.on_event({"event": "rejected", "peer": self.me, "code": verdict.code,
                                "topic": topic})
@@ -284,8 +293,12 @@ class Node:
     async def run(self) -> None:
         """Run until `rounds` blocks are committed (forever if None)."""
         torch.set_num_threads(self.config.threads)
-        async with running_host(self.signer, self.config.listen) as (host, pubsub, _router):
-            self.host, self._pubsub = host, pubsub
+        async with running_host(self.signer, self.config.listen,
+                                mdns=self.config.mdns) as (host, pubsub, router):
+            self.host, self._pubsub, self.router = host, pubsub, router
+            self.sync = SyncService(host, self.genesis, self.store, self.models, me=self.me,
+                                    penalize=router.penalize, on_event=self.on_event)
+            self.sync.install()
             addrs = [str(a) for a in host.get_addrs()]
             (self.config.data_dir / "listen_addrs").write_text("\n".join(addrs) + "\n")
             log.info("peer %s listening on %s", self.me, ", ".join(addrs))
@@ -297,7 +310,15 @@ class Node:
                     nursery.start_soon(self._read_topic, await pubsub.subscribe(name))
                 for addr in self.config.bootstrap:
                     nursery.start_soon(self._connect_bootstrap, addr)
+                # Peer exchange from the bootstrap peers on, mDNS if asked, redial after loss.
+                nursery.start_soon(Discovery(host, self.genesis.members,
+                                             mdns=self.config.mdns).run)
                 await self._wait_for_peers()
+                # A new or lagging peer first reaches the network's head (chain/sync.py).
+                if await self.sync.catch_up():
+                    self._excluded = None  # synced blocks may record misbehaviour
+                nursery.start_soon(self.sync.watch,
+                                   lambda result: self._inbox_send.send(("synced", result)))
                 nursery.start_soon(self._rebroadcast)
                 while not self._done():
                     await self._run_round()
@@ -333,6 +354,12 @@ class Node:
             for env in self._future.pop(ctx.height, []):
                 await self._inbox_send.send(("envelope", env))
             async for item in self._inbox:
+                if item[0] == "synced":  # verified blocks past this round: store them, move on
+                    if self.sync.apply(item[1]):
+                        self._excluded = None
+                        nursery.cancel_scope.cancel()
+                        break
+                    continue
                 dispatched = time.monotonic()
                 actions = self._dispatch(machine, ctx, item, times)
                 if any(isinstance(a, Publish) and a.kind == "scores" for a in actions):
@@ -371,6 +398,9 @@ class Node:
             elif isinstance(action, Evidence):
                 log.warning("round %d: %s equivocated (%s): evidence kept and gossiped",
                             ctx.height, action.member[-8:], action.first.kind)
+                # Proven misbehaviour lowers its gossip score too (gossip/peer_scoring.py).
+                # Other round-core refusals are not scored: a lagging honest peer causes them.
+                self.router.penalize(action.member, "equivocation")
                 self.on_event({"event": "evidence", "peer": self.me, "height": ctx.height,
                                "member": action.member, "kind": action.first.kind})
                 pair = (action.first.encode(), action.second.encode())
@@ -411,6 +441,8 @@ class Node:
                 self._on_evidence(env)
                 return []
             if env.round > ctx.height:
+                if env.kind == "block":
+                    self.sync.hint_behind()  # a later block is certified: we are behind
                 self._future[env.round].append(env)
                 return []
             if env.kind in ("pre_prepare", "new_view"):
@@ -477,6 +509,7 @@ class Node:
         model_hash = self.models.put(state_bytes(action.new_state))
         assert model_hash == block.model_hash, "model bytes do not match the block's hash"
         self.store.append(action.committed)
+        retain_checkpoints(self.store, self.models)
         assert self._excluded is not None
         convicted = recorded_misbehaviour(block, self.selection) - self._excluded
         if convicted:

@@ -1,0 +1,164 @@
+"""Full verification of a chain from its genesis, with no update, no network and no clock.
+
+A block is valid in its place when it links to the previous block, its certificate holds a
+quorum of valid signatures of the committee the previous block elected (the genesis committee at
+height 0), and everything its signed score vectors decide re-derives: selection, the update
+digests, evidence and the next committee (`chain.round_rules.outline_round`, the proposer's own
+code). Only the new model cannot be re-derived: the updates it aggregates are not stored. It is
+bound by the certificate (2f+1 members re-derived it from the updates before signing), and where
+the checkpoint is held its bytes are checked against the block's model hash.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from chain.block import BlockError, CommittedBlock
+from chain.genesis import Genesis
+from chain.round_rules import RoundContext, outline_round, recorded_misbehaviour, trainers_for
+from chain.store import BlockStore, ModelStore, StoreError
+from learning.cmfl import RoundConfig
+from learning.tensors import state_from_bytes
+
+#: Largest sample count a valid update carries (the round core refuses larger ones).
+MAX_SAMPLES = 2**40
+
+
+class ChainVerifier:
+    """Where a chain stands (next height, head hash, committee, convicted members), and the
+    check of the block that comes next. Feed blocks in order: `check`, then `advance`."""
+
+    def __init__(self, genesis: Genesis) -> None:
+        self.network_id = genesis.network_id
+        self.members = tuple(sorted(genesis.members))
+        self.selection = RoundConfig.from_selection(genesis.selection)
+        #: height of the next block
+        self.height = 0
+        self.prev_hash = self.network_id
+        self.committee = tuple(sorted(genesis.committee))
+        self.excluded: frozenset[str] = frozenset()
+        #: model hash of the last block (None before the first)
+        self.head_model: bytes | None = None
+
+    def context(self) -> RoundContext:
+        """The next round's context, minus its model (outline_round does not read it)."""
+        return RoundContext(
+            network_id=self.network_id, height=self.height, prev_hash=self.prev_hash,
+            members=self.members, committee=self.committee,
+            trainers=trainers_for(self.members, self.committee), base_state={},
+            base_hash=self.head_model or b"", selection=self.selection, excluded=self.excluded)
+
+    def check(self, committed: CommittedBlock) -> None:
+        """Raise BlockError (naming the first problem) unless this is a valid next block."""
+        block = committed.block
+        if block.network_id != self.network_id:
+            raise BlockError("block of another network")
+        if block.height != self.height:
+            raise BlockError(f"height {block.height} where {self.height} comes next")
+        if block.prev_hash != self.prev_hash:
+            raise BlockError(f"hash link broken: prev_hash {block.prev_hash.hex()[:12]} is not "
+                             f"the previous block's hash {self.prev_hash.hex()[:12]}")
+        ctx = self.context()
+        if block.committee != ctx.committee:
+            raise BlockError("committee is not the one the previous block elected")
+        if block.trainers != ctx.trainers:
+            raise BlockError("trainers are not the members off the committee")
+        committed.certificate.verify(block, ctx.committee)
+        if block.score_vectors != tuple(sorted(block.score_vectors)):
+            raise BlockError("score vectors are not in canonical order")
+        outline = outline_round(ctx, list(block.score_vectors), block.evidence)
+        if block.evidence != outline.evidence:
+            raise BlockError("evidence is not sorted and unique")
+        if block.selected != outline.selection.selected:
+            raise BlockError("selected trainers do not follow from the score vectors")
+        refs = [(u.peer, u.digest) for u in block.updates]
+        if refs != [(t, outline.digests[t]) for t in outline.selection.selected]:
+            raise BlockError("update references are not the selected, scored updates")
+        if any(not 0 < u.samples < MAX_SAMPLES for u in block.updates):
+            raise BlockError("an update reference has an impossible sample count")
+        if block.next_committee != outline.next_committee:
+            raise BlockError("next committee does not follow the election rule")
+
+    def advance(self, committed: CommittedBlock) -> None:
+        """Move past a block already checked (or one of our own, re-derived when committed)."""
+        block = committed.block
+        self.excluded = self.excluded | frozenset(recorded_misbehaviour(block, self.selection))
+        self.height = block.height + 1
+        self.prev_hash = block.hash()
+        self.committee = block.next_committee
+        self.head_model = block.model_hash
+
+    def follow(self, store: BlockStore) -> None:
+        """Advance, unchecked, over the blocks `store` holds beyond this position (our own
+        chain: every block in it was checked before it was appended)."""
+        while (committed := store.get(self.height)) is not None:
+            self.advance(committed)
+
+
+def check_model(committed: CommittedBlock, models: ModelStore) -> bool | None:
+    """True if the block's checkpoint is held and intact, None if not held; BlockError if the
+    file held under its hash has other bytes or is not a model."""
+    digest = committed.block.model_hash
+    if not models.has(digest):
+        return None
+    raw = models.get(digest)
+    if raw is None:
+        raise BlockError(f"model checkpoint {digest.hex()[:12]} on disk does not match the "
+                         "block's model hash")
+    try:
+        state_from_bytes(raw)
+    except Exception as exc:  # hash-correct but not a model: the block certified garbage
+        raise BlockError(f"model checkpoint {digest.hex()[:12]} is not a model: {exc}") from None
+    return True
+
+
+@dataclass
+class VerifyReport:
+    """Outcome of verifying a local chain."""
+
+    blocks: int = 0
+    #: the first invalid height and why, or None if every block verified
+    bad_height: int | None = None
+    reason: str = ""
+    models_checked: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.bad_height is None
+
+    def summary(self) -> str:
+        if self.ok:
+            return f"ok: {self.blocks} blocks"
+        return f"bad block at height {self.bad_height}: {self.reason}"
+
+
+def verify_store(genesis: Genesis, store: BlockStore, models: ModelStore | None = None
+                 ) -> VerifyReport:
+    """Verify a peer's whole chain from genesis, and every checkpoint it holds for it."""
+    report = VerifyReport()
+    verifier = ChainVerifier(genesis)
+    heights = store.heights()
+    for height in heights:
+        try:
+            if height != verifier.height:
+                raise BlockError(f"block {verifier.height} is missing from the store")
+            try:
+                committed = store.get(height)
+            except BlockError as exc:
+                raise BlockError(f"stored bytes: {exc}") from None
+            assert committed is not None
+            verifier.check(committed)
+            if models is not None and check_model(committed, models):
+                report.models_checked += 1
+        except (BlockError, StoreError) as exc:
+            report.bad_height, report.reason = verifier.height, str(exc)
+            return report
+        verifier.advance(committed)
+        report.blocks += 1
+    report.notes.append("model aggregates not re-derived: the updates are not stored (each "
+                        "model is bound by its block's certificate)")
+    if models is not None and heights and not models.has(verifier.head_model or b""):
+        report.notes.append("the head block's model checkpoint is not held: this peer cannot "
+                            "start the next round until it syncs")
+    return report

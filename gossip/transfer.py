@@ -1,0 +1,294 @@
+"""Moving payloads too large for gossip: a content-addressed blob store served over a stream.
+
+A large update is announced over gossip as a signed `BlobRef` (SHA-256 and size) and fetched
+from whoever announced or already holds it, over the libp2p stream protocol `/cmfl/blob/1`, in
+chunks of at most 4 MiB (py-libp2p moved 1-6 MiB messages fine but failed on one of 8 MiB, its
+read retry limit). Integrity is the hash: a blob is only ever returned once its SHA-256 matches
+the signed reference, so a provider can waste our time but never change what we accept.
+
+Wire format, one stream per chunk, everything length-bounded before it is read:
+
+    request:  u32be length | CBOR {"h": digest(32 bytes), "o": offset, "n": length}
+    response: u32be length | CBOR {"n": length} or {"err": code}  | then exactly n raw bytes
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import cbor2
+import trio
+
+log = logging.getLogger("gossip.transfer")
+
+PROTOCOL_ID = "/cmfl/blob/1"
+#: Largest chunk asked for or served: py-libp2p lost one 8 MiB stream message, never <= 6 MiB.
+MAX_CHUNK_BYTES = 4 * 1024 * 1024
+#: Largest blob we fetch unless the caller says otherwise; the reference's size is checked first.
+DEFAULT_MAX_BLOB_BYTES = 512 * 1024 * 1024
+#: A request or response header is a few dozen bytes; anything longer is not ours.
+MAX_HEADER_BYTES = 256
+#: Per-chunk deadline: 4 MiB at even 1 MiB/s fits; a stalled provider is dropped after this.
+DEFAULT_CHUNK_TIMEOUT = 30.0
+#: How long a server waits for a request before hanging up.
+REQUEST_TIMEOUT = 10.0
+DIGEST_BYTES = 32
+
+
+class TransferError(ValueError):
+    """A refused or failed transfer: `code` names the class, the text the detail."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    """What a gossip announcement carries: the blob's SHA-256 and its size in bytes."""
+
+    digest: bytes
+    size: int
+
+    @classmethod
+    def of(cls, data: bytes) -> BlobRef:
+        return cls(hashlib.sha256(data).digest(), len(data))
+
+    def to_obj(self) -> dict[str, Any]:
+        """The CBOR-ready form embedded in a signed envelope payload."""
+        return {"h": self.digest, "z": self.size}
+
+    @classmethod
+    def from_obj(cls, o: Any, max_size: int = DEFAULT_MAX_BLOB_BYTES) -> BlobRef:
+        """Parse an untrusted reference; TransferError if malformed or over `max_size`."""
+        if not isinstance(o, dict) or set(o) != {"h", "z"}:
+            raise TransferError("malformed", "a blob reference is a map with keys h, z")
+        digest, size = o["h"], o["z"]
+        if not isinstance(digest, bytes) or len(digest) != DIGEST_BYTES:
+            raise TransferError("malformed", "blob digest is not 32 bytes")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise TransferError("malformed", "blob size is not a non-negative integer")
+        if size > max_size:
+            raise TransferError("oversize", f"blob of {size} bytes > {max_size}")
+        return cls(digest, size)
+
+
+@dataclass(frozen=True)
+class ChunkRequest:
+    """Ask for `length` bytes of blob `digest` from `offset`."""
+
+    digest: bytes
+    offset: int
+    length: int
+
+    def encode(self) -> bytes:
+        return cbor2.dumps({"h": self.digest, "o": self.offset, "n": self.length},
+                           canonical=True)
+
+
+def decode_chunk_request(data: bytes) -> ChunkRequest:
+    """Parse an untrusted request; TransferError if it is not one we serve."""
+    obj = _loads_header(data)
+    if not isinstance(obj, dict) or set(obj) != {"h", "o", "n"}:
+        raise TransferError("malformed", "a chunk request is a map with keys h, o, n")
+    digest, offset, length = obj["h"], obj["o"], obj["n"]
+    if not isinstance(digest, bytes) or len(digest) != DIGEST_BYTES:
+        raise TransferError("malformed", "digest is not 32 bytes")
+    for name, v in (("offset", offset), ("length", length)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0 or v >= 2**63:
+            raise TransferError("malformed", f"{name} is not a non-negative 63-bit integer")
+    if length > MAX_CHUNK_BYTES:
+        raise TransferError("oversize", f"chunk of {length} bytes > {MAX_CHUNK_BYTES}")
+    return ChunkRequest(digest, offset, length)
+
+
+def encode_chunk_header(length: int | None, error: str | None = None) -> bytes:
+    return cbor2.dumps({"err": error} if error is not None else {"n": length}, canonical=True)
+
+
+def decode_chunk_header(data: bytes, expected_length: int) -> int:
+    """Parse an untrusted response header; the payload length, which must be what we asked."""
+    obj = _loads_header(data)
+    if isinstance(obj, dict) and set(obj) == {"err"} and isinstance(obj["err"], str):
+        raise TransferError("refused", f"provider says {obj['err'][:40]!r}")
+    if not isinstance(obj, dict) or set(obj) != {"n"}:
+        raise TransferError("malformed", "a chunk header is a map with key n or err")
+    length = obj["n"]
+    if not isinstance(length, int) or isinstance(length, bool) or length != expected_length:
+        raise TransferError("malformed", f"chunk length {length!r:.20} != {expected_length}")
+    return length
+
+
+def _loads_header(data: bytes) -> Any:
+    if len(data) > MAX_HEADER_BYTES:
+        raise TransferError("oversize", f"header of {len(data)} bytes > {MAX_HEADER_BYTES}")
+    try:
+        return cbor2.loads(data)
+    except Exception as exc:  # cbor2 raises several types on malformed input
+        raise TransferError("undecodable", f"malformed CBOR ({type(exc).__name__})") from None
+
+
+class BlobStore:
+    """Blobs in memory by SHA-256, bounded in total bytes (oldest put evicted first)."""
+
+    def __init__(self, max_bytes: int = 1024 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self._blobs: OrderedDict[bytes, bytes] = OrderedDict()
+        self._total = 0
+
+    def put(self, data: bytes) -> BlobRef:
+        """Store `data` (if it fits at all) and return its reference."""
+        ref = BlobRef.of(data)
+        if ref.digest not in self._blobs and len(data) <= self.max_bytes:
+            self._blobs[ref.digest] = data
+            self._total += len(data)
+            while self._total > self.max_bytes:
+                _, old = self._blobs.popitem(last=False)
+                self._total -= len(old)
+        return ref
+
+    def get(self, digest: bytes) -> bytes | None:
+        return self._blobs.get(digest)
+
+    def __contains__(self, digest: bytes) -> bool:
+        return digest in self._blobs
+
+
+async def _read_exactly(stream: Any, n: int) -> bytes:
+    """Read exactly n bytes; TransferError("truncated") if the stream ends first."""
+    parts, got = [], 0
+    while got < n:
+        try:
+            part = await stream.read(n - got)
+        except Exception as exc:  # StreamEOF, StreamReset, StreamError: all mean "ended"
+            raise TransferError("truncated", f"stream ended after {got} of {n} bytes "
+                                f"({type(exc).__name__})") from None
+        if not part:
+            raise TransferError("truncated", f"stream ended after {got} of {n} bytes")
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
+async def _read_frame(stream: Any) -> bytes:
+    length = int.from_bytes(await _read_exactly(stream, 4), "big")
+    if length > MAX_HEADER_BYTES:
+        raise TransferError("oversize", f"header of {length} bytes > {MAX_HEADER_BYTES}")
+    return await _read_exactly(stream, length)
+
+
+def _frame(header: bytes) -> bytes:
+    return len(header).to_bytes(4, "big") + header
+
+
+class BlobServer:
+    """Serves chunks of the blobs in `store` to any peer that asks, over `/cmfl/blob/1`.
+
+    Serving is read-only and hash-addressed, so it needs no authorisation: a peer learns nothing
+    it could not get from the announcement's holder anyway. Bad requests are counted and logged.
+    """
+
+    def __init__(self, store: BlobStore, request_timeout: float = REQUEST_TIMEOUT) -> None:
+        self.store = store
+        self.request_timeout = request_timeout
+        self.refused: dict[str, int] = {}
+        self.served_bytes = 0
+
+    def install(self, host: Any) -> None:
+        from libp2p.custom_types import TProtocol
+
+        host.set_stream_handler(TProtocol(PROTOCOL_ID), self.handle)
+
+    async def handle(self, stream: Any) -> None:
+        peer = str(stream.muxed_conn.peer_id)[-8:] if hasattr(stream, "muxed_conn") else "?"
+        try:
+            with trio.fail_after(self.request_timeout):
+                request = decode_chunk_request(await _read_frame(stream))
+            blob = self.store.get(request.digest)
+            if blob is None:
+                await stream.write(_frame(encode_chunk_header(None, "not-found")))
+            elif request.offset + request.length > len(blob):
+                await stream.write(_frame(encode_chunk_header(None, "out-of-range")))
+            else:
+                await stream.write(_frame(encode_chunk_header(request.length)))
+                await stream.write(blob[request.offset:request.offset + request.length])
+                self.served_bytes += request.length
+        except TransferError as exc:
+            self.refused[exc.code] = self.refused.get(exc.code, 0) + 1
+            log.warning("refused blob request from %s: %s", peer, exc)
+        except trio.TooSlowError:
+            self.refused["timeout"] = self.refused.get("timeout", 0) + 1
+            log.warning("blob request from %s timed out", peer)
+        except Exception as exc:  # the peer hung up mid-write: nothing to do but log
+            log.info("blob stream to %s failed: %s", peer, type(exc).__name__)
+        finally:
+            try:
+                await stream.close()
+            except Exception:
+                pass
+
+
+async def fetch_chunk(host: Any, provider: Any, request: ChunkRequest,
+                      timeout: float = DEFAULT_CHUNK_TIMEOUT) -> bytes:
+    """One chunk from one provider; TransferError on refusal, timeout or a short read."""
+    from libp2p.custom_types import TProtocol
+
+    try:
+        with trio.fail_after(timeout):
+            try:
+                stream = await host.new_stream(provider, [TProtocol(PROTOCOL_ID)])
+            except Exception as exc:
+                raise TransferError("unreachable", f"{type(exc).__name__}: {exc}"[:120]) from None
+            try:
+                await stream.write(_frame(request.encode()))
+                decode_chunk_header(await _read_frame(stream), request.length)
+                return await _read_exactly(stream, request.length)
+            finally:
+                try:
+                    await stream.close()
+                except Exception:
+                    pass
+    except trio.TooSlowError:
+        raise TransferError("timeout", f"no chunk within {timeout:.0f}s") from None
+
+
+async def fetch_blob(host: Any, providers: Sequence[Any], ref: BlobRef, *,
+                     max_bytes: int = DEFAULT_MAX_BLOB_BYTES,
+                     chunk_bytes: int = MAX_CHUNK_BYTES,
+                     chunk_timeout: float = DEFAULT_CHUNK_TIMEOUT,
+                     on_bad_provider: Callable[[Any, str], None] | None = None) -> bytes:
+    """The blob `ref` names, from the first provider that serves all of it with the right hash.
+
+    Providers are tried in order; one that refuses, stalls or fails is skipped, and one whose
+    bytes do not hash to `ref.digest` is also reported to `on_bad_provider(peer, reason)` (the
+    evidence the caller feeds to peer scoring). TransferError when no provider delivers.
+    """
+    if ref.size > max_bytes:
+        raise TransferError("oversize", f"blob of {ref.size} bytes > {max_bytes}")
+    if not 0 < chunk_bytes <= MAX_CHUNK_BYTES:
+        raise ValueError(f"chunk_bytes must be in (0, {MAX_CHUNK_BYTES}]")
+    failures = []
+    for provider in providers:
+        buf = bytearray()
+        try:
+            while len(buf) < ref.size:
+                n = min(chunk_bytes, ref.size - len(buf))
+                buf += await fetch_chunk(host, provider, ChunkRequest(ref.digest, len(buf), n),
+                                         chunk_timeout)
+        except TransferError as exc:
+            failures.append(f"{str(provider)[-8:]}: {exc}")
+            log.info("blob %s from %s failed: %s", ref.digest.hex()[:12], str(provider)[-8:], exc)
+            continue
+        if hashlib.sha256(buf).digest() == ref.digest:
+            return bytes(buf)
+        failures.append(f"{str(provider)[-8:]}: hash mismatch")
+        log.warning("blob %s from %s does not match its hash", ref.digest.hex()[:12],
+                    str(provider)[-8:])
+        if on_bad_provider is not None:
+            on_bad_provider(provider, "blob-hash-mismatch")
+    raise TransferError("unavailable", f"blob {ref.digest.hex()[:12]} not fetched: "
+                        + ("; ".join(failures) or "no providers"))

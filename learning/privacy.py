@@ -1,0 +1,297 @@
+"""Differentially private local training (DP-SGD) and the accounting of the privacy it spends.
+
+`train_local_dp` is `learning.training.train_local` with the two changes DP-SGD (Abadi et al.,
+CCS 2016) makes: every sample's gradient is clipped to L2 norm `max_grad_norm` before the batch
+sums them, and Gaussian noise of std `noise_multiplier * max_grad_norm` is added to the sum.
+Per-sample gradients come from torch.func (vmap over grad), so the model stays a plain
+`nn.Sequential` and no hooks are installed.
+
+Batches are drawn by Poisson sampling (each sample joins each step independently with
+probability `sample_rate = batch_size / n`), not by shuffling: the RDP and PRV analyses of the
+subsampled Gaussian mechanism assume it, and with shuffled fixed-size batches the epsilon they
+report would not be a valid bound. The noisy sum is divided by the expected batch size, as
+Opacus does, so the step size does not leak the (private) realised batch size.
+
+The accounting itself is Opacus' (`opacus.accountants`): `round_epsilon` for one round,
+`PrivacyAccountant` to compose a peer's rounds. `DpReport.to_dict()` is what a signed update
+carries so the block can record each trainer's DP parameters, and anyone can re-derive the
+epsilon from them (`DpReport.from_dict(..., check=True)`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.func import functional_call, grad, vmap
+
+from learning.data import Dataset
+from learning.model import ModelSpec, build_model, load_state, model_state
+from learning.tensors import ModelState
+
+#: The delta the project reports epsilon at (well below 1 / the number of digits samples).
+DEFAULT_DELTA = 1e-5
+MECHANISMS = ("rdp", "prv")
+#: Keys of the DP parameters dict an update carries (DpReport.to_dict).
+DP_PARAMS_KEYS = frozenset(
+    {"accountant", "noise_multiplier", "max_grad_norm", "sample_rate", "steps", "epsilon", "delta"}
+)
+#: Relative tolerance when re-deriving a declared epsilon: the accountants use floating point
+#: (scipy, numpy FFTs), so another machine or library version may differ in the last digits.
+EPSILON_RTOL = 1e-6
+
+
+def _library_accountant(mechanism: str) -> Any:
+    # Imported here: importing opacus takes seconds, and peers without DP never need it.
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
+    if mechanism == "rdp":
+        return RDPAccountant()
+    if mechanism == "prv":
+        return PRVAccountant()
+    raise ValueError(f"unknown accountant {mechanism!r}; expected one of {MECHANISMS}")
+
+
+def _epsilon(history: list[tuple[float, float, int]], delta: float, mechanism: str) -> float:
+    """Epsilon of a composition of subsampled Gaussian mechanisms, by Opacus' accountant."""
+    if not 0.0 < delta < 1.0:
+        raise ValueError(f"delta must be in (0, 1), got {delta}")
+    entries = [(float(s), float(q), int(t)) for s, q, t in history if t > 0 and q > 0]
+    if not entries:
+        return 0.0
+    if any(s <= 0.0 for s, _, _ in entries):
+        return math.inf  # no noise: nothing is private
+    acc = _library_accountant(mechanism)
+    # Opacus keeps (noise_multiplier, sample_rate, steps) triples and composes them in
+    # get_epsilon; filling the history directly is what step() would build, one call per step.
+    acc.history = entries
+    return float(acc.get_epsilon(delta=delta))
+
+
+def round_epsilon(
+    noise_multiplier: float, sample_rate: float, steps: int, delta: float = DEFAULT_DELTA,
+    mechanism: str = "rdp",
+) -> float:
+    """Epsilon at delta of `steps` DP-SGD steps with the given noise and Poisson sampling rate."""
+    return _epsilon([(noise_multiplier, sample_rate, steps)], delta, mechanism)
+
+
+@dataclass(frozen=True)
+class DpReport:
+    """The DP parameters of one local training run and the epsilon (at delta) they spent."""
+
+    noise_multiplier: float
+    max_grad_norm: float
+    sample_rate: float
+    steps: int
+    epsilon: float
+    delta: float = DEFAULT_DELTA
+    accountant: str = "rdp"
+
+    def to_dict(self) -> dict:
+        """The DP parameters dict a signed update carries and the block records (CBOR-safe)."""
+        return {
+            "accountant": self.accountant,
+            "noise_multiplier": float(self.noise_multiplier),
+            "max_grad_norm": float(self.max_grad_norm),
+            "sample_rate": float(self.sample_rate),
+            "steps": int(self.steps),
+            "epsilon": float(self.epsilon),
+            "delta": float(self.delta),
+        }
+
+    @classmethod
+    def from_dict(cls, d: object, check: bool = True) -> DpReport:
+        """Parse an untrusted DP parameters dict; with check, re-derive epsilon from the others.
+
+        Raises ValueError on a malformed dict or (check) a declared epsilon the parameters do
+        not give. The parameters themselves cannot be verified: a peer could declare noise it
+        did not add. The check only stops a peer from understating what its own claim costs."""
+        if not isinstance(d, dict) or set(d) != DP_PARAMS_KEYS:
+            raise ValueError(f"DP parameters must be a dict with keys {sorted(DP_PARAMS_KEYS)}")
+        if d["accountant"] not in MECHANISMS:
+            raise ValueError(f"accountant must be one of {MECHANISMS}, got {d['accountant']!r}")
+        steps = d["steps"]
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+            raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+        floats = {}
+        for k in ("noise_multiplier", "max_grad_norm", "sample_rate", "epsilon", "delta"):
+            v = d[k]
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or math.isnan(v):
+                raise ValueError(f"{k} must be a number, got {v!r}")
+            floats[k] = float(v)
+        if not (floats["noise_multiplier"] >= 0 and math.isfinite(floats["noise_multiplier"])):
+            raise ValueError("noise_multiplier must be finite and >= 0")
+        if not (0 < floats["max_grad_norm"] < math.inf):
+            raise ValueError("max_grad_norm must be finite and > 0")
+        if not 0 < floats["sample_rate"] <= 1:
+            raise ValueError("sample_rate must be in (0, 1]")
+        if not 0 < floats["delta"] < 1:
+            raise ValueError("delta must be in (0, 1)")
+        report = cls(steps=steps, accountant=d["accountant"], **floats)
+        if check:
+            expected = round_epsilon(report.noise_multiplier, report.sample_rate, report.steps,
+                                     report.delta, report.accountant)
+            if not math.isclose(report.epsilon, expected, rel_tol=EPSILON_RTOL):
+                raise ValueError(f"declared epsilon {report.epsilon} != {expected} re-derived")
+        return report
+
+
+@dataclass
+class PrivacyAccountant:
+    """One peer's privacy budget over rounds: composes each round's DP-SGD steps (Opacus RDP,
+    or PRV) and reports epsilon at delta for the last round and in total."""
+
+    mechanism: str = "rdp"
+    #: (noise_multiplier, sample_rate, steps) per recorded round, in order
+    rounds: list[tuple[float, float, int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.mechanism not in MECHANISMS:
+            raise ValueError(f"unknown accountant {self.mechanism!r}; expected {MECHANISMS}")
+
+    def record(self, report: DpReport) -> None:
+        """Add one round's training (its report) to the budget."""
+        self.spend(report.noise_multiplier, report.sample_rate, report.steps)
+
+    def spend(self, noise_multiplier: float, sample_rate: float, steps: int) -> None:
+        """Add `steps` DP-SGD steps with the given noise and sampling rate to the budget."""
+        if steps < 0 or not 0 < sample_rate <= 1 or noise_multiplier < 0:
+            raise ValueError(f"bad DP step: sigma={noise_multiplier} q={sample_rate} T={steps}")
+        self.rounds.append((float(noise_multiplier), float(sample_rate), int(steps)))
+
+    def epsilon(self, delta: float = DEFAULT_DELTA) -> float:
+        """Total epsilon at delta over every recorded round."""
+        return _epsilon(self.rounds, delta, self.mechanism)
+
+    def last_round_epsilon(self, delta: float = DEFAULT_DELTA) -> float:
+        """Epsilon at delta of the last recorded round alone (0 if none)."""
+        return _epsilon(self.rounds[-1:], delta, self.mechanism)
+
+
+def _model_from(spec: ModelSpec, state: ModelState) -> torch.nn.Module:
+    model = build_model(spec, seed=0)  # every parameter is overwritten by state
+    load_state(model, state)
+    return model
+
+
+def per_sample_gradients(
+    model: torch.nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Cross-entropy gradient of every sample separately: {name: [n, *param.shape]}."""
+
+    def loss_one(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        out = functional_call(model, p, (xi.unsqueeze(0),))
+        return torch.nn.functional.cross_entropy(out, yi.unsqueeze(0))
+
+    return vmap(grad(loss_one), in_dims=(None, 0, 0))(params, x, y)
+
+
+def clip_and_sum(
+    grads: dict[str, torch.Tensor], max_grad_norm: float
+) -> dict[str, torch.Tensor]:
+    """Sum over samples of each sample's gradient scaled to L2 norm <= max_grad_norm (the
+    norm is over all parameters together, as DP-SGD's sensitivity bound requires)."""
+    names = sorted(grads)
+    sq = sum(grads[k].flatten(1).pow(2).sum(dim=1) for k in names)
+    # The 1e-6 keeps a zero gradient from dividing by zero; Opacus uses the same guard.
+    scale = (max_grad_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+    return {k: torch.einsum("n,n...->...", scale, grads[k]) for k in names}
+
+
+def train_local_dp(
+    spec: ModelSpec,
+    global_state: ModelState,
+    data: Dataset,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    delta: float = DEFAULT_DELTA,
+    mechanism: str = "rdp",
+) -> tuple[ModelState, DpReport]:
+    """DP-SGD from global_state: per-sample clipping, Gaussian noise, Poisson-sampled batches.
+
+    Same hyper-parameters as `train_local`, and as deterministic in seed; an epoch is
+    ceil(n / batch_size) steps at sample rate batch_size / n. Returns the trained state and
+    the report of this run's DP parameters and epsilon at delta."""
+    if epochs < 0 or batch_size < 1 or not lr > 0:
+        raise ValueError(f"bad hyper-parameters: epochs={epochs} lr={lr} batch_size={batch_size}")
+    if not noise_multiplier >= 0 or not max_grad_norm > 0:
+        raise ValueError(f"bad DP parameters: sigma={noise_multiplier} C={max_grad_norm}")
+    n = len(data)
+    if n == 0:
+        raise ValueError("cannot train on an empty dataset")
+    model = _model_from(spec, global_state)
+    model.train()
+    params = {k: p.detach().clone() for k, p in model.named_parameters()}
+    sample_rate = min(1.0, batch_size / n)
+    expected_batch = sample_rate * n
+    steps = epochs * math.ceil(n / batch_size)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        # Draw membership and noise from one generator in a fixed order: deterministic in seed.
+        batch = torch.nonzero(torch.rand(n, generator=gen) < sample_rate).flatten()
+        if len(batch):
+            grads = per_sample_gradients(model, params, data.x[batch], data.y[batch])
+            summed = clip_and_sum(grads, max_grad_norm)
+        else:  # an empty Poisson batch still takes a (pure-noise) step, as the analysis assumes
+            summed = {k: torch.zeros_like(v) for k, v in params.items()}
+        for k in sorted(params):
+            noise = torch.normal(0.0, noise_multiplier * max_grad_norm, size=params[k].shape,
+                                 generator=gen) if noise_multiplier > 0 else 0.0
+            params[k] = params[k] - lr * (summed[k] + noise) / expected_batch
+    with torch.no_grad():
+        for k, p in model.named_parameters():
+            p.copy_(params[k])
+    report = DpReport(
+        noise_multiplier=float(noise_multiplier), max_grad_norm=float(max_grad_norm),
+        sample_rate=sample_rate, steps=steps,
+        epsilon=round_epsilon(noise_multiplier, sample_rate, steps, delta, mechanism),
+        delta=delta, accountant=mechanism,
+    )
+    return model_state(model), report
+
+
+# --- scoring DP updates --------------------------------------------------------------------
+# DP noise is isotropic and its squared norm concentrates (relative spread sqrt(2 / d) for d
+# parameters), so a committee that knows a trainer's declared DP parameters knows how much of
+# a squared distance is noise and can take it out; and it can refuse an update too small to
+# hold the noise it declares, so that declaring noise one did not add buys nothing.
+
+
+def update_noise_variance(report: DpReport, lr: float, n_samples: int) -> float:
+    """Per-coordinate variance of the DP noise in a state trained as `report` says: each of
+    the steps adds lr * N(0, (sigma C)^2) / (expected batch size) to every parameter."""
+    if report.noise_multiplier == 0 or report.steps == 0:
+        return 0.0
+    expected_batch = report.sample_rate * n_samples
+    per_step_std = lr * report.noise_multiplier * report.max_grad_norm / expected_batch
+    return report.steps * per_step_std**2
+
+
+def _sq_norm(state: ModelState) -> float:
+    return math.fsum(float(state[k].to(torch.float64).pow(2).sum()) for k in sorted(state))
+
+
+def _numel(state: ModelState) -> int:
+    return sum(int(state[k].numel()) for k in state)
+
+
+def noise_debiased_distance(a: ModelState, b: ModelState, var_a: float, var_b: float) -> float:
+    """L2 distance of two trained states with their DP noise's expected share taken out:
+    sqrt(max(0, |a - b|^2 - d (var_a + var_b)))."""
+    diff = {k: a[k].to(torch.float64) - b[k].to(torch.float64) for k in sorted(a)}
+    return math.sqrt(max(0.0, _sq_norm(diff) - _numel(a) * (var_a + var_b)))
+
+
+def noise_consistent(base: ModelState, trained: ModelState, var: float,
+                     slack: float = 0.1) -> bool:
+    """Whether the update is large enough to hold the noise declared (|u|^2 >= (1 - slack)
+    d var); slack 0.1 is five standard deviations of the noise norm for d ~ 5000."""
+    update = {k: trained[k].to(torch.float64) - base[k].to(torch.float64) for k in sorted(base)}
+    return _sq_norm(update) >= (1.0 - slack) * _numel(base) * var

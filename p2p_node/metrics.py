@@ -1,0 +1,94 @@
+"""Prometheus metrics of a running peer, served over HTTP on an opt-in port (`--metrics-port`).
+
+Two sources feed them: the node's events (a committed round: its time by stage, accuracy) and a
+snapshot of its state (height, peers, mesh, rejections) that the trio thread refreshes every
+second. The HTTP server runs in prometheus_client's own thread, so it only ever reads that
+snapshot, never the node (whose SQLite handle and dicts belong to the trio thread).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+#: Round-time buckets in seconds: a loopback round takes ~3 s, a stalled one hits timeouts.
+ROUND_BUCKETS = (0.5, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89)
+
+
+class _SnapshotCollector:
+    """Exposes the latest state snapshot (a dict from control.NodeStatus.snapshot)."""
+
+    def __init__(self) -> None:
+        self.snapshot: dict[str, Any] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.snapshot
+        if not s:
+            return
+        yield _gauge("cmfl_chain_height", "height of the newest committed block (-1: none)",
+                     -1 if s["height"] is None else s["height"])
+        yield _gauge("cmfl_chain_blocks", "blocks in the local chain", s["blocks"])
+        yield _gauge("cmfl_round", "round (height) the peer is working on",
+                     -1 if s["round"] is None else s["round"])
+        yield _gauge("cmfl_peers", "connected libp2p peers", s["peers"])
+        mesh = GaugeMetricFamily("cmfl_mesh_peers", "gossipsub mesh peers per topic",
+                                 labels=["topic"])
+        for topic, size in s["mesh"].items():
+            mesh.add_metric([topic], size)
+        yield mesh
+        rejected = CounterMetricFamily(
+            "cmfl_rejected_messages", "messages refused, by reason (gossip admission codes; "
+            "invalid-KIND: refused by the round rules)", labels=["reason"])
+        for reason, count in s["rejections"].items():
+            rejected.add_metric([reason], count)
+        yield rejected
+        yield _gauge("cmfl_evidence_held", "equivocation proofs this peer holds",
+                     s["evidence_held"])
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+class NodeMetrics:
+    """The peer's metrics in their own registry (nothing process-global is exported)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._snapshot = _SnapshotCollector()
+        self.registry.register(self._snapshot)
+        self.rounds = Counter("cmfl_rounds_committed", "rounds this peer committed",
+                              registry=self.registry)
+        self.round_seconds = Histogram("cmfl_round_seconds", "time from round start to commit",
+                                       buckets=ROUND_BUCKETS, registry=self.registry)
+        self.stage_seconds = Gauge(
+            "cmfl_round_stage_seconds", "last committed round: seconds since its start when "
+            "each stage ended (trained, collected, proposed, committed) and durations "
+            "(train_seconds, score_seconds, store_seconds)", ["stage"], registry=self.registry)
+        self.accuracy = Gauge("cmfl_model_accuracy",
+                              "test accuracy of the last committed model on this peer's test set",
+                              registry=self.registry)
+        self.evidence = Counter("cmfl_equivocations_seen", "equivocations this peer detected",
+                                registry=self.registry)
+
+    def on_event(self, event: dict) -> None:
+        """Feed every `Node.on_event` event here."""
+        if event["event"] == "committed":
+            self.rounds.inc()
+            self.round_seconds.observe(event["round_seconds"])
+            for stage, seconds in event.get("stages", {}).items():
+                self.stage_seconds.labels(stage).set(seconds)
+            if event.get("accuracy") is not None:
+                self.accuracy.set(event["accuracy"])
+        elif event["event"] == "evidence":
+            self.evidence.inc()
+
+    def update(self, snapshot: dict[str, Any]) -> None:
+        """Replace the state snapshot (one dict swap: safe against the server's thread)."""
+        self._snapshot.snapshot = snapshot
+
+    def serve(self, port: int, host: str = "127.0.0.1") -> None:
+        """Serve /metrics in a daemon thread; OSError if the port is taken."""
+        start_http_server(port, addr=host, registry=self.registry)

@@ -1,0 +1,110 @@
+"""Peer scoring with real gossipsub routers: a peer sending garbage leaves honest meshes."""
+
+from contextlib import AsyncExitStack
+
+import multiaddr
+import trio
+from libp2p.peer.peerinfo import info_from_p2p_addr
+
+from gossip.envelope import Envelope
+from gossip.peer_keys import Signer
+from gossip.peer_scoring import EvidenceScorer, ScoredGossipSub, report_verdict
+from gossip.validation import EnvelopeAdmission
+from p2p_node.host import HEARTBEAT_SECONDS, running_host
+
+TOPIC = "/cmfl/test/committee"
+NET = b"\x07" * 32
+LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
+
+
+async def until(predicate, timeout: float) -> float:
+    """Seconds until predicate() holds. Polls: py-libp2p has no event for mesh changes."""
+    start = trio.current_time()
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.05)
+    return trio.current_time() - start
+
+
+def test_scorer_counts_evidence_not_benign_rejections_and_keeps_it_across_reconnects():
+    from libp2p.peer.id import ID
+
+    scorer = EvidenceScorer()
+    peer = ID.from_base58(Signer(b"\x01" * 32).peer_id)
+    scorer.on_first_delivery(peer, TOPIC)
+    scorer.on_invalid_message(peer, TOPIC)  # py-libp2p's blanket count: ignored
+    assert scorer.score(peer, [TOPIC]) > 0
+    scorer.penalize(str(peer), "forged-signature")
+    assert scorer.score(peer, [TOPIC]) < 0
+    scorer.remove_peer(peer)  # disconnect
+    assert scorer.score(peer, [TOPIC]) < 0
+    for _ in range(3):
+        scorer.penalize(peer, "equivocation")
+    assert scorer.is_graylisted(peer, [TOPIC])
+    assert scorer.evidence[peer] == {"forged-signature": 1, "equivocation": 3}
+
+
+def test_garbage_sender_is_pruned_from_honest_meshes_within_a_few_heartbeats():
+    honest = [Signer(bytes([10 + i]) * 32) for i in range(4)]
+    attacker = Signer(b"\x66" * 32)
+    members = frozenset(s.peer_id for s in honest + [attacker])
+    received: dict[int, list[bytes]] = {i: [] for i in range(len(honest))}
+
+    def validator(router: ScoredGossipSub, admission: EnvelopeAdmission):
+        def validate(forwarder, msg) -> bool:
+            verdict = admission.admit(msg.data)
+            report_verdict(router, forwarder, verdict)
+            return verdict.accepted
+        return validate
+
+    async def read(i, sub):
+        async for msg in sub:
+            received[i].append(msg.data)
+
+    async def main():
+        async with AsyncExitStack() as stack:
+            stack.enter_context(trio.fail_after(60))
+            peers = [await stack.enter_async_context(running_host(s, LOOPBACK))
+                     for s in honest + [attacker]]
+            async with trio.open_nursery() as nursery:
+                await scenario(nursery, peers)
+                nursery.cancel_scope.cancel()
+
+    async def scenario(nursery, peers):
+        hosts = [h for h, _, _ in peers]
+        routers = [r for _, _, r in peers]
+        bad_host, bad_pubsub, _ = peers[-1]
+        for i, (host, pubsub, router) in enumerate(peers[:-1]):
+            pubsub.set_topic_validator(TOPIC, validator(router, EnvelopeAdmission(NET, members)),
+                                       False)
+            nursery.start_soon(read, i, await pubsub.subscribe(TOPIC))
+        await bad_pubsub.subscribe(TOPIC)
+        for i, host in enumerate(hosts):
+            for other in hosts[:i]:
+                await host.connect(info_from_p2p_addr(multiaddr.Multiaddr(
+                    str(other.get_addrs()[0]))))
+        bad_id = bad_host.get_id()
+        honest_routers = routers[:-1]
+        await until(lambda: all(bad_id in r.mesh.get(TOPIC, ()) for r in honest_routers), 20)
+
+        forged = Envelope("block", NET, 0, honest[0].peer_id, {"v": 1},
+                          signature=attacker.sign(b"not the canonical bytes"))
+        await bad_pubsub.publish(TOPIC, forged.encode())
+        await bad_pubsub.publish(TOPIC, b"\xa1\x61k\xff garbage")
+        took = await until(lambda: all(bad_id not in r.mesh.get(TOPIC, ())
+                                       for r in honest_routers), 10 * HEARTBEAT_SECONDS)
+        assert took <= 4 * HEARTBEAT_SECONDS, f"pruned after {took:.1f}s"
+        for r in honest_routers:
+            assert r.peer_score(bad_id) < 0
+            assert r.scorer.evidence[bad_id]  # each honest peer saw it first-hand
+            # Honest peers stay: each honest mesh still holds the other three.
+            assert {h.get_id() for h in hosts[:-1]} - r.mesh[TOPIC] == {
+                hosts[honest_routers.index(r)].get_id()}
+
+        # Gossip among the honest peers still works.
+        good = Envelope("block", NET, 0, honest[0].peer_id, {"v": 2}).signed_by(honest[0])
+        await peers[0][1].publish(TOPIC, good.encode())
+        await until(lambda: all(good.encode() in received[i] for i in (1, 2, 3)), 10)
+        assert all(r.peer_score(h.get_id()) >= 0 for r in honest_routers for h in hosts[:-1])
+
+    trio.run(main)
