@@ -158,7 +158,7 @@ class BlobStore:
         return digest in self._blobs
 
 
-async def _read_exactly(stream: Any, n: int) -> bytes:
+async def read_exactly(stream: Any, n: int) -> bytes:
     """Read exactly n bytes; TransferError("truncated") if the stream ends first."""
     parts, got = [], 0
     while got < n:
@@ -175,10 +175,10 @@ async def _read_exactly(stream: Any, n: int) -> bytes:
 
 
 async def _read_frame(stream: Any) -> bytes:
-    length = int.from_bytes(await _read_exactly(stream, 4), "big")
+    length = int.from_bytes(await read_exactly(stream, 4), "big")
     if length > MAX_HEADER_BYTES:
         raise TransferError("oversize", f"header of {length} bytes > {MAX_HEADER_BYTES}")
-    return await _read_exactly(stream, length)
+    return await read_exactly(stream, length)
 
 
 def _frame(header: bytes) -> bytes:
@@ -246,7 +246,7 @@ async def fetch_chunk(host: Any, provider: Any, request: ChunkRequest,
             try:
                 await stream.write(_frame(request.encode()))
                 decode_chunk_header(await _read_frame(stream), request.length)
-                return await _read_exactly(stream, request.length)
+                return await read_exactly(stream, request.length)
             finally:
                 try:
                     await stream.close()

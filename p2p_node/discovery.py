@@ -199,16 +199,16 @@ class Discovery:
     async def exchange(self, peer: Any) -> int:
         """Ask `peer` for its peers and learn them; how many were new. Refusals are logged."""
         from libp2p.custom_types import TProtocol
-        from gossip.transfer import TransferError, _read_exactly
+        from gossip.transfer import TransferError, read_exactly
 
         try:
             with trio.fail_after(EXCHANGE_TIMEOUT):
                 stream = await self.host.new_stream(peer, [TProtocol(PROTOCOL_ID)])
                 try:
-                    length = int.from_bytes(await _read_exactly(stream, 4), "big")
+                    length = int.from_bytes(await read_exactly(stream, 4), "big")
                     if length > MAX_PEER_LIST_BYTES:
                         raise DiscoveryError("oversize", f"{length} > {MAX_PEER_LIST_BYTES}")
-                    entries = decode_peer_list(await _read_exactly(stream, length))
+                    entries = decode_peer_list(await read_exactly(stream, length))
                     remote = stream.get_remote_address()
                 finally:
                     try:

@@ -40,7 +40,7 @@ from chain.sync import (
     encode_response,
 )
 from chain.verify import ChainVerifier
-from gossip.transfer import BlobRef, BlobServer, TransferError, fetch_blob
+from gossip.transfer import BlobRef, BlobServer, TransferError, fetch_blob, read_exactly
 
 log = logging.getLogger("p2p_node.sync")
 
@@ -68,18 +68,11 @@ class CheckpointSource:
 
 
 async def _read_exactly(stream: Any, n: int) -> bytes:
-    parts, got = [], 0
-    while got < n:
-        try:
-            part = await stream.read(n - got)
-        except Exception as exc:  # StreamEOF, StreamReset, StreamError: all mean "ended"
-            raise SyncError("truncated", f"stream ended after {got} of {n} bytes "
-                                         f"({type(exc).__name__})") from None
-        if not part:
-            raise SyncError("truncated", f"stream ended after {got} of {n} bytes")
-        parts.append(part)
-        got += len(part)
-    return b"".join(parts)
+    """gossip.transfer.read_exactly, its refusal restated as a sync error."""
+    try:
+        return await read_exactly(stream, n)
+    except TransferError as exc:
+        raise SyncError(exc.code, str(exc).split(": ", 1)[-1]) from None
 
 
 async def read_frame(stream: Any, limit: int) -> bytes:
