@@ -174,15 +174,17 @@ async def read_exactly(stream: Any, n: int) -> bytes:
     return b"".join(parts)
 
 
-async def _read_frame(stream: Any) -> bytes:
+async def read_frame(stream: Any, limit: int = MAX_HEADER_BYTES) -> bytes:
+    """One length-prefixed message; TransferError("oversize") if it announces over `limit`."""
     length = int.from_bytes(await read_exactly(stream, 4), "big")
-    if length > MAX_HEADER_BYTES:
-        raise TransferError("oversize", f"header of {length} bytes > {MAX_HEADER_BYTES}")
+    if length > limit:
+        raise TransferError("oversize", f"message of {length} bytes > {limit}")
     return await read_exactly(stream, length)
 
 
-def _frame(header: bytes) -> bytes:
-    return len(header).to_bytes(4, "big") + header
+def frame(data: bytes) -> bytes:
+    """`data` with its 4-byte big-endian length in front (what read_frame reads)."""
+    return len(data).to_bytes(4, "big") + data
 
 
 class BlobServer:
@@ -207,14 +209,14 @@ class BlobServer:
         peer = str(stream.muxed_conn.peer_id)[-8:] if hasattr(stream, "muxed_conn") else "?"
         try:
             with trio.fail_after(self.request_timeout):
-                request = decode_chunk_request(await _read_frame(stream))
+                request = decode_chunk_request(await read_frame(stream))
             blob = self.store.get(request.digest)
             if blob is None:
-                await stream.write(_frame(encode_chunk_header(None, "not-found")))
+                await stream.write(frame(encode_chunk_header(None, "not-found")))
             elif request.offset + request.length > len(blob):
-                await stream.write(_frame(encode_chunk_header(None, "out-of-range")))
+                await stream.write(frame(encode_chunk_header(None, "out-of-range")))
             else:
-                await stream.write(_frame(encode_chunk_header(request.length)))
+                await stream.write(frame(encode_chunk_header(request.length)))
                 await stream.write(blob[request.offset:request.offset + request.length])
                 self.served_bytes += request.length
         except TransferError as exc:
@@ -244,8 +246,8 @@ async def fetch_chunk(host: Any, provider: Any, request: ChunkRequest,
             except Exception as exc:
                 raise TransferError("unreachable", f"{type(exc).__name__}: {exc}"[:120]) from None
             try:
-                await stream.write(_frame(request.encode()))
-                decode_chunk_header(await _read_frame(stream), request.length)
+                await stream.write(frame(request.encode()))
+                decode_chunk_header(await read_frame(stream), request.length)
                 return await read_exactly(stream, request.length)
             finally:
                 try:

@@ -40,7 +40,8 @@ from chain.sync import (
     encode_response,
 )
 from chain.verify import ChainVerifier
-from gossip.transfer import BlobRef, BlobServer, TransferError, fetch_blob, read_exactly
+from gossip.transfer import BlobRef, BlobServer, TransferError, fetch_blob, frame
+from gossip.transfer import read_frame as transfer_read_frame
 
 log = logging.getLogger("p2p_node.sync")
 
@@ -67,24 +68,12 @@ class CheckpointSource:
         return data
 
 
-async def _read_exactly(stream: Any, n: int) -> bytes:
-    """gossip.transfer.read_exactly, its refusal restated as a sync error."""
+async def read_frame(stream: Any, limit: int) -> bytes:
+    """gossip.transfer.read_frame, its refusal restated as a sync error."""
     try:
-        return await read_exactly(stream, n)
+        return await transfer_read_frame(stream, limit)
     except TransferError as exc:
         raise SyncError(exc.code, str(exc).split(": ", 1)[-1]) from None
-
-
-async def read_frame(stream: Any, limit: int) -> bytes:
-    """One length-prefixed message; SyncError if it announces more than `limit` bytes."""
-    length = int.from_bytes(await _read_exactly(stream, 4), "big")
-    if length > limit:
-        raise SyncError("oversize", f"message of {length} bytes > {limit}")
-    return await _read_exactly(stream, length)
-
-
-def frame(data: bytes) -> bytes:
-    return len(data).to_bytes(4, "big") + data
 
 
 class SyncService:

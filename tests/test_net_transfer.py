@@ -11,7 +11,7 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from gossip.peer_keys import Signer
 from gossip.transfer import (MAX_CHUNK_BYTES, PROTOCOL_ID, BlobRef, BlobServer, BlobStore,
-                             TransferError, _frame, encode_chunk_header, fetch_blob)
+                             TransferError, encode_chunk_header, frame, fetch_blob)
 from p2p_node.host import running_host
 
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
@@ -61,7 +61,7 @@ def test_lying_provider_is_reported_and_an_honest_one_used():
         n = int.from_bytes(head, "big")
         import cbor2
         req = cbor2.loads(await stream.read(n))
-        await stream.write(_frame(encode_chunk_header(req["n"])) + b"\x00" * req["n"])
+        await stream.write(frame(encode_chunk_header(req["n"])) + b"\x00" * req["n"])
         await stream.close()
 
     async def main():
