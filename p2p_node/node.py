@@ -6,7 +6,6 @@ decide: publish, train in a worker thread, fire deadlines, write committed block
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import defaultdict
@@ -545,8 +544,3 @@ def chain_summary(data_dir: Path) -> dict[str, Any]:
                 "head": None if head is None else head[1].hex()}
     finally:
         store.close()
-
-
-def event_line(event: dict) -> str:
-    return "EVENT " + json.dumps(event, sort_keys=True)
-
