@@ -5,7 +5,10 @@ prints the mean split over committee members together with the ratio of a whole 
 local training alone (the baseline, measured in the same run). Round 0 is left out: it includes
 the network's start-up.
 
-    python bench/round_cost.py [--peers 10] [--rounds 6] [--attackers 2]
+    python bench/round_cost.py [--peers 10] [--rounds 6] [--attackers 2] [--hidden 2048,1024]
+
+`--hidden 2048,1024` makes each update ~9 MB (over 8 MiB): updates then travel as signed blob
+references and are fetched over streams, so the gossip stage includes the fetches.
 """
 
 from __future__ import annotations
@@ -44,11 +47,14 @@ def main() -> int:
     parser.add_argument("--peers", type=int, default=10)
     parser.add_argument("--attackers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--hidden", default="64",
+                        help="hidden layer widths, comma-separated (default 64)")
     parser.add_argument("--out", type=Path, help="keep the demo's folder here")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="round-cost-"))
+    hidden = tuple(int(w) for w in args.hidden.split(","))
     code = run_demo(DemoConfig(out=out, peers=args.peers, attackers=args.attackers,
-                               rounds=args.rounds))
+                               rounds=args.rounds, hidden=hidden))
     events = [json.loads(line) for d in sorted(out.glob("peer-*"))
               for line in (d / "events.jsonl").read_text().splitlines()]
     split = stage_split([e for e in events if e["event"] == "committed"])
@@ -61,6 +67,13 @@ def main() -> int:
         print(f"  {stage:<7} {split[stage]:8.3f}  {100 * split[stage] / split['round']:5.1f}%")
     print(f"  {'round':<7} {split['round']:8.3f}")
     print(f"ratio round / local training alone: {split['round'] / split['train']:.1f}x")
+    fetched = [e for e in events if e["event"] == "blob_fetched" and e["height"] > 0]
+    if fetched:
+        size = statistics.fmean(e["bytes"] for e in fetched)
+        seconds = [e["seconds"] for e in fetched]
+        print(f"large updates: {len(fetched)} fetches of {size / 2**20:.1f} MiB, "
+              f"mean {statistics.fmean(seconds):.2f} s, max {max(seconds):.2f} s from "
+              "announcement to bytes in hand (fetches run concurrently)")
     return code
 
 

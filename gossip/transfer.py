@@ -154,8 +154,31 @@ class BlobStore:
     def get(self, digest: bytes) -> bytes | None:
         return self._blobs.get(digest)
 
+    def discard(self, digest: bytes) -> None:
+        """Forget one blob (no longer worth serving)."""
+        data = self._blobs.pop(digest, None)
+        if data is not None:
+            self._total -= len(data)
+
     def __contains__(self, digest: bytes) -> bool:
         return digest in self._blobs
+
+    def __len__(self) -> int:
+        return len(self._blobs)
+
+
+class BlobSources:
+    """Several blob sources served as one: the first that holds a digest answers."""
+
+    def __init__(self, *sources: Any) -> None:
+        self.sources = sources
+
+    def get(self, digest: bytes) -> bytes | None:
+        for source in self.sources:
+            data = source.get(digest)
+            if data is not None:
+                return data
+        return None
 
 
 async def read_exactly(stream: Any, n: int) -> bytes:

@@ -512,7 +512,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(DemoConfig(
         out=args.out, peers=args.peers, attackers=args.attackers, attack=args.attack,
         rounds=args.rounds, committee_size=args.committee_size, seed=args.seed,
-        partition=args.partition, compare=args.compare))
+        partition=args.partition, compare=args.compare, hidden=tuple(args.hidden)))
+
+
+def _widths(text: str) -> list[int]:
+    """`--hidden 2048,1024` -> [2048, 1024]."""
+    try:
+        widths = [int(w) for w in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not comma-separated widths: {text!r}") from None
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"widths must be positive: {text!r}")
+    return widths
 
 
 # the parser --------------------------------------------------------------------------------------
@@ -706,6 +717,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="afterwards run a second network for comparison and plot both: "
                         "no-attack (same set-up, no attackers) or fedavg (same attackers, every "
                         "update averaged: no CMFL selection); doubles the run time")
+    p.add_argument("--hidden", type=_widths, default=[64], metavar="W[,W...]",
+                   help="hidden layer widths of the model (default 64); e.g. 2048,1024 gives "
+                        "~9 MB updates, which travel as signed blob references over streams")
     p.set_defaults(func=_cmd_demo)
     return parser
 

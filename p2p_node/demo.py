@@ -42,6 +42,9 @@ class DemoConfig:
     round_timeout: float = 90.0
     #: none, no-attack or fedavg: a second network to run and plot against the first
     compare: str = "none"
+    #: hidden layer widths of the MLP (64 inputs, 10 classes); wider layers make updates larger
+    #: than one gossip message, which then travel as blob references (p2p_node/round_machine.py)
+    hidden: tuple[int, ...] = (64,)
 
 
 @dataclass
@@ -168,7 +171,9 @@ def _run_network(cfg: DemoConfig, out: Path, n_attackers: int,
     label = {pid: f"p{i}" for i, pid in enumerate(ids)}
     # Attackers are the last peers: trainers in round 0 (the committee is the first peers).
     attackers = set(ids[cfg.peers - n_attackers:]) if n_attackers else set()
-    extra = {"selection": selection} if selection else {}
+    extra: dict[str, Any] = {"selection": selection} if selection else {}
+    if tuple(cfg.hidden) != (64,):
+        extra["model"] = {"layers": [64, *cfg.hidden, 10]}
     genesis = Genesis(name=f"demo-{name}", members=tuple(ids),
                       committee=tuple(ids[:cfg.committee_size]), seed=cfg.seed,
                       data={"dataset": "digits", "partition": cfg.partition, "alpha": 0.5,

@@ -18,6 +18,7 @@ import multiaddr
 import numpy as np
 import torch
 import trio
+from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.pubsub.pb import rpc_pb2
 
@@ -33,6 +34,7 @@ from chain.round_rules import (
 )
 from chain.store import BlockStore, ModelStore, retain_checkpoints
 from gossip.envelope import MAX_ENVELOPE_BYTES, Envelope, decode_envelope
+from gossip.transfer import BlobServer, BlobSources, BlobStore, TransferError, fetch_blob
 from gossip.validation import EnvelopeAdmission
 from learning.attacks import Attack, make_attack
 from learning.cmfl import RoundConfig
@@ -44,10 +46,12 @@ from gossip.peer_scoring import report_verdict
 from p2p_node.discovery import Discovery
 from p2p_node.host import HEARTBEAT_SECONDS, running_host
 from p2p_node.identity import load_identity
-from p2p_node.sync_service import SyncService
+from p2p_node.sync_service import CheckpointSource, SyncService
 from p2p_node.round_machine import (
     Commit,
     Evidence,
+    FetchBlob,
+    OfferBlob,
     Publish,
     PublishSigned,
     Rejected,
@@ -148,6 +152,10 @@ class Node:
         self._excluded: set[str] | None = None
         self._future: dict[int, list[Envelope]] = defaultdict(list)
         self._own_messages: list[tuple[str, bytes]] = []
+        #: large updates (ours and those we fetched), served to peers over /cmfl/blob/1;
+        #: kept for this round and the one before (a lagging peer may still need them)
+        self.blobs = BlobStore(max_bytes=1024 * 1024 * 1024)
+        self._blobs_by_round: dict[int, list[bytes]] = defaultdict(list)
         self._pubsub: Any = None
         self._inbox_send, self._inbox = trio.open_memory_channel[tuple](100_000)
         self.host: Any = None
@@ -297,7 +305,10 @@ class Node:
             self.host, self._pubsub, self.router = host, pubsub, router
             self.sync = SyncService(host, self.genesis, self.store, self.models, me=self.me,
                                     penalize=router.penalize, on_event=self.on_event)
-            self.sync.install()
+            self.sync.install(serve_checkpoints=False)
+            # One server on /cmfl/blob/1 for both kinds of large payload: update blobs and
+            # model checkpoints (for syncing peers).
+            BlobServer(BlobSources(self.blobs, CheckpointSource(self.models))).install(host)
             addrs = [str(a) for a in host.get_addrs()]
             (self.config.data_dir / "listen_addrs").write_text("\n".join(addrs) + "\n")
             log.info("peer %s listening on %s", self.me, ", ".join(addrs))
@@ -338,6 +349,7 @@ class Node:
                                evidence=evidence, score_tamper=self._score_tamper())
         self.admission.current_round = ctx.height
         self._own_messages = []
+        self._forget_blobs_before(ctx.height - 1)
         times = RoundTimes(time.monotonic())
         role = ("leader" if machine.is_committee and ctx.leader == self.me else
                 "committee" if machine.is_committee else
@@ -387,6 +399,10 @@ class Node:
                                     keep=action.kind != "block")
             elif isinstance(action, PublishSigned):
                 await self._publish_raw(action.envelope.kind, action.envelope.encode())
+            elif isinstance(action, OfferBlob):
+                self._keep_blob(ctx.height, action.data)
+            elif isinstance(action, FetchBlob):
+                nursery.start_soon(self._fetch_update_blob, ctx.height, action)
             elif isinstance(action, SetTimer):
                 nursery.start_soon(self._timer, ctx.height, action,
                                    self.config.base_view_timeout * action.factor)
@@ -452,6 +468,8 @@ class Node:
         if kind == "own_update":
             times.mark("trained")
             return machine.on_own_update(item[2], item[3])
+        if kind == "blob":
+            return machine.on_blob(item[2], item[3])
         if kind == "collect_deadline":
             return machine.on_collect_deadline()
         if kind == "propose_deadline":
@@ -472,6 +490,50 @@ class Node:
         if member not in self.evidence:
             self.evidence[member] = (first, second)
             log.info("holding evidence against %s (from %s)", member[-8:], env.sender[-8:])
+
+    # large updates ---------------------------------------------------------------------------
+    def _keep_blob(self, height: int, data: bytes) -> None:
+        self._blobs_by_round[height].append(self.blobs.put(data).digest)
+
+    def _forget_blobs_before(self, height: int) -> None:
+        for old in [h for h in self._blobs_by_round if h < height]:
+            for digest in self._blobs_by_round.pop(old):
+                self.blobs.discard(digest)
+
+    async def _fetch_update_blob(self, height: int, action: FetchBlob) -> None:
+        """Fetch an announced update's bytes: from its trainer first, else from any peer that
+        already fetched it; retried until it arrives or the round ends (cancels this task)."""
+        held = self.blobs.get(action.ref.digest)
+        if held is not None:  # our own update, echoed back by gossip: no fetch
+            await self._inbox_send.send(("blob", height, action.ref.digest, held))
+            return
+        delay = 0.5
+        announcer = ID.from_base58(action.provider)
+        started = time.monotonic()
+        while True:
+            connected = self.host.get_connected_peers()
+            others = [p for p in connected if p != announcer]
+            # The trainer first if we are connected to it; dialling it is the last resort.
+            providers = [announcer, *others] if announcer in connected else [*others, announcer]
+            try:
+                data = await fetch_blob(self.host, providers, action.ref,
+                                        max_bytes=action.ref.size,
+                                        on_bad_provider=self.router.penalize)
+            except TransferError as exc:
+                log.info("round %d: update blob %s of %s not fetched yet (%s); retrying",
+                         height, action.ref.digest.hex()[:12], action.provider[-8:], exc)
+                await trio.sleep(delay)
+                delay = min(2 * delay, 4.0)
+                continue
+            seconds = time.monotonic() - started
+            log.debug("round %d: fetched %d-byte update of %s in %.2fs", height, len(data),
+                      action.provider[-8:], seconds)
+            self.on_event({"event": "blob_fetched", "peer": self.me, "height": height,
+                           "trainer": action.provider, "bytes": len(data),
+                           "seconds": round(seconds, 3)})
+            self._keep_blob(height, data)  # serve it on: peers not connected to the trainer
+            await self._inbox_send.send(("blob", height, action.ref.digest, data))
+            return
 
     async def _train(self, ctx: RoundContext, times: RoundTimes) -> None:
         g = self.genesis

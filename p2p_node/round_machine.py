@@ -28,9 +28,14 @@ from chain.round_rules import (
     parse_scores_body,
     scores_payload,
 )
-from gossip.envelope import Envelope
+from gossip.envelope import MAX_ENVELOPE_BYTES, Envelope
+from gossip.transfer import BlobRef, TransferError
 from learning.scoring import score_updates
-from learning.tensors import ModelState, decode_state, encode_state
+from learning.tensors import ModelState, decode_state, encode_state, state_bytes, state_from_bytes
+
+#: An update whose tensors encode to more than this travels as a blob reference (gossip carries
+#: the signed digest, a stream carries the bytes): the rest of the envelope is well under 4 KiB.
+INLINE_UPDATE_BYTES = MAX_ENVELOPE_BYTES - 4096
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,21 @@ class PublishSigned:
     """Gossip this already-signed envelope unchanged (a relayed pBFT message)."""
 
     envelope: Envelope
+
+
+@dataclass(frozen=True)
+class OfferBlob:
+    """Serve these bytes to peers that ask by hash (our own update, announced by reference)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class FetchBlob:
+    """Fetch the blob `ref` (first from `provider`, who announced it) and hand it to on_blob."""
+
+    ref: BlobRef
+    provider: str
 
 
 @dataclass(frozen=True)
@@ -83,7 +103,17 @@ class Commit:
     new_state: ModelState
 
 
-Action = Union[Publish, PublishSigned, SetTimer, Evidence, Rejected, Commit]
+Action = Union[Publish, PublishSigned, OfferBlob, FetchBlob, SetTimer, Evidence, Rejected, Commit]
+
+
+@dataclass(frozen=True)
+class PendingUpdate:
+    """A signed update announced by reference, whose tensors are still being fetched."""
+
+    sender: str
+    digest: bytes
+    samples: int
+    ref: BlobRef
 
 
 class RoundMachine:
@@ -101,6 +131,11 @@ class RoundMachine:
         #: equivocation proofs this peer holds, recorded in the block if it proposes
         self.evidence = evidence
         self.updates: dict[str, ReceivedUpdate] = {}
+        #: updates announced by blob reference, by sender, until their bytes arrive (on_blob)
+        self.pending_blobs: dict[str, PendingUpdate] = {}
+        self._blob_size: int | None = None
+        #: digests of announced updates whose fetched bytes were refused: not fetched again
+        self._refused_updates: set[bytes] = set()
         self.own_reference: ModelState | None = None
         self.score_vectors: dict[str, bytes] = {}
         self.collect_expired = False
@@ -140,9 +175,30 @@ class RoundMachine:
             self.own_reference = state
             return self._progress()
         if self.is_trainer:
-            return [Publish("update", {"model": encode_state(state), "samples": samples,
-                                       "base": self.ctx.base_hash})]
+            common = {"samples": samples, "base": self.ctx.base_hash}
+            data = state_bytes(state)
+            if len(data) <= INLINE_UPDATE_BYTES:
+                return [Publish("update", {"model": encode_state(state), **common})]
+            # Too large for one gossip message: gossip the signed reference, serve the bytes.
+            return [OfferBlob(data),
+                    Publish("update", {"blob": BlobRef.of(data).to_obj(), **common})]
         return []
+
+    def on_blob(self, digest: bytes, data: bytes) -> list[Action]:
+        """The bytes of an update announced by reference arrived (already hash-checked)."""
+        pending = next((p for p in self.pending_blobs.values() if p.ref.digest == digest), None)
+        if self.committed or pending is None or BlobRef.of(data) != pending.ref:
+            return []
+        del self.pending_blobs[pending.sender]
+        try:
+            state = state_from_bytes(data)
+        except ValueError as exc:
+            self._refused_updates.add(pending.digest)
+            return [Rejected(pending.sender, "update", f"bad tensors: {exc}")]
+        actions = self._accept_update(pending.sender, pending.digest, pending.samples, state)
+        if actions:
+            self._refused_updates.add(pending.digest)
+        return actions + self._progress()
 
     def on_collect_deadline(self) -> list[Action]:
         """Stop waiting for late updates: score what has arrived."""
@@ -180,30 +236,53 @@ class RoundMachine:
         if env.sender not in self.ctx.trainers:
             return [Rejected(env.sender, "update", "sender is not a trainer this round")]
         digest = env.digest()
-        held = self.updates.get(env.sender)
+        if digest in self._refused_updates:
+            return []  # refused once already (its blob did not decode): a rebroadcast
+        held = self.updates.get(env.sender) or self.pending_blobs.get(env.sender)
         if held is not None:
             if held.digest == digest:
                 return []  # the same update again (a rebroadcast or a replay): nothing new
             return [Rejected(env.sender, "update", "second, different update this round")]
         body = env.payload
-        if not isinstance(body, dict) or set(body) != {"model", "samples", "base"}:
+        if not isinstance(body, dict) or not (set(body) == {"model", "samples", "base"} or
+                                              set(body) == {"blob", "samples", "base"}):
             return [Rejected(env.sender, "update", "malformed update body")]
         if body["base"] != self.ctx.base_hash:
             return [Rejected(env.sender, "update", "trained from another base model")]
         samples = body["samples"]
         if not isinstance(samples, int) or isinstance(samples, bool) or not 0 < samples < 2**40:
             return [Rejected(env.sender, "update", "bad sample count")]
+        if "blob" in body:
+            try:
+                ref = BlobRef.from_obj(body["blob"], max_size=self._expected_blob_size())
+            except TransferError as exc:
+                return [Rejected(env.sender, "update", f"bad blob reference: {exc}")]
+            if ref.size != self._expected_blob_size():
+                return [Rejected(env.sender, "update", f"blob of {ref.size} bytes cannot hold "
+                                 f"this model ({self._expected_blob_size()} bytes)")]
+            self.pending_blobs[env.sender] = PendingUpdate(env.sender, digest, samples, ref)
+            return [FetchBlob(ref, env.sender)]
         try:
             state = decode_state(body["model"])
         except ValueError as exc:
             return [Rejected(env.sender, "update", f"bad tensors: {exc}")]
+        return self._accept_update(env.sender, digest, samples, state)
+
+    def _expected_blob_size(self) -> int:
+        """Bytes of any update's tensors: the layout is the base model's, so the size is too."""
+        if self._blob_size is None:
+            self._blob_size = len(state_bytes(self.ctx.base_state))
+        return self._blob_size
+
+    def _accept_update(self, sender: str, digest: bytes, samples: int,
+                       state: ModelState) -> list[Action]:
         base = self.ctx.base_state
         if set(state) != set(base) or any(state[k].shape != base[k].shape or
                                           state[k].dtype != base[k].dtype for k in base):
-            return [Rejected(env.sender, "update", "tensors do not match the model")]
+            return [Rejected(sender, "update", "tensors do not match the model")]
         if not all(bool(t.isfinite().all()) for t in state.values()):
-            return [Rejected(env.sender, "update", "non-finite values in tensors")]
-        self.updates[env.sender] = ReceivedUpdate(env.sender, digest, samples, state)
+            return [Rejected(sender, "update", "non-finite values in tensors")]
+        self.updates[sender] = ReceivedUpdate(sender, digest, samples, state)
         return []
 
     def _on_scores(self, env: Envelope) -> list[Action]:

@@ -10,9 +10,14 @@ from gossip.envelope import Envelope, decode_envelope
 from gossip.peer_keys import Signer
 from learning.cmfl import RoundConfig
 from learning.tensors import encode_state, state_hash
+import p2p_node.round_machine as round_machine
+from gossip.transfer import BlobRef
+from learning.tensors import state_bytes
 from p2p_node.round_machine import (
     Commit,
     Evidence,
+    FetchBlob,
+    OfferBlob,
     Publish,
     PublishSigned,
     Rejected,
@@ -60,6 +65,10 @@ class Network:
         self.evidence: list[tuple[str, Evidence]] = []
         self.timers: list[tuple[str, SetTimer]] = []
         self.route = route or (lambda peer, data: [(set(MEMBERS), data)])
+        #: blobs offered by their trainers (what a blob server would serve), and who withholds
+        self.blobs: dict[bytes, bytes] = {}
+        self.withheld: set[bytes] = set()
+        self.fetches: list[tuple[str, FetchBlob]] = []
 
     def emit(self, peer, actions):
         for action in actions:
@@ -76,12 +85,22 @@ class Network:
                 self.evidence.append((peer, action))
             elif isinstance(action, SetTimer):
                 self.timers.append((peer, action))
+            elif isinstance(action, OfferBlob):
+                self.blobs[BlobRef.of(action.data).digest] = action.data
+            elif isinstance(action, FetchBlob):
+                self.fetches.append((peer, action))
 
     def live(self):
         return {p: m for p, m in self.machines.items() if p not in self.crashed}
 
     def settle(self):
-        while self.queue:
+        while self.queue or self.fetches:
+            if not self.queue:  # every gossiped message is in: the stream fetches complete
+                peer, fetch = self.fetches.pop(0)
+                if peer not in self.crashed and fetch.ref.digest not in self.withheld:
+                    self.emit(peer, self.machines[peer].on_blob(
+                        fetch.ref.digest, self.blobs[fetch.ref.digest]))
+                continue
             recipients, data = self.queue.popleft()
             env = decode_envelope(data)
             if env.sender in self.crashed:
@@ -211,4 +230,62 @@ def test_updates_from_non_trainers_and_bad_tensors_are_refused():
         env = Envelope("update", NET, 0, "", body).signed_by(SIGNERS[sender])
         [rejected] = machine.on_envelope(env)
         assert reason in rejected.reason
+    assert machine.updates == {}
+
+
+def test_large_updates_travel_as_blob_references_and_commit_the_same_selection(monkeypatch):
+    inline = Network()
+    inline.run()
+    monkeypatch.setattr(round_machine, "INLINE_UPDATE_BYTES", 0)  # every update is "large"
+    net = Network()
+    net.run()
+    assert set(net.commits) == set(MEMBERS) and not net.rejections
+    block = agreed_block(net)
+    assert block.selected == agreed_block(inline).selected and ATTACKER not in block.selected
+    assert len(net.blobs) == len(TRAINERS)  # each trainer offered its tensors once
+    assert block.model_hash == agreed_block(inline).model_hash  # same tensors, same model
+
+
+def test_a_withheld_blob_is_a_missing_update_and_the_round_goes_on_without_it(monkeypatch):
+    monkeypatch.setattr(round_machine, "INLINE_UPDATE_BYTES", 0)
+    net = Network()
+    late = TRAINERS[0]
+    real_emit = net.emit
+
+    def emit(peer, actions):  # the trainer announces its update but never serves the bytes
+        for action in actions:
+            if peer == late and isinstance(action, OfferBlob):
+                net.withheld.add(BlobRef.of(action.data).digest)
+        real_emit(peer, actions)
+
+    net.emit = emit
+    net.run()
+    assert not net.commits  # members wait for the missing update until the deadline
+    net.expire("collect")
+    block = agreed_block(net)
+    assert late not in block.selected and late not in {u.peer for u in block.updates}
+
+
+def test_blob_references_of_the_wrong_size_or_undecodable_bytes_are_refused(monkeypatch):
+    machine = RoundMachine(context(), COMMITTEE[0])
+    size = len(state_bytes(BASE))
+    good = {"samples": 5, "base": state_hash(BASE)}
+    wrong = Envelope("update", NET, 0, "", {**good, "blob": {"h": b"\1" * 32, "z": size + 1}}
+                     ).signed_by(SIGNERS[TRAINERS[0]])
+    [rejected] = machine.on_envelope(wrong)
+    assert "cannot hold this model" in rejected.reason or "oversize" in rejected.reason
+    junk = b"\xa0" + b"\x00" * (size - 1)  # the right size, but not this model's tensors
+    env = Envelope("update", NET, 0, "", {**good, "blob": BlobRef.of(junk).to_obj()}
+                   ).signed_by(SIGNERS[TRAINERS[1]])
+    [fetch] = machine.on_envelope(env)
+    assert isinstance(fetch, FetchBlob) and fetch.provider == TRAINERS[1]
+    assert machine.on_blob(fetch.ref.digest, b"\x00" * size) == []  # not the announced bytes
+    [rejected] = machine.on_blob(fetch.ref.digest, junk)
+    assert "bad tensors" in rejected.reason or "match" in rejected.reason
+    assert machine.on_envelope(env) == []  # a rebroadcast is not fetched again
+    both = Envelope("update", NET, 0, "", {**good, "blob": BlobRef.of(junk).to_obj(),
+                                           "model": encode_state(BASE)}
+                    ).signed_by(SIGNERS[TRAINERS[2]])
+    [rejected] = machine.on_envelope(both)
+    assert "malformed" in rejected.reason
     assert machine.updates == {}

@@ -1,0 +1,38 @@
+"""Updates larger than a gossip message: announced by signed reference, fetched over a stream."""
+
+import trio
+
+from chain.round_rules import trainers_for
+from learning.model import ModelSpec, initial_state
+from learning.tensors import state_bytes
+from tests.cluster import Cluster, EventLog
+
+#: An MLP whose update is ~9 MB: over 8 MiB, eight times gossip's 1 MiB message limit.
+LARGE_MODEL = {"layers": [64, 2048, 1024, 10]}
+
+
+def test_updates_over_8_mib_reach_the_committee_and_the_round_commits(tmp_path):
+    update_bytes = len(state_bytes(initial_state(ModelSpec.from_dict(LARGE_MODEL), 1)))
+    assert update_bytes >= 8 * 1024 * 1024
+    cluster = Cluster(tmp_path, size=6, committee_size=4,
+                      genesis_fields={"model": LARGE_MODEL})
+    trainers = set(trainers_for(tuple(sorted(cluster.ids)), cluster.genesis.committee))
+    log = EventLog()
+
+    async def main():
+        with trio.fail_after(240):
+            async with trio.open_nursery() as nursery:
+                await cluster.run(rounds=2, log=log, nursery=nursery)
+
+    trio.run(main)
+    for height in (0, 1):
+        committed = [e for e in log.events if e["event"] == "committed" and
+                     e["height"] == height]
+        assert {e["peer"] for e in committed} == set(cluster.ids)
+        assert len({e["hash"] for e in committed}) == 1  # one chain
+        assert set(committed[0]["selected"]) == trainers  # both large updates aggregated
+    fetched = [e for e in log.events if e["event"] == "blob_fetched" and e["height"] == 0]
+    # Every peer but the trainer itself fetched each trainer's update, all of it.
+    assert {(e["peer"], e["trainer"]) for e in fetched} == {
+        (p, t) for p in cluster.ids for t in trainers if p != t}
+    assert {e["bytes"] for e in fetched} == {update_bytes}
