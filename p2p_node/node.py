@@ -361,6 +361,7 @@ class Node:
             if machine.is_trainer or machine.is_committee:
                 nursery.start_soon(self._train, ctx, times)
             nursery.start_soon(self._deadlines, ctx.height)
+            nursery.start_soon(self._stall_watch)
             await self._carry_out(machine, ctx, machine.start(), times, nursery)
             for env in self._future.pop(ctx.height, []):
                 await self._inbox_send.send(("envelope", env))
@@ -557,6 +558,15 @@ class Node:
         state, samples = await trio.to_thread.run_sync(work, abandon_on_cancel=True)
         times.marks["train_seconds"] = time.monotonic() - started
         await self._inbox_send.send(("own_update", ctx.height, state, samples))
+
+    async def _stall_watch(self) -> None:
+        """A round still open after a whole view timeout may be one whose certified block we
+        missed (a gossip message lost, and no later round yet to hint at it): ask peers' heads,
+        then again every view timeout. Cancelled with the round; a false alarm costs one round
+        of head requests."""
+        while True:
+            await trio.sleep(self.config.base_view_timeout)
+            self.sync.hint_behind()
 
     async def _deadlines(self, height: int) -> None:
         await trio.sleep(self.config.collect_timeout)
