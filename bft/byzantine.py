@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-BEHAVIOURS = ("none", "equivocate", "silent")
+#: equivocate and silent are committee behaviours; withhold is a trainer's: it announces a large
+#: update by reference and then serves none of its bytes
+BEHAVIOURS = ("none", "equivocate", "silent", "withhold")
 
 
 def conflicting_proposal(body: dict[str, Any]) -> dict[str, Any]:

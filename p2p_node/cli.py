@@ -627,8 +627,9 @@ def build_parser() -> argparse.ArgumentParser:
     _run_option(p, "colluder", str, [], "peer ID of a fellow attacker (colluding attacks such "
                 "as false_scores: a lying committee member reports its colluders at distance "
                 "0; repeatable)", repeated=True, metavar="PEER_ID")
-    _run_option(p, "byzantine", str, "none", "committee misbehaviour: equivocate (as leader, "
-                "propose two blocks) or silent (send no consensus messages)",
+    _run_option(p, "byzantine", str, "none", "misbehaviour beyond the update: equivocate (as "
+                "leader, propose two blocks), silent (send no consensus messages) or withhold "
+                "(as trainer, announce a large update and serve none of its bytes)",
                 choices=BEHAVIOURS)
     _run_option(p, "rounds", _positive(int), None, "stop once the chain has this many blocks "
                 "(default: run until stopped)")

@@ -57,6 +57,7 @@ from p2p_node.round_machine import (
     Rejected,
     RoundMachine,
     SetTimer,
+    Withheld,
 )
 
 log = logging.getLogger("p2p_node")
@@ -156,6 +157,8 @@ class Node:
         #: kept for this round and the one before (a lagging peer may still need them)
         self.blobs = BlobStore(max_bytes=1024 * 1024 * 1024)
         self._blobs_by_round: dict[int, list[bytes]] = defaultdict(list)
+        #: (round, trainer) pairs whose trainer failed to serve an update it announced
+        self._unserved: set[tuple[int, str]] = set()
         self._pubsub: Any = None
         self._inbox_send, self._inbox = trio.open_memory_channel[tuple](100_000)
         self.host: Any = None
@@ -401,6 +404,10 @@ class Node:
             elif isinstance(action, PublishSigned):
                 await self._publish_raw(action.envelope.kind, action.envelope.encode())
             elif isinstance(action, OfferBlob):
+                if self.config.byzantine == "withhold":
+                    log.warning("round %d: byzantine: serving none of our update's bytes",
+                                ctx.height)
+                    continue
                 self._keep_blob(ctx.height, action.data)
             elif isinstance(action, FetchBlob):
                 nursery.start_soon(self._fetch_update_blob, ctx.height, action)
@@ -422,6 +429,18 @@ class Node:
                 pair = (action.first.encode(), action.second.encode())
                 if self.evidence.setdefault(action.member, pair) == pair:
                     await self._publish(ctx, "evidence", list(pair), keep=False)
+            elif isinstance(action, Withheld):
+                if (ctx.height, action.trainer) not in self._unserved:
+                    # Still in flight (a slow link, or the round was quick): not evidence.
+                    log.info("round %d: decided before %s's update arrived", ctx.height,
+                             action.trainer[-8:])
+                    continue
+                self.rejections["withheld-update"] += 1
+                log.warning("round %d: %s announced an update but did not serve its bytes",
+                            ctx.height, action.trainer[-8:])
+                self.router.penalize(action.trainer, "withheld-update")
+                self.on_event({"event": "withheld", "peer": self.me, "height": ctx.height,
+                               "trainer": action.trainer})
             elif isinstance(action, Commit):
                 await self._commit(ctx, action, times)
 
@@ -497,6 +516,7 @@ class Node:
         self._blobs_by_round[height].append(self.blobs.put(data).digest)
 
     def _forget_blobs_before(self, height: int) -> None:
+        self._unserved = {(h, t) for h, t in self._unserved if h >= height}
         for old in [h for h in self._blobs_by_round if h < height]:
             for digest in self._blobs_by_round.pop(old):
                 self.blobs.discard(digest)
@@ -515,26 +535,33 @@ class Node:
             connected = self.host.get_connected_peers()
             others = [p for p in connected if p != announcer]
             # The trainer first if we are connected to it; dialling it is the last resort.
-            providers = [announcer, *others] if announcer in connected else [*others, announcer]
-            try:
-                data = await fetch_blob(self.host, providers, action.ref,
-                                        max_bytes=action.ref.size,
-                                        on_bad_provider=self.router.penalize)
-            except TransferError as exc:
-                log.info("round %d: update blob %s of %s not fetched yet (%s); retrying",
-                         height, action.ref.digest.hex()[:12], action.provider[-8:], exc)
-                await trio.sleep(delay)
-                delay = min(2 * delay, 4.0)
-                continue
-            seconds = time.monotonic() - started
-            log.debug("round %d: fetched %d-byte update of %s in %.2fs", height, len(data),
-                      action.provider[-8:], seconds)
-            self.on_event({"event": "blob_fetched", "peer": self.me, "height": height,
-                           "trainer": action.provider, "bytes": len(data),
-                           "seconds": round(seconds, 3)})
-            self._keep_blob(height, data)  # serve it on: peers not connected to the trainer
-            await self._inbox_send.send(("blob", height, action.ref.digest, data))
-            return
+            order = [[announcer], others] if announcer in connected else [others, [announcer]]
+            data = None
+            for providers in order:
+                try:
+                    data = await fetch_blob(self.host, providers, action.ref,
+                                            max_bytes=action.ref.size,
+                                            on_bad_provider=self.router.penalize)
+                    break
+                except TransferError as exc:
+                    if providers == [announcer]:
+                        # The trainer itself did not serve what it signed: if the round is
+                        # decided without the bytes, that is withholding (see Withheld).
+                        self._unserved.add((height, action.provider))
+                    log.info("round %d: update blob %s of %s not fetched yet (%s)", height,
+                             action.ref.digest.hex()[:12], action.provider[-8:], exc)
+            if data is not None:
+                break
+            await trio.sleep(delay)
+            delay = min(2 * delay, 4.0)
+        seconds = time.monotonic() - started
+        log.debug("round %d: fetched %d-byte update of %s in %.2fs", height, len(data),
+                  action.provider[-8:], seconds)
+        self.on_event({"event": "blob_fetched", "peer": self.me, "height": height,
+                       "trainer": action.provider, "bytes": len(data),
+                       "seconds": round(seconds, 3)})
+        self._keep_blob(height, data)  # serve it on: peers not connected to the trainer
+        await self._inbox_send.send(("blob", height, action.ref.digest, data))
 
     async def _train(self, ctx: RoundContext, times: RoundTimes) -> None:
         g = self.genesis

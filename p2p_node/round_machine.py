@@ -96,6 +96,15 @@ class Rejected:
 
 
 @dataclass(frozen=True)
+class Withheld:
+    """`trainer` announced an update by reference, and the round was decided without its bytes
+    reaching us or the block. Evidence for its gossip score only if the driver also saw the
+    trainer fail to serve them (a fetch still in flight is just a slow link)."""
+
+    trainer: str
+
+
+@dataclass(frozen=True)
 class Commit:
     """The round is decided: store this block and continue from this model."""
 
@@ -103,7 +112,8 @@ class Commit:
     new_state: ModelState
 
 
-Action = Union[Publish, PublishSigned, OfferBlob, FetchBlob, SetTimer, Evidence, Rejected, Commit]
+Action = Union[Publish, PublishSigned, OfferBlob, FetchBlob, SetTimer, Evidence, Rejected,
+               Withheld, Commit]
 
 
 @dataclass(frozen=True)
@@ -439,4 +449,7 @@ class RoundMachine:
         if derived is None:
             return []  # certified, but we lack a selected update: wait for it
         self.committed = Commit(self.certified, derived[1])
-        return [self.committed, Publish("block", self.certified.to_obj())]
+        recorded = {u.peer for u in self.certified.block.updates}
+        withheld: list[Action] = [Withheld(p) for p in sorted(self.pending_blobs)
+                                  if p not in recorded and p != self.me]
+        return withheld + [self.committed, Publish("block", self.certified.to_obj())]

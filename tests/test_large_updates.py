@@ -36,3 +36,40 @@ def test_updates_over_8_mib_reach_the_committee_and_the_round_commits(tmp_path):
     assert {(e["peer"], e["trainer"]) for e in fetched} == {
         (p, t) for p in cluster.ids for t in trainers if p != t}
     assert {e["bytes"] for e in fetched} == {update_bytes}
+
+
+def test_a_trainer_that_withholds_its_announced_bytes_is_left_out_and_scored_down(tmp_path):
+    cluster = Cluster(tmp_path, size=6, committee_size=4,
+                      genesis_fields={"model": LARGE_MODEL})
+    trainers = sorted(trainers_for(tuple(sorted(cluster.ids)), cluster.genesis.committee))
+    withholder, honest = trainers
+    cluster.behaviours = {cluster.ids.index(withholder): {"byzantine": "withhold"}}
+    log = EventLog()
+
+    async def main():
+        with trio.fail_after(240):
+            async with trio.open_nursery() as nursery:
+                # The collect deadline leaves time to train (~9 MB model) and fetch.
+                return await cluster.run(rounds=1, log=log, nursery=nursery,
+                                         collect_timeout=15.0, propose_timeout=3.0)
+
+    nodes = trio.run(main)
+    committed = [e for e in log.events if e["event"] == "committed"]
+    assert {e["peer"] for e in committed} == set(cluster.ids)
+    assert len({e["hash"] for e in committed}) == 1
+    assert committed[0]["selected"] == [honest]  # decided without the withheld update
+    reporters = {e["peer"] for e in log.events
+                 if e["event"] == "withheld" and e["trainer"] == withholder}
+    assert reporters == set(cluster.ids) - {withholder}
+    for node in nodes:
+        if node.me != withholder:
+            evidence = {str(p): dict(r) for p, r in node.router.scorer.evidence.items()}
+            assert evidence[withholder].get("withheld-update") == 1
+            assert node.router.scorer.score(_id(withholder), []) < 0  # out of the mesh
+    assert not any(e["event"] == "withheld" and e["trainer"] == honest for e in log.events)
+
+
+def _id(peer: str):
+    from libp2p.peer.id import ID
+
+    return ID.from_base58(peer)

@@ -23,6 +23,7 @@ from p2p_node.round_machine import (
     Rejected,
     RoundMachine,
     SetTimer,
+    Withheld,
 )
 
 NET = bytes([9]) * 32
@@ -69,6 +70,7 @@ class Network:
         self.blobs: dict[bytes, bytes] = {}
         self.withheld: set[bytes] = set()
         self.fetches: list[tuple[str, FetchBlob]] = []
+        self.withheld_reports: list[tuple[str, str]] = []
 
     def emit(self, peer, actions):
         for action in actions:
@@ -89,6 +91,8 @@ class Network:
                 self.blobs[BlobRef.of(action.data).digest] = action.data
             elif isinstance(action, FetchBlob):
                 self.fetches.append((peer, action))
+            elif isinstance(action, Withheld):
+                self.withheld_reports.append((peer, action.trainer))
 
     def live(self):
         return {p: m for p, m in self.machines.items() if p not in self.crashed}
@@ -264,6 +268,8 @@ def test_a_withheld_blob_is_a_missing_update_and_the_round_goes_on_without_it(mo
     net.expire("collect")
     block = agreed_block(net)
     assert late not in block.selected and late not in {u.peer for u in block.updates}
+    # Every peer but the withholder reports it when the round is decided without its bytes.
+    assert sorted(net.withheld_reports) == sorted((p, late) for p in MEMBERS if p != late)
 
 
 def test_blob_references_of_the_wrong_size_or_undecodable_bytes_are_refused(monkeypatch):
