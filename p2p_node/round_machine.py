@@ -27,8 +27,10 @@ from chain.round_rules import (
     derive_block,
     parse_scores_body,
     scores_payload,
+    update_dp,
 )
 from gossip.envelope import Envelope
+from learning.privacy import DpReport
 from learning.scoring import score_updates
 from learning.tensors import ModelState, decode_state, encode_state
 
@@ -102,6 +104,8 @@ class RoundMachine:
         self.evidence = evidence
         self.updates: dict[str, ReceivedUpdate] = {}
         self.own_reference: ModelState | None = None
+        #: DP noise variance of own_reference (0 without DP)
+        self.own_noise_variance = 0.0
         self.score_vectors: dict[str, bytes] = {}
         self.collect_expired = False
         self.propose_expired = False
@@ -132,16 +136,23 @@ class RoundMachine:
         """Begin the round: committee members arm their view timer."""
         return self._from_consensus(self.consensus.start()) if self.consensus else []
 
-    def on_own_update(self, state: ModelState, samples: int) -> list[Action]:
-        """Local training finished: trainers gossip the update, members keep it as reference."""
+    def on_own_update(self, state: ModelState, samples: int,
+                      dp: DpReport | None = None) -> list[Action]:
+        """Local training finished: trainers gossip the update, members keep it as reference.
+
+        `dp` is the training's DP report (learning.privacy.train_local_dp), None without DP."""
         if self.committed:
             return []
         if self.is_committee:
             self.own_reference = state
+            if self.ctx.dp is not None:
+                self.own_noise_variance = self.ctx.dp.noise_variance(dp, samples)
             return self._progress()
         if self.is_trainer:
-            return [Publish("update", {"model": encode_state(state), "samples": samples,
-                                       "base": self.ctx.base_hash})]
+            body = {"model": encode_state(state), "samples": samples, "base": self.ctx.base_hash}
+            if dp is not None:
+                body["dp"] = dp.to_dict()
+            return [Publish("update", body)]
         return []
 
     def on_collect_deadline(self) -> list[Action]:
@@ -186,7 +197,7 @@ class RoundMachine:
                 return []  # the same update again (a rebroadcast or a replay): nothing new
             return [Rejected(env.sender, "update", "second, different update this round")]
         body = env.payload
-        if not isinstance(body, dict) or set(body) != {"model", "samples", "base"}:
+        if not isinstance(body, dict) or set(body) - {"dp"} != {"model", "samples", "base"}:
             return [Rejected(env.sender, "update", "malformed update body")]
         if body["base"] != self.ctx.base_hash:
             return [Rejected(env.sender, "update", "trained from another base model")]
@@ -203,7 +214,12 @@ class RoundMachine:
             return [Rejected(env.sender, "update", "tensors do not match the model")]
         if not all(bool(t.isfinite().all()) for t in state.values()):
             return [Rejected(env.sender, "update", "non-finite values in tensors")]
-        self.updates[env.sender] = ReceivedUpdate(env.sender, digest, samples, state)
+        # The optional "dp" entry: required, and exactly the genesis', when it sets training.dp.
+        try:
+            dp = update_dp(self.ctx, body, samples, state)
+        except ValueError as exc:
+            return [Rejected(env.sender, "update", f"DP parameters: {exc}")]
+        self.updates[env.sender] = ReceivedUpdate(env.sender, digest, samples, state, dp)
         return []
 
     def _on_scores(self, env: Envelope) -> list[Action]:
@@ -294,8 +310,13 @@ class RoundMachine:
         if not (self.collect_expired or set(self.updates) >= set(self.ctx.trainers)):
             return []
         self.scored = True
+        variances = None
+        if self.ctx.dp is not None:  # every update declares its noise: debias (docs/privacy.md)
+            variances = {t: self.ctx.dp.noise_variance(u.dp, u.samples)
+                         for t, u in self.updates.items()}
         distances = score_updates(self.own_reference,
-                                  {t: u.state for t, u in self.updates.items()})
+                                  {t: u.state for t, u in self.updates.items()},
+                                  variances, self.own_noise_variance)
         if self.score_tamper is not None:
             distances = self.score_tamper(distances)
         return [Publish("scores", scores_payload(
