@@ -225,6 +225,13 @@ class DpPolicy:
         """(sample_rate, steps) of a DP-SGD run on `samples` samples, as train_local_dp has it."""
         return min(1.0, self.batch_size / samples), self.epochs * math.ceil(samples / self.batch_size)
 
+    def report(self, samples: int) -> DpReport:
+        """What a run under this policy on `samples` samples declares (train_local_dp's report)."""
+        q, steps = self.schedule(samples)
+        return DpReport(self.noise_multiplier, self.max_grad_norm, q, steps,
+                        round_epsilon(self.noise_multiplier, q, steps, self.delta,
+                                      self.accountant), self.delta, self.accountant)
+
     def check(self, report: DpReport, samples: int) -> None:
         """Raise ValueError unless `report` is what training `samples` samples under this
         policy declares, its epsilon included."""
