@@ -14,6 +14,7 @@ import cbor2
 
 from bft.quorum import quorum_size
 from gossip.envelope import Envelope
+from learning.privacy import DpReport
 
 
 class BlockError(ValueError):
@@ -22,11 +23,26 @@ class BlockError(ValueError):
 
 @dataclass(frozen=True)
 class UpdateRef:
-    """An aggregated update as the block records it: trainer, update envelope digest, samples."""
+    """An aggregated update as the block records it: trainer, update envelope digest, samples,
+    and the DP parameters the update declared (None on a network without DP)."""
 
     peer: str
     digest: bytes
     samples: int
+    dp: DpReport | None = None
+
+    def to_obj(self) -> list[Any]:
+        # Three elements without DP, as before DP existed: old chains keep their hashes.
+        head = [self.peer, self.digest, self.samples]
+        return head if self.dp is None else [*head, self.dp.to_dict()]
+
+    @classmethod
+    def from_obj(cls, o: Any) -> UpdateRef:
+        """Parse an untrusted [peer, digest, samples(, dp)] list; BlockError if malformed."""
+        if not isinstance(o, list) or len(o) not in (3, 4):
+            raise BlockError("update reference is not [peer, digest, samples(, dp)]")
+        dp = _dp(o[3]) if len(o) == 4 else None
+        return cls(_id(o[0]), _hash(o[1]), _int(o[2]), dp)
 
 
 @dataclass(frozen=True)
@@ -52,7 +68,7 @@ class Block:
         return {
             "height": self.height, "prev_hash": self.prev_hash, "network_id": self.network_id,
             "committee": list(self.committee), "trainers": list(self.trainers),
-            "updates": [[u.peer, u.digest, u.samples] for u in self.updates],
+            "updates": [u.to_obj() for u in self.updates],
             "score_vectors": list(self.score_vectors), "selected": list(self.selected),
             "model_hash": self.model_hash, "next_committee": list(self.next_committee),
             "membership": list(self.membership), "evidence": [list(e) for e in self.evidence],
@@ -68,7 +84,7 @@ class Block:
                 height=_int(o["height"]), prev_hash=_hash(o["prev_hash"]),
                 network_id=_hash(o["network_id"]), committee=_ids(o["committee"]),
                 trainers=_ids(o["trainers"]),
-                updates=tuple(UpdateRef(_id(p), _hash(d), _int(n)) for p, d, n in o["updates"]),
+                updates=tuple(UpdateRef.from_obj(u) for u in _list(o["updates"])),
                 score_vectors=tuple(_bytes(v) for v in o["score_vectors"]),
                 selected=_ids(o["selected"]), model_hash=_hash(o["model_hash"]),
                 next_committee=_ids(o["next_committee"]),
@@ -188,6 +204,24 @@ def _pair(v: Any) -> tuple[bytes, bytes]:
     if not isinstance(v, list) or len(v) != 2:
         raise BlockError("evidence entry is not a pair of messages")
     return _bytes(v[0]), _bytes(v[1])
+
+
+def _dp(v: Any) -> DpReport:
+    # The epsilon is not re-derived here (that needs the accountant; chain.verify does it):
+    # only the shape, and exact types, so that the block re-encodes to the bytes it came as.
+    try:
+        report = DpReport.from_dict(v, check=False)
+    except ValueError as exc:
+        raise BlockError(f"update reference DP parameters: {exc}") from None
+    if any(type(x) is not float for k, x in v.items() if k not in ("accountant", "steps")):
+        raise BlockError("update reference DP parameters must be floats")
+    return report
+
+
+def _list(v: Any) -> list[Any]:
+    if not isinstance(v, list):
+        raise BlockError(f"expected a list, got {type(v).__name__}")
+    return v
 
 
 def _int(v: Any) -> int:

@@ -13,6 +13,7 @@ import cbor2
 from bft.quorum import quorum_size
 from gossip.peer_keys import public_key_from_peer_id
 from learning.cmfl import RoundConfig
+from learning.privacy import DpPolicy
 
 
 class GenesisError(ValueError):
@@ -28,6 +29,8 @@ class Genesis:
     committee: tuple[str, ...]
     seed: int = 0
     model: dict[str, Any] = field(default_factory=lambda: {"layers": [64, 64, 10]})
+    #: epochs, lr, batch_size; optional `dp` (learning.privacy.DpPolicy: noise_multiplier,
+    #: max_grad_norm, delta, accountant) makes every peer train with DP-SGD
     training: dict[str, Any] = field(
         default_factory=lambda: {"epochs": 2, "lr": 0.1, "batch_size": 16})
     data: dict[str, Any] = field(
@@ -80,6 +83,10 @@ class Genesis:
             RoundConfig.from_selection(self.selection)
         except (TypeError, ValueError) as exc:
             raise GenesisError(f"selection: {exc}") from None
+        try:
+            DpPolicy.from_training(self.training)
+        except (TypeError, ValueError) as exc:
+            raise GenesisError(f"training.dp: {exc}") from None
         if quorum_size(len(self.committee)) > len(self.committee):
             raise GenesisError("committee too small for a quorum")
 

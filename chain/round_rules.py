@@ -22,6 +22,7 @@ from learning.cmfl import (
     finish_round,
     select_round,
 )
+from learning.privacy import DpPolicy, DpReport, noise_consistent
 from learning.tensors import ModelState, state_hash
 
 
@@ -41,6 +42,8 @@ class RoundContext:
     selection: RoundConfig = RoundConfig()
     #: members with recorded misbehaviour in the chain so far: never elected again
     excluded: frozenset[str] = frozenset()
+    #: the DP-SGD the genesis demands of every update (`training.dp`), None without DP
+    dp: DpPolicy | None = None
 
     @property
     def leader(self) -> str:
@@ -60,6 +63,8 @@ class ReceivedUpdate:
     digest: bytes
     samples: int
     state: ModelState
+    #: the DP parameters the update declared (checked by `update_dp`), None without DP
+    dp: DpReport | None = None
 
 
 class MissingUpdates(Exception):
@@ -68,6 +73,44 @@ class MissingUpdates(Exception):
     def __init__(self, peers: list[str]) -> None:
         super().__init__(f"missing updates from {', '.join(p[-8:] for p in peers)}")
         self.peers = peers
+
+
+def update_dp(ctx: RoundContext, body: dict, samples: int, state: ModelState) -> DpReport | None:
+    """The DP parameters of an update body (its optional "dp" entry), checked against what the
+    genesis demands; ValueError says why they are refused.
+
+    On a DP network every update must declare the genesis' parameters, and hold at least the
+    noise they imply (`noise_consistent`): declaring noise one did not add would otherwise buy
+    a smaller noise-debiased distance. Without DP, an update declares none."""
+    if ctx.dp is None:
+        if "dp" in body:
+            raise ValueError("DP parameters on a network without DP (no genesis training.dp)")
+        return None
+    if "dp" not in body:
+        raise ValueError("the genesis requires DP-SGD and the update declares no DP parameters")
+    report = DpReport.from_dict(body["dp"], check=False)
+    ctx.dp.check(report, samples)
+    if not noise_consistent(ctx.base_state, state, ctx.dp.noise_variance(report, samples)):
+        raise ValueError("update too small to hold the DP noise it declares")
+    return report
+
+
+def check_recorded_dp(ctx: RoundContext, refs: tuple[UpdateRef, ...]) -> None:
+    """Raise BlockError unless every update reference records DP parameters exactly when the
+    genesis demands DP, and those the genesis demands (for a syncing verifier: the rest of
+    `update_dp` needs the update itself)."""
+    for ref in refs:
+        if ctx.dp is None and ref.dp is not None:
+            raise BlockError(f"update of {ref.peer[-8:]} records DP parameters on a network "
+                             f"without DP")
+        if ctx.dp is not None and ref.dp is None:
+            raise BlockError(f"update of {ref.peer[-8:]} records no DP parameters; the genesis "
+                             f"requires DP")
+        if ctx.dp is not None and ref.dp is not None:
+            try:
+                ctx.dp.check(ref.dp, ref.samples)
+            except ValueError as exc:
+                raise BlockError(f"update of {ref.peer[-8:]}: {exc}") from None
 
 
 def trainers_for(members: tuple[str, ...], committee: tuple[str, ...]) -> tuple[str, ...]:
@@ -174,8 +217,8 @@ def derive_block(
                              ctx.committee, ctx.selection, ctx.excluded).new_state
     next_committee = outline.next_committee
     # Only aggregated updates are listed: every peer that re-derives holds exactly these, and their
-    # sample counts are bound by the digest (they are inside the signed update).
-    refs = tuple(UpdateRef(t, digests[t], held[t].samples) for t in selected)
+    # sample counts and DP parameters are bound by the digest (they are inside the signed update).
+    refs = tuple(UpdateRef(t, digests[t], held[t].samples, held[t].dp) for t in selected)
     block = Block(
         height=ctx.height, prev_hash=ctx.prev_hash, network_id=ctx.network_id,
         committee=ctx.committee, trainers=ctx.trainers, updates=refs,

@@ -15,9 +15,16 @@ from dataclasses import dataclass, field
 
 from chain.block import BlockError, CommittedBlock
 from chain.genesis import Genesis
-from chain.round_rules import RoundContext, outline_round, recorded_misbehaviour, trainers_for
+from chain.round_rules import (
+    RoundContext,
+    check_recorded_dp,
+    outline_round,
+    recorded_misbehaviour,
+    trainers_for,
+)
 from chain.store import BlockStore, ModelStore, StoreError
 from learning.cmfl import RoundConfig
+from learning.privacy import DpPolicy
 from learning.tensors import state_from_bytes
 
 #: Largest sample count a valid update carries (the round core refuses larger ones).
@@ -32,6 +39,7 @@ class ChainVerifier:
         self.network_id = genesis.network_id
         self.members = tuple(sorted(genesis.members))
         self.selection = RoundConfig.from_selection(genesis.selection)
+        self.dp = DpPolicy.from_training(genesis.training)
         #: height of the next block
         self.height = 0
         self.prev_hash = self.network_id
@@ -46,7 +54,8 @@ class ChainVerifier:
             network_id=self.network_id, height=self.height, prev_hash=self.prev_hash,
             members=self.members, committee=self.committee,
             trainers=trainers_for(self.members, self.committee), base_state={},
-            base_hash=self.head_model or b"", selection=self.selection, excluded=self.excluded)
+            base_hash=self.head_model or b"", selection=self.selection, excluded=self.excluded,
+            dp=self.dp)
 
     def check(self, committed: CommittedBlock) -> None:
         """Raise BlockError (naming the first problem) unless this is a valid next block."""
@@ -76,6 +85,7 @@ class ChainVerifier:
             raise BlockError("update references are not the selected, scored updates")
         if any(not 0 < u.samples < MAX_SAMPLES for u in block.updates):
             raise BlockError("an update reference has an impossible sample count")
+        check_recorded_dp(ctx, block.updates)
         if block.next_committee != outline.next_committee:
             raise BlockError("next committee does not follow the election rule")
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Mapping
 
 import torch
 
+from learning.privacy import noise_debiased_distance
 from learning.tensors import ModelState
 
 RULES = ("sum", "median")
@@ -31,9 +33,21 @@ def model_distance(a: ModelState, b: ModelState) -> float:
     return _clean(total)
 
 
-def score_updates(reference: ModelState, updates: dict[str, ModelState]) -> dict[str, float]:
-    """Distance of each trainer's updated model to the committee member's own updated model."""
-    return {tid: model_distance(updates[tid], reference) for tid in sorted(updates)}
+def score_updates(
+    reference: ModelState, updates: dict[str, ModelState],
+    noise_variances: Mapping[str, float] | None = None, reference_variance: float = 0.0,
+) -> dict[str, float]:
+    """Distance of each trainer's updated model to the committee member's own updated model.
+
+    With `noise_variances` (per trainer, the per-coordinate variance of the DP noise its
+    update declares; `reference_variance` the member's own), the distance is noise-debiased
+    (learning.privacy.noise_debiased_distance): plain distances rank a peer that skips its DP
+    noise closest of all (docs/privacy.md), debiased ones do not."""
+    if noise_variances is None:
+        return {tid: model_distance(updates[tid], reference) for tid in sorted(updates)}
+    return {tid: _clean(noise_debiased_distance(updates[tid], reference, noise_variances[tid],
+                                                reference_variance))
+            for tid in sorted(updates)}
 
 
 def combine_scores(vectors: list[dict[str, float]], rule: str = "sum") -> dict[str, float]:

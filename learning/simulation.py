@@ -16,6 +16,7 @@ from learning.baselines import BASELINES, aggregate_baseline
 from learning.cmfl import RoundConfig, finish_round, select_round
 from learning.data import Dataset, load_digits_split, shard_indices, subset
 from learning.model import ModelSpec, initial_state
+from learning.privacy import DpPolicy, DpReport, noise_consistent, train_local_dp
 from learning.scoring import score_updates
 from learning.tensors import ModelState
 from learning.training import evaluate, train_local
@@ -48,6 +49,20 @@ class RunSpec:
     layers: tuple[int, ...] = (64, 64, 10)
     #: overrides the CMFL_RULES config of a cmfl-* rule
     config: RoundConfig | None = None
+    #: DP-SGD on every peer when > 0 (the genesis training.dp), with this clipping norm; CMFL
+    #: members then score by noise-debiased distance, as the peers do
+    dp_noise_multiplier: float = 0.0
+    dp_max_grad_norm: float = 1.0
+    #: False: attackers skip the DP noise (train without it) but declare the honest parameters
+    dp_attacker_noise: bool = True
+
+    @property
+    def dp(self) -> DpPolicy | None:
+        """The DP policy of the run's genesis, None without DP."""
+        if not self.dp_noise_multiplier > 0:
+            return None
+        return DpPolicy(self.dp_noise_multiplier, self.dp_max_grad_norm, self.epochs, self.lr,
+                        self.batch_size)
 
 
 @dataclass
@@ -94,16 +109,33 @@ def _local_data(spec: RunSpec, train: Dataset, attackers: frozenset[str],
     return out
 
 
+def _train(spec: RunSpec, base: ModelState, data: Dataset, seed: int,
+           noise: bool) -> tuple[ModelState, DpReport | None]:
+    """One peer's local training: DP-SGD under a DP policy (noise False: the same declared
+    report, trained without the noise), train_local otherwise."""
+    mspec, dp = ModelSpec(spec.layers), spec.dp
+    if dp is None:
+        return train_local(mspec, base, data, spec.epochs, spec.lr, spec.batch_size, seed), None
+    if not noise:
+        return train_local(mspec, base, data, dp.epochs, dp.lr, dp.batch_size, seed), \
+            dp.report(len(data))
+    return train_local_dp(mspec, base, data, dp.epochs, dp.lr, dp.batch_size, seed,
+                          dp.noise_multiplier, dp.max_grad_norm, dp.delta, dp.accountant)
+
+
 def _round_models(spec: RunSpec, rnd: int, base: ModelState, data: dict[str, Dataset],
-                  attackers: frozenset[str], attack: Attack | None) -> dict[str, ModelState]:
-    """Every peer's model to send this round: trained, then poisoned by attackers."""
-    mspec = ModelSpec(spec.layers)
+                  attackers: frozenset[str], attack: Attack | None,
+                  ) -> tuple[dict[str, ModelState], dict[str, DpReport | None]]:
+    """Every peer's model to send this round (trained, then poisoned by attackers) and the DP
+    report it declares (None without DP)."""
     ids = sorted(data)
-    trained = {p: train_local(mspec, base, data[p], spec.epochs, spec.lr, spec.batch_size,
-                              seed=spec.seed * 1_000_003 + rnd * 1_009 + i)
-               for i, p in enumerate(ids)}
+    runs = {p: _train(spec, base, data[p], spec.seed * 1_000_003 + rnd * 1_009 + i,
+                      spec.dp_attacker_noise or p not in attackers)
+            for i, p in enumerate(ids)}
+    trained = {p: state for p, (state, _) in runs.items()}
+    reports = {p: report for p, (_, report) in runs.items()}
     if attack is None or not attackers:
-        return trained
+        return trained, reports
     if attack.colluding:
         # The omniscient colluders: every benign model of the round (see ALittleIsEnough).
         benign = [trained[p] for p in ids if p not in attackers]
@@ -113,7 +145,7 @@ def _round_models(spec: RunSpec, rnd: int, base: ModelState, data: dict[str, Dat
         if p in attackers:
             rng = np.random.default_rng([spec.seed, rnd, i, 5])
             sent[p] = attack.poison_update(base, trained[p], rng)
-    return sent
+    return sent, reports
 
 
 def run(spec: RunSpec) -> RunResult:
@@ -132,13 +164,22 @@ def run(spec: RunSpec) -> RunResult:
         config = spec.config or CMFL_RULES[spec.rule]
         committee = genesis_committee(spec)
         excluded: set[str] = set()
+        dp = spec.dp
         for rnd in range(spec.rounds):
-            sent = _round_models(spec, rnd, state, data, attackers, attack)
+            sent, reports = _round_models(spec, rnd, state, data, attackers, attack)
             trainers = [p for p in sorted(sent) if p not in committee]
+            variances = None
+            if dp is not None:
+                variances = {p: dp.noise_variance(reports[p], samples[p]) for p in sent}
+                # The peers refuse these at admission (chain.round_rules.update_dp).
+                trainers = [t for t in trainers
+                            if noise_consistent(state, sent[t], variances[t])]
             updates = {t: sent[t] for t in trainers}
             vectors = {}
             for m in committee:
-                vec = score_updates(sent[m], updates)  # the member's own model is its reference
+                # The member's own model is its reference; on DP, debiased as the peers do.
+                vec = score_updates(sent[m], updates, variances,
+                                    variances[m] if variances else 0.0)
                 if attack is not None and m in attackers:
                     vec = attack.poison_scores(vec, attackers)
                 vectors[m] = vec
@@ -157,7 +198,7 @@ def run(spec: RunSpec) -> RunResult:
             result.accuracy.append(evaluate(mspec, state, test))
     else:
         for rnd in range(spec.rounds):
-            sent = _round_models(spec, rnd, state, data, attackers, attack)
+            sent, _ = _round_models(spec, rnd, state, data, attackers, attack)
             state = aggregate_baseline(spec.rule, sent, samples, len(attackers))
             result.accuracy.append(evaluate(mspec, state, test))
     return result

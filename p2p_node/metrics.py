@@ -72,6 +72,12 @@ class NodeMetrics:
                               registry=self.registry)
         self.evidence = Counter("cmfl_equivocations_seen", "equivocations this peer detected",
                                 registry=self.registry)
+        self.epsilon_total = Gauge("cmfl_dp_epsilon_total", "privacy this peer has spent in "
+                                   "total (DP-SGD epsilon at the genesis delta; DP networks only)",
+                                   registry=self.registry)
+        self.epsilon_round = Gauge("cmfl_dp_epsilon_round", "privacy this peer spent training "
+                                   "the last committed round (0 if it did not train)",
+                                   registry=self.registry)
 
     def on_event(self, event: dict) -> None:
         """Feed every `Node.on_event` event here."""
@@ -82,6 +88,9 @@ class NodeMetrics:
                 self.stage_seconds.labels(stage).set(seconds)
             if event.get("accuracy") is not None:
                 self.accuracy.set(event["accuracy"])
+            if "dp" in event:
+                self.epsilon_total.set(event["dp"]["epsilon_total"])
+                self.epsilon_round.set(event["dp"]["epsilon_round"])
         elif event["event"] == "evidence":
             self.evidence.inc()
 

@@ -40,6 +40,13 @@ from learning.attacks import Attack, make_attack
 from learning.cmfl import RoundConfig
 from learning.data import Dataset, load_digits_split, shard
 from learning.model import ModelSpec, initial_state
+from learning.privacy import (
+    DpPolicy,
+    DpReport,
+    PrivacyAccountant,
+    round_epsilon,
+    train_local_dp,
+)
 from learning.tensors import ModelState, state_bytes, state_from_bytes, state_hash
 from learning.training import evaluate, train_local
 from gossip.peer_scoring import report_verdict
@@ -143,6 +150,11 @@ class Node:
         self.store, self.models = open_chain(config.data_dir)
         self.spec = ModelSpec.from_dict(self.genesis.model)
         self.selection = RoundConfig.from_selection(self.genesis.selection)
+        #: the DP-SGD every peer trains with (genesis training.dp), None without DP
+        self.dp = DpPolicy.from_training(self.genesis.training)
+        #: height -> (noise_multiplier, sample_rate, steps) of the DP training spent there
+        self._privacy_spent: dict[int, tuple[float, float, int]] = {}
+        self.privacy = self._load_privacy()
         self.attack: Attack | None = make_attack(config.attack)
         self.train_data, self.test_data = self._load_data()
         self.admission = EnvelopeAdmission(self.network_id, frozenset(self.genesis.members))
@@ -179,6 +191,40 @@ class Node:
         self.shard_index = index
         return local, test
 
+    def _load_privacy(self) -> PrivacyAccountant | None:
+        """This peer's privacy budget so far, from its store: it must survive restarts."""
+        if self.dp is None:
+            return None
+        raw = self.store.get_state("privacy")
+        self._privacy_spent = {int(h): (float(s), float(q), int(t))
+                               for h, (s, q, t) in (cbor2.loads(raw) if raw else {}).items()}
+        return PrivacyAccountant(self.dp.accountant,
+                                 [self._privacy_spent[h] for h in sorted(self._privacy_spent)])
+
+    async def _announce_dp(self) -> None:
+        """Log the DP this peer trains with and what a round costs it; computing it in a
+        thread also loads the accountant (seconds) before updates need it on the trio thread."""
+        dp = self.dp
+        assert dp is not None
+        q, steps = dp.schedule(len(self.train_data))
+        eps = await trio.to_thread.run_sync(round_epsilon, dp.noise_multiplier, q, steps,
+                                            dp.delta, dp.accountant)
+        log.info("DP-SGD: noise_multiplier %g, max_grad_norm %g, %d steps at sample rate %.3f: "
+                 "epsilon %.3g a round (delta %g); spent so far %.3g", dp.noise_multiplier,
+                 dp.max_grad_norm, steps, q, eps, dp.delta, self.privacy.epsilon(dp.delta)
+                 if self.privacy else 0.0)
+
+    def _spend_privacy(self, height: int, report: DpReport) -> None:
+        """Add one round's DP-SGD to the budget, durably. Training a height again (after a
+        restart) draws the same batches and noise from the same seed: it is counted once."""
+        assert self.privacy is not None
+        if height in self._privacy_spent:
+            return
+        self.privacy.record(report)
+        self._privacy_spent[height] = self.privacy.rounds[-1]
+        self.store.put_state("privacy", cbor2.dumps(
+            {h: list(v) for h, v in self._privacy_spent.items()}, canonical=True))
+
     def _context(self) -> RoundContext:
         """The next round's context, from the genesis and the local chain."""
         g = self.genesis
@@ -191,7 +237,7 @@ class Node:
                                                         self.selection)
         common = dict(network_id=self.network_id, members=members,
                       selection=self.selection,
-                      excluded=frozenset(self._excluded))
+                      excluded=frozenset(self._excluded), dp=self.dp)
         if head is None:
             state = initial_state(self.spec, g.seed)
             committee = tuple(sorted(g.committee))
@@ -315,6 +361,8 @@ class Node:
             addrs = [str(a) for a in host.get_addrs()]
             (self.config.data_dir / "listen_addrs").write_text("\n".join(addrs) + "\n")
             log.info("peer %s listening on %s", self.me, ", ".join(addrs))
+            if self.dp is not None:
+                await self._announce_dp()
             self.on_event({"event": "listening", "peer": self.me, "addrs": addrs})
             async with trio.open_nursery() as nursery:
                 for topic in TOPIC_KINDS:
@@ -487,7 +535,7 @@ class Node:
             return []  # a worker or timer of a round already decided
         if kind == "own_update":
             times.mark("trained")
-            return machine.on_own_update(item[2], item[3])
+            return machine.on_own_update(item[2], item[3], item[4])
         if kind == "blob":
             return machine.on_blob(item[2], item[3])
         if kind == "collect_deadline":
@@ -568,10 +616,17 @@ class Node:
         # Fresh shuffling each round, reproducible from the chain and the peer's shard.
         seed = int.from_bytes(ctx.prev_hash[:4], "big") ^ self.shard_index
         t = g.training
+        dp = self.dp
 
-        def work() -> tuple[ModelState, int]:
-            trained = train_local(self.spec, ctx.base_state, self.train_data, int(t["epochs"]),
-                                  float(t["lr"]), int(t["batch_size"]), seed)
+        def work() -> tuple[ModelState, int, DpReport | None]:
+            report = None
+            if dp is None:
+                trained = train_local(self.spec, ctx.base_state, self.train_data,
+                                      int(t["epochs"]), float(t["lr"]), int(t["batch_size"]), seed)
+            else:
+                trained, report = train_local_dp(
+                    self.spec, ctx.base_state, self.train_data, dp.epochs, dp.lr, dp.batch_size,
+                    seed, dp.noise_multiplier, dp.max_grad_norm, dp.delta, dp.accountant)
             if self.attack is not None:
                 # A real colluder observes only its own honest training (no side channel), so
                 # ALIE's mean/std estimate comes from one sample here; see learning.attacks.
@@ -579,12 +634,14 @@ class Node:
                                              len(set(self.config.colluders) | {self.me}))
                 trained = attack.poison_update(ctx.base_state, trained,
                                                np.random.default_rng(seed))
-            return trained, len(self.train_data)
+            return trained, len(self.train_data), report
 
         started = time.monotonic()
-        state, samples = await trio.to_thread.run_sync(work, abandon_on_cancel=True)
+        state, samples, report = await trio.to_thread.run_sync(work, abandon_on_cancel=True)
         times.marks["train_seconds"] = time.monotonic() - started
-        await self._inbox_send.send(("own_update", ctx.height, state, samples))
+        if report is not None:
+            self._spend_privacy(ctx.height, report)
+        await self._inbox_send.send(("own_update", ctx.height, state, samples, report))
 
     async def _stall_watch(self) -> None:
         """A round still open after a whole view timeout may be one whose certified block we
@@ -630,7 +687,23 @@ class Node:
         log.info("committed height %d %s acc=%.3f in %.2fs (selected %d of %d)", block.height,
                  block.hash().hex()[:12], accuracy, times.marks["committed"],
                  len(block.selected), len(block.trainers))
+        if self.privacy is not None and self.dp is not None:
+            event["dp"] = self._privacy_spent_event(block.height)
+            log.info("privacy: epsilon %.3g this round, %.3g in total (delta %g, %d rounds "
+                     "trained)", event["dp"]["epsilon_round"], event["dp"]["epsilon_total"],
+                     self.dp.delta, event["dp"]["rounds_trained"])
         self.on_event(event)
+
+
+    def _privacy_spent_event(self, height: int) -> dict[str, Any]:
+        """The privacy this peer spent: at `height` (0 if it did not train) and in total."""
+        assert self.privacy is not None and self.dp is not None
+        spent = self._privacy_spent.get(height)
+        eps_round = 0.0 if spent is None else PrivacyAccountant(
+            self.dp.accountant, [spent]).epsilon(self.dp.delta)
+        return {"epsilon_round": eps_round, "epsilon_total": self.privacy.epsilon(self.dp.delta),
+                "delta": self.dp.delta, "noise_multiplier": self.dp.noise_multiplier,
+                "rounds_trained": len(self._privacy_spent)}
 
 
 def chain_summary(data_dir: Path) -> dict[str, Any]:

@@ -13,7 +13,7 @@ block's certificate. Every peer, member or not, re-derives the block before it c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Union
 
 import bft.pbft as pbft
@@ -27,9 +27,11 @@ from chain.round_rules import (
     derive_block,
     parse_scores_body,
     scores_payload,
+    update_dp,
 )
 from gossip.envelope import MAX_ENVELOPE_BYTES, Envelope
 from gossip.transfer import BlobRef, TransferError
+from learning.privacy import DpReport
 from learning.scoring import score_updates
 from learning.tensors import ModelState, decode_state, encode_state, state_bytes, state_from_bytes
 
@@ -124,6 +126,8 @@ class PendingUpdate:
     digest: bytes
     samples: int
     ref: BlobRef
+    #: the announcement's "dp" entry ({} without), checked with the tensors once they arrive
+    dp_entry: dict = field(default_factory=dict)
 
 
 class RoundMachine:
@@ -147,6 +151,8 @@ class RoundMachine:
         #: digests of announced updates whose fetched bytes were refused: not fetched again
         self._refused_updates: set[bytes] = set()
         self.own_reference: ModelState | None = None
+        #: DP noise variance of own_reference (0 without DP)
+        self.own_noise_variance = 0.0
         self.score_vectors: dict[str, bytes] = {}
         self.collect_expired = False
         self.propose_expired = False
@@ -177,15 +183,22 @@ class RoundMachine:
         """Begin the round: committee members arm their view timer."""
         return self._from_consensus(self.consensus.start()) if self.consensus else []
 
-    def on_own_update(self, state: ModelState, samples: int) -> list[Action]:
-        """Local training finished: trainers gossip the update, members keep it as reference."""
+    def on_own_update(self, state: ModelState, samples: int,
+                      dp: DpReport | None = None) -> list[Action]:
+        """Local training finished: trainers gossip the update, members keep it as reference.
+
+        `dp` is the training's DP report (learning.privacy.train_local_dp), None without DP."""
         if self.committed:
             return []
         if self.is_committee:
             self.own_reference = state
+            if self.ctx.dp is not None:
+                self.own_noise_variance = self.ctx.dp.noise_variance(dp, samples)
             return self._progress()
         if self.is_trainer:
-            common = {"samples": samples, "base": self.ctx.base_hash}
+            common: dict[str, Any] = {"samples": samples, "base": self.ctx.base_hash}
+            if dp is not None:
+                common["dp"] = dp.to_dict()
             data = state_bytes(state)
             if len(data) <= INLINE_UPDATE_BYTES:
                 return [Publish("update", {"model": encode_state(state), **common})]
@@ -205,7 +218,8 @@ class RoundMachine:
         except ValueError as exc:
             self._refused_updates.add(pending.digest)
             return [Rejected(pending.sender, "update", f"bad tensors: {exc}")]
-        actions = self._accept_update(pending.sender, pending.digest, pending.samples, state)
+        actions = self._accept_update(pending.sender, pending.digest, pending.samples, state,
+                                      pending.dp_entry)
         if actions:
             self._refused_updates.add(pending.digest)
         return actions + self._progress()
@@ -254,8 +268,9 @@ class RoundMachine:
                 return []  # the same update again (a rebroadcast or a replay): nothing new
             return [Rejected(env.sender, "update", "second, different update this round")]
         body = env.payload
-        if not isinstance(body, dict) or not (set(body) == {"model", "samples", "base"} or
-                                              set(body) == {"blob", "samples", "base"}):
+        # Exactly one of the inline tensors or a blob reference; "dp" when training used DP.
+        if not isinstance(body, dict) or not (set(body) - {"dp"} == {"model", "samples", "base"}
+                                              or set(body) - {"dp"} == {"blob", "samples", "base"}):
             return [Rejected(env.sender, "update", "malformed update body")]
         if body["base"] != self.ctx.base_hash:
             return [Rejected(env.sender, "update", "trained from another base model")]
@@ -270,13 +285,15 @@ class RoundMachine:
             if ref.size != self._expected_blob_size():
                 return [Rejected(env.sender, "update", f"blob of {ref.size} bytes cannot hold "
                                  f"this model ({self._expected_blob_size()} bytes)")]
-            self.pending_blobs[env.sender] = PendingUpdate(env.sender, digest, samples, ref)
+            dp_entry = {"dp": body["dp"]} if "dp" in body else {}
+            self.pending_blobs[env.sender] = PendingUpdate(env.sender, digest, samples, ref,
+                                                           dp_entry)
             return [FetchBlob(ref, env.sender)]
         try:
             state = decode_state(body["model"])
         except ValueError as exc:
             return [Rejected(env.sender, "update", f"bad tensors: {exc}")]
-        return self._accept_update(env.sender, digest, samples, state)
+        return self._accept_update(env.sender, digest, samples, state, body)
 
     def _expected_blob_size(self) -> int:
         """Bytes of any update's tensors: the layout is the base model's, so the size is too."""
@@ -285,14 +302,20 @@ class RoundMachine:
         return self._blob_size
 
     def _accept_update(self, sender: str, digest: bytes, samples: int,
-                       state: ModelState) -> list[Action]:
+                       state: ModelState, body: dict) -> list[Action]:
+        """Checks of an update's tensors (inline or fetched) and of its body's DP entry."""
         base = self.ctx.base_state
         if set(state) != set(base) or any(state[k].shape != base[k].shape or
                                           state[k].dtype != base[k].dtype for k in base):
             return [Rejected(sender, "update", "tensors do not match the model")]
         if not all(bool(t.isfinite().all()) for t in state.values()):
             return [Rejected(sender, "update", "non-finite values in tensors")]
-        self.updates[sender] = ReceivedUpdate(sender, digest, samples, state)
+        # The optional "dp" entry: required, and exactly the genesis', when it sets training.dp.
+        try:
+            dp = update_dp(self.ctx, body, samples, state)
+        except ValueError as exc:
+            return [Rejected(sender, "update", f"DP parameters: {exc}")]
+        self.updates[sender] = ReceivedUpdate(sender, digest, samples, state, dp)
         return []
 
     def _on_scores(self, env: Envelope) -> list[Action]:
@@ -383,8 +406,13 @@ class RoundMachine:
         if not (self.collect_expired or set(self.updates) >= set(self.ctx.trainers)):
             return []
         self.scored = True
+        variances = None
+        if self.ctx.dp is not None:  # every update declares its noise: debias (docs/privacy.md)
+            variances = {t: self.ctx.dp.noise_variance(u.dp, u.samples)
+                         for t, u in self.updates.items()}
         distances = score_updates(self.own_reference,
-                                  {t: u.state for t, u in self.updates.items()})
+                                  {t: u.state for t, u in self.updates.items()},
+                                  variances, self.own_noise_variance)
         if self.score_tamper is not None:
             distances = self.score_tamper(distances)
         return [Publish("scores", scores_payload(
