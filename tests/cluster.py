@@ -71,10 +71,11 @@ class Cluster:
                   **overrides: float) -> list[Node]:
         """Start every node in `nursery`; they stop by themselves after `rounds` blocks.
 
-        `self.kill(peer)` stops one at once, as a crash would (its host goes away unannounced).
+        `await self.kill(peer)` stops one at once, as a crash would (its sockets close).
         """
         nodes = [Node(c, log) for c in self.node_configs(rounds, **overrides)]
         self._scopes: dict[str, trio.CancelScope] = {}
+        self._nodes: dict[str, Node] = {}
         for node in nodes:
             nursery.start_soon(self._run_node, node)
         return nodes
@@ -82,7 +83,48 @@ class Cluster:
     async def _run_node(self, node: Node) -> None:
         with trio.CancelScope() as scope:
             self._scopes[node.me] = scope
+            self._nodes[node.me] = node
             await node.run()
 
-    def kill(self, peer: str) -> None:
+    async def kill(self, peer: str) -> None:
+        """Crash `peer`: its tasks stop and its sockets close, as a dead process's do.
+
+        Cancelling alone is not a crash: py-libp2p 0.8.1 runs its TCP listener (and the tasks of
+        accepted connections) in a trio system task that outlives the cancelled host, so the
+        "dead" peer kept accepting dials and streams that nobody answered, and peers' requests
+        to it hung (seen as a rare stall of the killed-leader test)."""
+        host = self._nodes[peer].host
         self._scopes[peer].cancel()
+        if host is None:
+            return
+        with trio.move_on_after(10):
+            for listener in list(host.get_network().listeners.values()):
+                await listener.close()  # cancels the system task: accepted conns close too
+        await trio.sleep(0)  # let the cancelled tasks unwind before their sockets go
+        for sock in _sockets_of(host):  # what is left: connections this peer dialled
+            if sock.fileno() != -1:
+                trio.lowlevel.notify_closing(sock)
+                sock.close()
+
+
+def _sockets_of(root: object) -> list:
+    """The trio sockets reachable from a libp2p host's attributes (listeners, connections)."""
+    found, seen, frontier = [], set(), [root]
+    for _ in range(12):  # host -> swarm -> conns -> muxer -> secure session -> raw -> stream
+        nxt = []
+        for obj in frontier:
+            if id(obj) in seen or isinstance(obj, (str, bytes, int, float, type)):
+                continue
+            seen.add(id(obj))
+            if isinstance(obj, trio.socket.SocketType):
+                found.append(obj)
+                continue
+            if isinstance(obj, dict):
+                nxt += list(obj.values())
+            elif isinstance(obj, (list, tuple, set, frozenset)):
+                nxt += list(obj)
+            elif hasattr(obj, "__dict__") and type(obj).__module__.split(".")[0] in (
+                    "libp2p", "trio"):
+                nxt += list(vars(obj).values())
+        frontier = nxt
+    return found
