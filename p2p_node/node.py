@@ -466,11 +466,13 @@ class Node:
                 self.rejections[f"invalid-{action.kind}"] += 1
                 log.warning("round %d: rejected %s from %s: %s", ctx.height, action.kind,
                             action.sender[-8:], action.reason)
+                if action.penalty and action.sender:
+                    # Proof of misbehaviour by its signer (not lag): its gossip score drops.
+                    self.router.penalize(action.sender, action.penalty)
             elif isinstance(action, Evidence):
                 log.warning("round %d: %s equivocated (%s): evidence kept and gossiped",
                             ctx.height, action.member[-8:], action.first.kind)
                 # Proven misbehaviour lowers its gossip score too (gossip/peer_scoring.py).
-                # Other round-core refusals are not scored: a lagging honest peer causes them.
                 self.router.penalize(action.member, "equivocation")
                 self.on_event({"event": "evidence", "peer": self.me, "height": ctx.height,
                                "member": action.member, "kind": action.first.kind})

@@ -90,11 +90,14 @@ class Evidence:
 
 @dataclass(frozen=True)
 class Rejected:
-    """A message was refused; log why (and, later, lower its sender's score)."""
+    """A message was refused; log why. `penalty` names the misbehaviour (a
+    gossip.peer_scoring.PENALTIES key) when the message proves its signer misbehaved; None when
+    an honest peer that lags or leads by a round could have sent it."""
 
     sender: str
     kind: str
     reason: str
+    penalty: str | None = None
 
 
 @dataclass(frozen=True)
@@ -217,7 +220,8 @@ class RoundMachine:
             state = state_from_bytes(data)
         except ValueError as exc:
             self._refused_updates.add(pending.digest)
-            return [Rejected(pending.sender, "update", f"bad tensors: {exc}")]
+            return [Rejected(pending.sender, "update", f"bad tensors: {exc}",
+                             "invalid-update")]
         actions = self._accept_update(pending.sender, pending.digest, pending.samples, state,
                                       pending.dp_entry)
         if actions:
@@ -251,8 +255,8 @@ class RoundMachine:
                 handler = {"update": self._on_update, "scores": self._on_scores,
                            "block": self._on_block}[env.kind]
                 actions = handler(env)
-        except BlockError as exc:
-            return [Rejected(env.sender, env.kind, str(exc))]
+        except BlockError as exc:  # a malformed score vector, or a block failing its certificate
+            return [Rejected(env.sender, env.kind, str(exc), f"invalid-{env.kind}")]
         return actions + self._progress()
 
     # handlers ----------------------------------------------------------------------------------
@@ -266,25 +270,28 @@ class RoundMachine:
         if held is not None:
             if held.digest == digest:
                 return []  # the same update again (a rebroadcast or a replay): nothing new
-            return [Rejected(env.sender, "update", "second, different update this round")]
+            return [Rejected(env.sender, "update", "second, different update this round",
+                             "invalid-update")]
         body = env.payload
         # Exactly one of the inline tensors or a blob reference; "dp" when training used DP.
         if not isinstance(body, dict) or not (set(body) - {"dp"} == {"model", "samples", "base"}
                                               or set(body) - {"dp"} == {"blob", "samples", "base"}):
-            return [Rejected(env.sender, "update", "malformed update body")]
+            return [Rejected(env.sender, "update", "malformed update body", "invalid-update")]
         if body["base"] != self.ctx.base_hash:
             return [Rejected(env.sender, "update", "trained from another base model")]
         samples = body["samples"]
         if not isinstance(samples, int) or isinstance(samples, bool) or not 0 < samples < 2**40:
-            return [Rejected(env.sender, "update", "bad sample count")]
+            return [Rejected(env.sender, "update", "bad sample count", "invalid-update")]
         if "blob" in body:
             try:
                 ref = BlobRef.from_obj(body["blob"], max_size=self._expected_blob_size())
             except TransferError as exc:
-                return [Rejected(env.sender, "update", f"bad blob reference: {exc}")]
+                return [Rejected(env.sender, "update", f"bad blob reference: {exc}",
+                                 "invalid-update")]
             if ref.size != self._expected_blob_size():
                 return [Rejected(env.sender, "update", f"blob of {ref.size} bytes cannot hold "
-                                 f"this model ({self._expected_blob_size()} bytes)")]
+                                 f"this model ({self._expected_blob_size()} bytes)",
+                                 "invalid-update")]
             dp_entry = {"dp": body["dp"]} if "dp" in body else {}
             self.pending_blobs[env.sender] = PendingUpdate(env.sender, digest, samples, ref,
                                                            dp_entry)
@@ -292,7 +299,8 @@ class RoundMachine:
         try:
             state = decode_state(body["model"])
         except ValueError as exc:
-            return [Rejected(env.sender, "update", f"bad tensors: {exc}")]
+            return [Rejected(env.sender, "update", f"bad tensors: {exc}",
+                             "invalid-update")]
         return self._accept_update(env.sender, digest, samples, state, body)
 
     def _expected_blob_size(self) -> int:
@@ -307,14 +315,16 @@ class RoundMachine:
         base = self.ctx.base_state
         if set(state) != set(base) or any(state[k].shape != base[k].shape or
                                           state[k].dtype != base[k].dtype for k in base):
-            return [Rejected(sender, "update", "tensors do not match the model")]
+            return [Rejected(sender, "update", "tensors do not match the model",
+                             "invalid-update")]
         if not all(bool(t.isfinite().all()) for t in state.values()):
-            return [Rejected(sender, "update", "non-finite values in tensors")]
+            return [Rejected(sender, "update", "non-finite values in tensors",
+                             "invalid-update")]
         # The optional "dp" entry: required, and exactly the genesis', when it sets training.dp.
         try:
             dp = update_dp(self.ctx, body, samples, state)
         except ValueError as exc:
-            return [Rejected(sender, "update", f"DP parameters: {exc}")]
+            return [Rejected(sender, "update", f"DP parameters: {exc}", "invalid-update")]
         self.updates[sender] = ReceivedUpdate(sender, digest, samples, state, dp)
         return []
 
@@ -324,7 +334,8 @@ class RoundMachine:
         raw = env.encode()
         held = self.score_vectors.get(env.sender)
         if held is not None:
-            return [] if held == raw else [Rejected(env.sender, "scores", "second score vector")]
+            return [] if held == raw else [Rejected(env.sender, "scores", "second score vector",
+                                                             "invalid-scores")]
         parse_scores_body(self.ctx, env)
         self.score_vectors[env.sender] = raw
         return []
@@ -335,7 +346,7 @@ class RoundMachine:
         try:
             message = decode_message(env.kind, env.round, env.sender, env.payload, env.signature)
         except MessageError as exc:
-            return [Rejected(env.sender, env.kind, str(exc))]
+            return [Rejected(env.sender, env.kind, str(exc), "invalid-vote")]
         return self._from_consensus(self.consensus.on_message(message))
 
     def _on_block(self, env: Envelope) -> list[Action]:

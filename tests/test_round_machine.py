@@ -4,7 +4,7 @@ from collections import deque
 
 import torch
 
-from chain.block import Block, CommittedBlock
+from chain.block import Block, CommitCertificate, CommittedBlock
 from chain.round_rules import RoundContext, trainers_for
 from gossip.envelope import Envelope, decode_envelope
 from gossip.peer_keys import Signer
@@ -223,17 +223,21 @@ def test_updates_from_non_trainers_and_bad_tensors_are_refused():
     machine = RoundMachine(context(), COMMITTEE[0])
     good = {"model": encode_state(update_of(TRAINERS[0])), "samples": 5,
             "base": state_hash(BASE)}
+    # Proof of misbehaviour carries a penalty for the signer's gossip score; what a peer a
+    # round behind or ahead could send (wrong role, another base model) does not.
     cases = {
-        COMMITTEE[1]: (good, "not a trainer"),
-        TRAINERS[0]: ({**good, "base": b"\x00" * 32}, "another base"),
-        TRAINERS[1]: ({**good, "model": encode_state({"w": torch.zeros(2, 2)})}, "match"),
+        COMMITTEE[1]: (good, "not a trainer", None),
+        TRAINERS[0]: ({**good, "base": b"\x00" * 32}, "another base", None),
+        TRAINERS[1]: ({**good, "model": encode_state({"w": torch.zeros(2, 2)})}, "match",
+                      "invalid-update"),
         TRAINERS[2]: ({**good, "model": encode_state(
-            {k: torch.full_like(v, float("nan")) for k, v in BASE.items()})}, "non-finite"),
+            {k: torch.full_like(v, float("nan")) for k, v in BASE.items()})}, "non-finite",
+            "invalid-update"),
     }
-    for sender, (body, reason) in cases.items():
+    for sender, (body, reason, penalty) in cases.items():
         env = Envelope("update", NET, 0, "", body).signed_by(SIGNERS[sender])
         [rejected] = machine.on_envelope(env)
-        assert reason in rejected.reason
+        assert reason in rejected.reason and rejected.penalty == penalty
     assert machine.updates == {}
 
 
@@ -295,3 +299,16 @@ def test_blob_references_of_the_wrong_size_or_undecodable_bytes_are_refused(monk
     [rejected] = machine.on_envelope(both)
     assert "malformed" in rejected.reason
     assert machine.updates == {}
+
+
+def test_a_block_with_a_forged_certificate_is_refused_as_misbehaviour():
+    net = Network()
+    net.run()
+    committed = next(iter(net.commits.values()))
+    short = CommittedBlock(committed.block, CommitCertificate(
+        committed.certificate.view, committed.certificate.votes[:1]))  # 1 vote, not 2f+1
+    observer = RoundMachine(context(), TRAINERS[0])
+    env = Envelope("block", NET, 0, "", short.to_obj()).signed_by(SIGNERS[TRAINERS[1]])
+    [rejected] = observer.on_envelope(env)
+    assert rejected.penalty == "invalid-block" and rejected.sender == TRAINERS[1]
+    assert observer.certified is None
