@@ -155,6 +155,19 @@ def test_on_a_dp_network_the_block_records_every_selected_updates_dp_parameters(
     assert Block.decode(block.encode()) == block
 
 
+def test_dp_parameters_travel_with_blob_referenced_updates_too(monkeypatch):
+    import p2p_node.round_machine as round_machine
+
+    inline = DpNetwork()
+    inline.run()
+    monkeypatch.setattr(round_machine, "INLINE_UPDATE_BYTES", 0)  # every update by reference
+    net = DpNetwork()
+    net.run()
+    assert set(net.commits) == set(MEMBERS) and not net.rejections and net.blobs
+    assert agreed_block(net).selected == agreed_block(inline).selected
+    assert [u.dp for u in agreed_block(net).updates] == [u.dp for u in agreed_block(inline).updates]
+
+
 @pytest.mark.parametrize("declared, reason", [
     (None, "declares no DP parameters"),
     (dataclasses.replace(POLICY, noise_multiplier=0.5), "weaker noise than the genesis requires"),
