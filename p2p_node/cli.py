@@ -622,9 +622,10 @@ def build_parser() -> argparse.ArgumentParser:
     _run_option(p, "rounds", _positive(int), None, "stop once the chain has this many blocks "
                 "(default: run until stopped)")
     _run_option(p, "shard_index", int, None, "which data shard is this peer's "
-                "(default: its position among the sorted genesis members)")
+                "(default: its position among the sorted genesis members; a joiner's is "
+                "picked by its peer id)")
     _run_option(p, "num_shards", _positive(int), None, "shards the data is split into "
-                "(default: number of members)")
+                "(default: number of genesis members)")
     _run_option(p, "collect_timeout", _positive(float), 20.0,
                 "seconds a committee member waits for updates before scoring")
     _run_option(p, "propose_timeout", _positive(float), 10.0,

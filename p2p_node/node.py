@@ -6,6 +6,7 @@ decide: publish, train in a worker thread, fire deadlines, write committed block
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import defaultdict
@@ -25,6 +26,7 @@ from bft.byzantine import conflicting_proposal
 from bft.messages import KINDS as PBFT_KINDS
 from chain.genesis import Genesis
 from chain.block import BlockError
+from chain.membership import JOIN_WINDOW, MembershipRules, admissible_joins, join_request
 from chain.round_rules import (
     RoundContext,
     check_evidence,
@@ -32,6 +34,7 @@ from chain.round_rules import (
     trainers_for,
 )
 from chain.store import BlockStore, ModelStore, retain_checkpoints
+from chain.verify import ChainVerifier
 from gossip.envelope import MAX_ENVELOPE_BYTES, Envelope, decode_envelope
 from gossip.validation import EnvelopeAdmission
 from learning.attacks import Attack, make_attack
@@ -57,9 +60,12 @@ from p2p_node.round_machine import (
 
 log = logging.getLogger("p2p_node")
 
-#: Which topic carries which kinds: updates are the bulk, blocks are for every peer.
+#: Which topic carries which kinds: updates are the bulk, blocks are for every peer, join
+#: requests are the only thing a non-member may send.
 TOPIC_KINDS = {"updates": ("update",), "committee": ("scores", *PBFT_KINDS),
-               "blocks": ("block", "evidence")}
+               "blocks": ("block", "evidence"), "membership": ("join",)}
+#: Join requests held for future blocks, at most (one per sender, the newest).
+MAX_HELD_JOINS = 256
 
 
 def topic_name(network_id: bytes, topic: str) -> str:
@@ -133,14 +139,24 @@ class Node:
         self.me = self.signer.peer_id
         self.genesis = Genesis.load(config.genesis_file)
         self.network_id = self.genesis.network_id
-        if self.me not in self.genesis.members:
-            raise ValueError(f"this peer ({self.me}) is not a member in {config.genesis_file}")
+        self.membership = MembershipRules.from_settings(self.genesis.membership,
+                                                        self.genesis.members)
+        if self.me not in self.genesis.members and not self.membership.admits(self.me):
+            raise ValueError(f"this peer ({self.me}) is not a member in {config.genesis_file}, "
+                             f"and its {self.membership.admission} admission policy does not "
+                             "let it join")
         self.store, self.models = open_chain(config.data_dir)
+        #: where our own chain stands (its member set above all), advanced as blocks are stored
+        self.chain_state = ChainVerifier(self.genesis)
         self.spec = ModelSpec.from_dict(self.genesis.model)
         self.selection = RoundConfig.from_selection(self.genesis.selection)
         self.attack: Attack | None = make_attack(config.attack)
         self.train_data, self.test_data = self._load_data()
-        self.admission = EnvelopeAdmission(self.network_id, frozenset(self.genesis.members))
+        self.admission = EnvelopeAdmission(self.network_id, frozenset(self.genesis.members),
+                                           joiners=self.membership.joiners())
+        #: signed join requests of non-members, by sender (the newest), for a block to admit
+        self.join_requests: dict[str, Envelope] = {}
+        self.discovery: Discovery | None = None
         self.on_event = on_event or (lambda e: None)
         self.rejections: dict[str, int] = defaultdict(int)
         #: equivocation proofs held, by convicted member: any round's leader records them
@@ -158,9 +174,14 @@ class Node:
         g, data = self.genesis, self.genesis.data
         train, test = load_digits_split(g.seed, float(data.get("test_fraction", 0.2)))
         members = sorted(g.members)
-        index = (self.config.shard_index if self.config.shard_index is not None
-                 else members.index(self.me))
         count = self.config.num_shards or len(members)
+        if self.config.shard_index is not None:
+            index = self.config.shard_index
+        elif self.me in members:
+            index = members.index(self.me)
+        else:
+            # A joiner with no --shard-index shares a founder's shard, picked by its peer id.
+            index = int.from_bytes(hashlib.sha256(self.me.encode()).digest()[:4], "big") % count
         local = shard(train, count, index, g.seed, data.get("partition", "iid"),
                       float(data.get("alpha", 0.5)))
         if self.attack is not None:
@@ -172,7 +193,8 @@ class Node:
         """The next round's context, from the genesis and the local chain."""
         g = self.genesis
         head = self.store.head()
-        members = tuple(sorted(g.members))
+        self.chain_state.follow(self.store)
+        members = self.chain_state.members
         if self._excluded is None:  # once per process: later blocks add to it in _commit
             self._excluded = set()
             for height in self.store.heights():
@@ -180,7 +202,8 @@ class Node:
                                                         self.selection)
         common = dict(network_id=self.network_id, members=members,
                       selection=self.selection,
-                      excluded=frozenset(self._excluded))
+                      excluded=frozenset(self._excluded), membership=self.membership,
+                      roster=self.chain_state.roster)
         if head is None:
             state = initial_state(self.spec, g.seed)
             committee = tuple(sorted(g.committee))
@@ -310,8 +333,8 @@ class Node:
                 for addr in self.config.bootstrap:
                     nursery.start_soon(self._connect_bootstrap, addr)
                 # Peer exchange from the bootstrap peers on, mDNS if asked, redial after loss.
-                nursery.start_soon(Discovery(host, self.genesis.members,
-                                             mdns=self.config.mdns).run)
+                self.discovery = Discovery(host, self.genesis.members, mdns=self.config.mdns)
+                nursery.start_soon(self.discovery.run)
                 await self._wait_for_peers()
                 # A new or lagging peer first reaches the network's head (chain/sync.py).
                 if await self.sync.catch_up():
@@ -334,9 +357,14 @@ class Node:
         snapshot = self.store.get_state("pbft")
         evidence = tuple(pair for member, pair in sorted(self.evidence.items())
                          if member not in ctx.excluded)
+        joins = admissible_joins(self.membership, ctx.current_roster, self.network_id, ctx.height,
+                                 [env.encode() for env in self._held_joins(ctx)])
         machine = RoundMachine(ctx, self.me, cbor2.loads(snapshot) if snapshot else None,
-                               evidence=evidence, score_tamper=self._score_tamper())
+                               evidence=evidence, joins=joins, score_tamper=self._score_tamper())
         self.admission.current_round = ctx.height
+        self.admission.members = frozenset(ctx.members)
+        if self.discovery is not None:  # dial admitted members too (the founders stay dialled)
+            self.discovery.allowed = frozenset(self.genesis.members) | frozenset(ctx.members)
         self._own_messages = []
         times = RoundTimes(time.monotonic())
         role = ("leader" if machine.is_committee and ctx.leader == self.me else
@@ -345,6 +373,13 @@ class Node:
         log.info("round %d: %s (%d committee, %d trainers)", ctx.height, role,
                  len(ctx.committee), len(ctx.trainers))
         self.on_event({"event": "round", "peer": self.me, "height": ctx.height, "role": role})
+        if self.me not in ctx.members:
+            # Not (or no longer) a member: ask to join, again each round (rebroadcast within it)
+            # until a block admits us; meanwhile we follow the rounds as an observer.
+            addrs = [str(a) for a in self.host.get_addrs()]
+            await self._publish(ctx, "join", join_request(self.network_id, ctx.height,
+                                                          addrs).payload, keep=True)
+            self.on_event({"event": "join-requested", "peer": self.me, "height": ctx.height})
         async with trio.open_nursery() as nursery:
             if machine.is_trainer or machine.is_committee:
                 nursery.start_soon(self._train, ctx, times)
@@ -439,6 +474,9 @@ class Node:
             if env.kind == "evidence":
                 self._on_evidence(env)
                 return []
+            if env.kind == "join":
+                self._on_join(env)
+                return []
             if env.round > ctx.height:
                 if env.kind == "block":
                     self.sync.hint_behind()  # a later block is certified: we are behind
@@ -472,6 +510,23 @@ class Node:
         if member not in self.evidence:
             self.evidence[member] = (first, second)
             log.info("holding evidence against %s (from %s)", member[-8:], env.sender[-8:])
+
+    def _on_join(self, env: Envelope) -> None:
+        """Hold a non-member's join request (the newest per sender) for a block to admit."""
+        held = self.join_requests.get(env.sender)
+        if held is not None and held.round >= env.round:
+            return
+        if held is None and len(self.join_requests) >= MAX_HELD_JOINS:
+            return  # a flood of requests: the ones held are admitted first, then others
+        self.join_requests[env.sender] = env
+
+    def _held_joins(self, ctx: RoundContext) -> list[Envelope]:
+        """The join requests still worth holding at this round: senders not yet members,
+        requests not expired (chain.membership.check_join decides what a block may admit)."""
+        for sender, env in list(self.join_requests.items()):
+            if sender in ctx.members or env.round + JOIN_WINDOW < ctx.height:
+                del self.join_requests[sender]
+        return list(self.join_requests.values())
 
     async def _train(self, ctx: RoundContext, times: RoundTimes) -> None:
         g = self.genesis
@@ -524,6 +579,8 @@ class Node:
             "hash": block.hash().hex(), "view": action.committed.certificate.view,
             "committee": list(block.committee),
             "selected": list(block.selected), "next_committee": list(block.next_committee),
+            "joined": [c.peer for c in block.membership if c.kind == "join"],
+            "left": [c.peer for c in block.membership if c.kind == "leave"],
             "accuracy": round(accuracy, 4), "round_seconds": round(times.marks["committed"], 3),
             "stages": {k: round(v, 4) for k, v in times.marks.items()},
             "attack": self.config.attack,
@@ -531,6 +588,10 @@ class Node:
         log.info("committed height %d %s acc=%.3f in %.2fs (selected %d of %d)", block.height,
                  block.hash().hex()[:12], accuracy, times.marks["committed"],
                  len(block.selected), len(block.trainers))
+        for change in block.membership:
+            log.info("height %d: %s %s", block.height,
+                     "admits" if change.kind == "join" else "records the departure of",
+                     change.peer[-8:])
         self.on_event(event)
 
 
