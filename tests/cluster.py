@@ -44,12 +44,18 @@ class Cluster:
     attacks: dict[int, str] = field(default_factory=dict)
     #: per-peer NodeConfig overrides (e.g. {0: {"byzantine": "equivocate"}})
     behaviours: dict[int, dict] = field(default_factory=dict)
+    #: how many of the peers the genesis names (default all; the others can only join)
+    founders: int | None = None
+    #: the genesis `membership` settings (chain.membership)
+    membership: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.dirs = [self.root / f"peer-{i}" for i in range(self.size)]
         self.ids = [load_or_create_identity(d).peer_id for d in self.dirs]
-        self.genesis = Genesis(name="test", members=tuple(self.ids),
-                               committee=tuple(self.ids[: self.committee_size]), seed=1)
+        members = tuple(self.ids[: self.founders or self.size])
+        self.genesis = Genesis(name="test", members=members,
+                               committee=tuple(self.ids[: self.committee_size]), seed=1,
+                               membership=self.membership)
         self.genesis.save(self.root / "genesis.json")
 
     def node_configs(self, rounds: int, **overrides: float) -> list[NodeConfig]:
