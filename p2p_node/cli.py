@@ -126,12 +126,21 @@ def _cmd_genesis_new(args: argparse.Namespace) -> int:
     if not members:
         raise GenesisError("name the members with --member PEER_ID or --member-dir DATA_DIR")
     committee = members[: args.committee_size]
+    membership: dict[str, Any] = {}
+    if args.admission is not None or args.allow or args.leave_after is not None:
+        # Only when asked for: without the field the network keeps its genesis members.
+        membership = {"admission": args.admission or ("allowlist" if args.allow else "closed")}
+        if args.allow:
+            membership["allow"] = list(args.allow)
+        if args.leave_after is not None:
+            membership["leave_after"] = args.leave_after
     genesis = Genesis(
         name=args.name, members=tuple(members), committee=tuple(committee), seed=args.seed,
         data={"dataset": "digits", "partition": args.partition, "alpha": args.alpha,
               "test_fraction": 0.2},
         selection={"rule": args.selection, "fraction": args.fraction, "scoring": args.scoring,
-                   "election": args.election, "outlier_ratio": args.outlier_ratio})
+                   "election": args.election, "outlier_ratio": args.outlier_ratio},
+        membership=membership)
     genesis.check()
     genesis.save(args.out)
     print(f"wrote {args.out}: network id {genesis.network_id.hex()}")
@@ -586,6 +595,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outlier-ratio", type=float, default=1.3,
                    help="auto: an update farther than this times the typical distance is an "
                         "outlier")
+    p.add_argument("--admission", choices=["closed", "allowlist", "open"], default=None,
+                   help="who may join after genesis with a signed request: closed (no one: the "
+                        "default), allowlist (the --allow peers) or open (anyone)")
+    p.add_argument("--allow", action="append", default=[], metavar="PEER_ID",
+                   help="a peer ID the allowlist admits (implies --admission allowlist)")
+    p.add_argument("--leave-after", type=int, default=None, metavar="ROUNDS",
+                   help="a trainer silent for this many rounds in a row leaves the pool (it may "
+                        "join again); 0 never (default: 3 with --admission, else never)")
     p.set_defaults(func=_cmd_genesis_new)
 
     p = command("run", "run a peer until stopped (SIGINT/SIGTERM) or for --rounds blocks",

@@ -250,3 +250,16 @@ def test_gossip_admits_join_requests_from_non_members_and_nothing_else():
     assert gate.admit(msg("join", stranger)).accepted
     gate.members = gate.members | {stranger.peer_id}  # admitted by a block
     assert gate.admit(msg("update", stranger)).accepted
+
+
+def test_genesis_new_writes_the_membership_field_only_when_asked(tmp_path):
+    from p2p_node.cli import main
+
+    ids = ChainBuilder(members=6).genesis.members
+    base = ["genesis", "new", "--committee-size", "4", *[a for p in ids for a in ("--member", p)]]
+    assert main([*base, "--out", str(tmp_path / "plain.json")]) == 0
+    assert "membership" not in Genesis.load(tmp_path / "plain.json").to_dict()
+    assert main([*base, "--out", str(tmp_path / "allow.json"), "--allow", ids[0],
+                 "--leave-after", "5"]) == 0
+    assert Genesis.load(tmp_path / "allow.json").membership == {
+        "admission": "allowlist", "allow": [ids[0]], "leave_after": 5}
