@@ -152,7 +152,8 @@ class Node:
         self.selection = RoundConfig.from_selection(self.genesis.selection)
         self.attack: Attack | None = make_attack(config.attack)
         self.train_data, self.test_data = self._load_data()
-        self.admission = EnvelopeAdmission(self.network_id, frozenset(self.genesis.members),
+        self.chain_state.follow(self.store)  # a restarted peer knows who was admitted since
+        self.admission = EnvelopeAdmission(self.network_id, frozenset(self.chain_state.members),
                                            joiners=self.membership.joiners())
         #: signed join requests of non-members, by sender (the newest), for a block to admit
         self.join_requests: dict[str, Envelope] = {}
@@ -414,6 +415,8 @@ class Node:
                                                      canonical=True))
         for action in actions:
             if isinstance(action, Publish):
+                if self.me not in ctx.members:
+                    continue  # a joiner's relayed block: peers take only join requests from it
                 if action.kind == "scores":
                     times.mark("collected")
                 if self.config.byzantine != "none" and await self._misbehave(ctx, action):
