@@ -200,7 +200,8 @@ def test_a_tampered_membership_entry_fails_verification_with_a_reason():
     # A quorum certifying a block does not make its membership changes valid. (Leaving a held
     # request out is the proposer's right, as with evidence: the next block may admit it.)
     other = MembershipChange("join", outsider.peer_id, join.request)
-    forged = MembershipChange("join", joiner.peer_id, join.request[:-1] + b"\x00")
+    forged = MembershipChange("join", joiner.peer_id, join.request[:-1] +
+                              bytes([join.request[-1] ^ 1]))  # a flipped signature bit
     for changes, reason in [
         ((other, leave), "membership changes are not"),          # someone else's request
         ((leave, join), "membership changes are not"),            # not in canonical order
@@ -263,3 +264,34 @@ def test_genesis_new_writes_the_membership_field_only_when_asked(tmp_path):
                  "--leave-after", "5"]) == 0
     assert Genesis.load(tmp_path / "allow.json").membership == {
         "admission": "allowlist", "allow": [ids[0]], "leave_after": 5}
+
+
+def test_sync_takes_a_chain_with_membership_and_drops_a_peer_that_forges_an_admission():
+    from chain.sync import BlocksRequest, BlocksResponse, DropPeer, Finished, HeadRequest, \
+        HeadResponse, ModelResponse, SyncSession
+    from tests.test_sync_core import run_session
+
+    builder = ChainBuilder(members=6, membership=OPEN)
+    builder.step(joins=(request(builder, builder.signer(0)),))
+    builder.step()
+    good = [b.encode() for b in builder.blocks]
+    # The liar's quorum certifies a block admitting an outsider whose request it forged.
+    real = builder.blocks[0].block
+    join = real.membership[0]
+    forged = MembershipChange("join", join.peer, join.request[:-1] +
+                              bytes([join.request[-1] ^ 1]))
+    bad = [builder.certify(replace(real, membership=(forged,))).encode()] + good[1:]
+
+    def serve(peer, req):
+        if isinstance(req, HeadRequest):
+            return HeadResponse(2 if peer == "liar" else 1, b"\x00" * 32)
+        if isinstance(req, BlocksRequest):
+            chain = bad if peer == "liar" else good
+            return BlocksResponse(tuple(chain[req.start:req.start + req.count]))
+        return ModelResponse(len(builder.models[-1]))
+
+    log = run_session(SyncSession(ChainVerifier(builder.genesis), ["honest", "liar"]), serve,
+                      builder.models[-1])
+    drops = [a for a in log if isinstance(a, DropPeer)]
+    assert [d.peer for d in drops] == ["liar"] and "forged signature" in drops[0].reason
+    assert isinstance(log[-1], Finished) and list(log[-1].blocks) == builder.blocks
