@@ -46,6 +46,23 @@ class UpdateRef:
 
 
 @dataclass(frozen=True)
+class MembershipChange:
+    """A change to the member set that a block records, effective from the next round.
+
+    `join`: `request` is the joiner's signed join envelope (wire bytes), so any peer can check
+    the admission; `leave`: a trainer silent for the genesis' `leave_after` blocks (no proof:
+    the chain itself shows the silence), `request` is empty.
+    """
+
+    kind: str
+    peer: str
+    request: bytes = b""
+
+    def to_obj(self) -> list[Any]:
+        return [self.kind, self.peer, self.request]
+
+
+@dataclass(frozen=True)
 class Block:
     """The outcome of one round, agreed by the round's committee."""
 
@@ -60,7 +77,8 @@ class Block:
     selected: tuple[str, ...]
     model_hash: bytes
     next_committee: tuple[str, ...]
-    membership: tuple[Any, ...] = ()
+    #: admissions and departures (chain.membership), sorted by (kind, peer)
+    membership: tuple[MembershipChange, ...] = ()
     #: equivocation proofs: pairs of conflicting signed envelopes (wire bytes) by one member
     evidence: tuple[tuple[bytes, bytes], ...] = ()
 
@@ -71,7 +89,7 @@ class Block:
             "updates": [u.to_obj() for u in self.updates],
             "score_vectors": list(self.score_vectors), "selected": list(self.selected),
             "model_hash": self.model_hash, "next_committee": list(self.next_committee),
-            "membership": list(self.membership), "evidence": [list(e) for e in self.evidence],
+            "membership": [c.to_obj() for c in self.membership], "evidence": [list(e) for e in self.evidence],
         }
 
     @classmethod
@@ -88,7 +106,7 @@ class Block:
                 score_vectors=tuple(_bytes(v) for v in o["score_vectors"]),
                 selected=_ids(o["selected"]), model_hash=_hash(o["model_hash"]),
                 next_committee=_ids(o["next_committee"]),
-                membership=_no_membership(o["membership"]), evidence=tuple(_pair(e) for e in o["evidence"]))
+                membership=_changes(o["membership"]), evidence=tuple(_pair(e) for e in o["evidence"]))
         except BlockError:
             raise
         except (TypeError, ValueError) as exc:
@@ -193,11 +211,16 @@ class CommittedBlock:
         return cls.from_obj(obj)
 
 
-def _no_membership(v: Any) -> tuple[()]:
-    # Membership changes after genesis are not defined yet (chain issue): none is valid.
-    if v != []:
-        raise BlockError("membership changes are not supported yet")
-    return ()
+def _changes(v: Any) -> tuple[MembershipChange, ...]:
+    # Only the shape is checked here; whether a change is allowed is chain.membership's to say.
+    if not isinstance(v, list):
+        raise BlockError("membership is not a list")
+    out = []
+    for entry in v:
+        if not (isinstance(entry, list) and len(entry) == 3 and entry[0] in ("join", "leave")):
+            raise BlockError("membership entry is not [join|leave, peer, request]")
+        out.append(MembershipChange(entry[0], _id(entry[1]), _bytes(entry[2])))
+    return tuple(out)
 
 
 def _pair(v: Any) -> tuple[bytes, bytes]:

@@ -11,6 +11,7 @@ from typing import Any
 import cbor2
 
 from bft.quorum import quorum_size
+from chain.membership import MembershipRules
 from gossip.peer_keys import public_key_from_peer_id
 from learning.cmfl import RoundConfig
 from learning.privacy import DpPolicy
@@ -41,11 +42,19 @@ class Genesis:
     selection: dict[str, Any] = field(
         default_factory=lambda: RoundConfig(rule="auto", scoring="median",
                                             election="trusted").to_selection())
+    #: chain.membership settings: `admission` (closed, allowlist, open), `allow` (peer ids),
+    #: `leave_after` (silent rounds; 0 never). Empty: the genesis members for ever.
+    membership: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "members": list(self.members),
-                "committee": list(self.committee), "seed": self.seed, "model": self.model,
-                "training": self.training, "data": self.data, "selection": self.selection}
+        d: dict[str, Any] = {
+            "name": self.name, "members": list(self.members), "committee": list(self.committee),
+            "seed": self.seed, "model": self.model, "training": self.training, "data": self.data,
+            "selection": self.selection}
+        # Only when set: a genesis written before membership existed keeps its network id.
+        if self.membership:
+            d["membership"] = self.membership
+        return d
 
     @property
     def network_id(self) -> bytes:
@@ -60,7 +69,8 @@ class Genesis:
                     committee=tuple(d["committee"]), seed=int(d.get("seed", 0)),
                     model=dict(d.get("model", {"layers": [64, 64, 10]})),
                     training=dict(d["training"]), data=dict(d["data"]),
-                    selection=dict(d["selection"]))
+                    selection=dict(d["selection"]),
+                    membership=dict(d.get("membership", {})))
         except (KeyError, TypeError, ValueError) as exc:
             raise GenesisError(f"genesis is missing or has a bad field: {exc}") from None
         g.check()
@@ -89,6 +99,10 @@ class Genesis:
             raise GenesisError(f"training.dp: {exc}") from None
         if quorum_size(len(self.committee)) > len(self.committee):
             raise GenesisError("committee too small for a quorum")
+        try:
+            MembershipRules.from_settings(self.membership, self.members)
+        except (TypeError, ValueError) as exc:
+            raise GenesisError(f"membership: {exc}") from None
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from bft.messages import KINDS as PBFT_KINDS
 from bft.quorum import quorum_size
-from chain.block import Block, BlockError, UpdateRef
+from chain.block import Block, BlockError, MembershipChange, UpdateRef
+from chain.membership import MembershipRules, Roster, derive_changes
 from gossip.envelope import Envelope, EnvelopeError, decode_envelope
 from learning.cmfl import (
     RoundConfig,
@@ -44,6 +45,14 @@ class RoundContext:
     excluded: frozenset[str] = frozenset()
     #: the DP-SGD the genesis demands of every update (`training.dp`), None without DP
     dp: DpPolicy | None = None
+    #: the genesis membership rules, and the chain's roster (None: `members`, none silent)
+    membership: MembershipRules = MembershipRules()
+    roster: Roster | None = None
+
+    @property
+    def current_roster(self) -> Roster:
+        """The roster this round starts from."""
+        return self.roster if self.roster is not None else Roster(self.members)
 
     @property
     def leader(self) -> str:
@@ -114,7 +123,8 @@ def check_recorded_dp(ctx: RoundContext, refs: tuple[UpdateRef, ...]) -> None:
 
 
 def trainers_for(members: tuple[str, ...], committee: tuple[str, ...]) -> tuple[str, ...]:
-    """A round's trainers: every member not on its committee, in id order."""
+    """A round's trainers: every current member (the chain's roster, chain.membership) not on
+    its committee, in id order."""
     return tuple(sorted(set(members) - set(committee)))
 
 
@@ -169,11 +179,15 @@ class RoundOutline:
     #: the evidence as the block records it (sorted, without duplicates)
     evidence: tuple[tuple[bytes, bytes], ...]
     next_committee: tuple[str, ...]
+    #: admissions (of the join requests given) and departures, as the block records them
+    membership: tuple[MembershipChange, ...] = ()
 
 
 def outline_round(ctx: RoundContext, score_vectors: list[bytes],
-                  evidence: tuple[tuple[bytes, bytes], ...] = ()) -> RoundOutline:
-    """Check the signed score vectors and evidence; select and elect. BlockError if invalid."""
+                  evidence: tuple[tuple[bytes, bytes], ...] = (),
+                  joins: tuple[bytes, ...] = ()) -> RoundOutline:
+    """Check the signed score vectors, evidence and join requests; select, elect and derive the
+    membership changes. BlockError if invalid."""
     vectors: dict[str, dict[str, tuple[bytes, float]]] = {}
     for raw in score_vectors:
         member, scores = parse_score_vector(ctx, raw)
@@ -190,19 +204,24 @@ def outline_round(ctx: RoundContext, score_vectors: list[bytes],
     selection = select_round(distances(vectors, digests), ctx.selection)
     next_committee = elect_committee(selection, len(ctx.committee), ctx.committee,
                                      ctx.selection, ctx.excluded | offenders)
-    return RoundOutline(digests, selection, evidence, tuple(sorted(next_committee)))
+    # A trainer no vector names is silent this round: too many such rounds and it leaves.
+    named = {t for scores in vectors.values() for t in scores}
+    membership = derive_changes(ctx.membership, ctx.current_roster, ctx.network_id, ctx.height,
+                                ctx.committee, ctx.trainers, named, joins)
+    return RoundOutline(digests, selection, evidence, tuple(sorted(next_committee)), membership)
 
 
 def derive_block(
     ctx: RoundContext, score_vectors: list[bytes], updates: dict[str, ReceivedUpdate],
-    evidence: tuple[tuple[bytes, bytes], ...] = (),
+    evidence: tuple[tuple[bytes, bytes], ...] = (), joins: tuple[bytes, ...] = (),
 ) -> tuple[Block, ModelState]:
-    """The block and new global model that these score vectors (and evidence) imply.
+    """The block and new global model that these score vectors (and evidence and join
+    requests) imply.
 
     Raises BlockError if the inputs are invalid (then no block can come of them) and
     MissingUpdates if a selected trainer's update is not in `updates` (then wait for it).
     """
-    outline = outline_round(ctx, score_vectors, evidence)
+    outline = outline_round(ctx, score_vectors, evidence, joins)
     digests, selection, evidence = outline.digests, outline.selection, outline.evidence
     selected = list(selection.selected)
 
@@ -224,7 +243,7 @@ def derive_block(
         committee=ctx.committee, trainers=ctx.trainers, updates=refs,
         score_vectors=tuple(sorted(score_vectors)), selected=tuple(selected),
         model_hash=state_hash(new_state), next_committee=tuple(sorted(next_committee)),
-        evidence=evidence)
+        membership=outline.membership, evidence=evidence)
     return block, new_state
 
 

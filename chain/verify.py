@@ -3,8 +3,9 @@
 A block is valid in its place when it links to the previous block, its certificate holds a
 quorum of valid signatures of the committee the previous block elected (the genesis committee at
 height 0), and everything its signed score vectors decide re-derives: selection, the update
-digests, evidence and the next committee (`chain.round_rules.outline_round`, the proposer's own
-code). Only the new model cannot be re-derived: the updates it aggregates are not stored. It is
+digests, evidence, the next committee and the membership changes (each admission's signed join
+request re-checked, each departure re-derived from the chain: `chain.round_rules.outline_round`,
+the proposer's own code). Only the new model cannot be re-derived: the updates it aggregates are not stored. It is
 bound by the certificate (2f+1 members re-derived it from the updates before signing), and where
 the checkpoint is held its bytes are checked against the block's model hash.
 """
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 
 from chain.block import BlockError, CommittedBlock
 from chain.genesis import Genesis
+from chain.membership import MembershipRules, Roster, join_requests
 from chain.round_rules import (
     RoundContext,
     check_recorded_dp,
@@ -37,7 +39,9 @@ class ChainVerifier:
 
     def __init__(self, genesis: Genesis) -> None:
         self.network_id = genesis.network_id
-        self.members = tuple(sorted(genesis.members))
+        self.rules = MembershipRules.from_settings(genesis.membership, genesis.members)
+        #: the member set before the next block (genesis members, joins, departures)
+        self.roster = Roster.of_genesis(genesis.members)
         self.selection = RoundConfig.from_selection(genesis.selection)
         self.dp = DpPolicy.from_training(genesis.training)
         #: height of the next block
@@ -48,6 +52,11 @@ class ChainVerifier:
         #: model hash of the last block (None before the first)
         self.head_model: bytes | None = None
 
+    @property
+    def members(self) -> tuple[str, ...]:
+        """The members the next round starts with."""
+        return self.roster.members
+
     def context(self) -> RoundContext:
         """The next round's context, minus its model (outline_round does not read it)."""
         return RoundContext(
@@ -55,7 +64,7 @@ class ChainVerifier:
             members=self.members, committee=self.committee,
             trainers=trainers_for(self.members, self.committee), base_state={},
             base_hash=self.head_model or b"", selection=self.selection, excluded=self.excluded,
-            dp=self.dp)
+            dp=self.dp, membership=self.rules, roster=self.roster)
 
     def check(self, committed: CommittedBlock) -> None:
         """Raise BlockError (naming the first problem) unless this is a valid next block."""
@@ -75,7 +84,8 @@ class ChainVerifier:
         committed.certificate.verify(block, ctx.committee)
         if block.score_vectors != tuple(sorted(block.score_vectors)):
             raise BlockError("score vectors are not in canonical order")
-        outline = outline_round(ctx, list(block.score_vectors), block.evidence)
+        outline = outline_round(ctx, list(block.score_vectors), block.evidence,
+                                join_requests(block))
         if block.evidence != outline.evidence:
             raise BlockError("evidence is not sorted and unique")
         if block.selected != outline.selection.selected:
@@ -88,11 +98,15 @@ class ChainVerifier:
         check_recorded_dp(ctx, block.updates)
         if block.next_committee != outline.next_committee:
             raise BlockError("next committee does not follow the election rule")
+        if block.membership != outline.membership:
+            raise BlockError("membership changes are not the admissions of the block's join "
+                             "requests and the departures its chain implies")
 
     def advance(self, committed: CommittedBlock) -> None:
         """Move past a block already checked (or one of our own, re-derived when committed)."""
         block = committed.block
         self.excluded = self.excluded | frozenset(recorded_misbehaviour(block, self.selection))
+        self.roster = self.roster.after(block)
         self.height = block.height + 1
         self.prev_hash = block.hash()
         self.committee = block.next_committee

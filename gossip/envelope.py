@@ -21,9 +21,10 @@ _DOMAIN = "cmfl-p2p/envelope/1"
 MAX_ENVELOPE_BYTES = 1024 * 1024 - 16 * 1024
 
 #: update and scores carry learning; the pBFT kinds (bft.messages.KINDS) agree on the block;
-#: block and evidence (an equivocation proof) concern every peer.
+#: block and evidence (an equivocation proof) concern every peer; join is a non-member's request
+#: to become one (chain.membership).
 KINDS = ("update", "scores", "pre_prepare", "prepare", "commit", "view_change", "new_view",
-         "block", "evidence")
+         "block", "evidence", "join")
 
 
 class EnvelopeError(ValueError):

@@ -38,6 +38,7 @@ PENALTIES: dict[str, float] = {
     # from the gossip admission check (gossip.validation codes)
     "oversize": 20.0, "undecodable": 20.0, "malformed": 20.0, "unsigned": 20.0,
     "forged-signature": 20.0, "wrong-topic": 20.0, "not-member": 20.0,
+    "not-admissible": 20.0,
     # a misconfigured honest peer can send these: lower, but still out of the mesh
     "wrong-network": 10.0,
     # from the round core and the transfer layer

@@ -36,12 +36,18 @@ class Verdict:
 
 @dataclass
 class EnvelopeAdmission:
-    """Checks decoding, size, signature, network, sender membership and round window."""
+    """Checks decoding, size, signature, network, sender membership and round window.
+
+    `members` is the member set of the current round (the driver updates it as blocks admit
+    and drop members); a non-member may send only a `join`, and only if it is in `joiners`
+    (None: anyone, the open admission policy).
+    """
 
     network_id: bytes
     members: frozenset[str]
     current_round: int = 0
     max_bytes: int = MAX_ENVELOPE_BYTES
+    joiners: frozenset[str] | None = frozenset()
 
     def admit(self, data: bytes, expected_kinds: tuple[str, ...] | None = None) -> Verdict:
         """Decide whether wire bytes are an acceptable envelope right now."""
@@ -53,14 +59,23 @@ class EnvelopeAdmission:
             return Verdict(None, "wrong-topic", f"kind {env.kind} not allowed on this topic")
         if env.network_id != self.network_id:
             return Verdict(None, "wrong-network", "message of another network")
-        if env.sender not in self.members:
-            return Verdict(None, "not-member", f"sender {env.sender[-8:]} is not a member")
+        if env.kind == "join":
+            if env.sender not in self.members and self.joiners is not None and \
+                    env.sender not in self.joiners:
+                return Verdict(None, "not-admissible",
+                               f"the admission policy does not let {env.sender[-8:]} join")
+        elif env.sender not in self.members:
+            # Membership changes at block boundaries: a message of another round may come from a
+            # peer admitted (or departed) in a block we have not reached (or have passed).
+            return Verdict(None, "not-member", f"sender {env.sender[-8:]} is not a member",
+                           benign=env.round != self.current_round)
         # The signature is checked before the round, so "stale" is only ever said of real messages.
         if not env.has_valid_signature():
             return Verdict(None, "forged-signature",
                            f"signature does not verify (claims sender {env.sender[-8:]})")
-        # A committed block or a proof of equivocation stays valid after its round.
-        if env.round < self.current_round and env.kind not in ("block", "evidence"):
+        # A committed block or a proof of equivocation stays valid after its round; a join
+        # request for a few rounds (chain.membership.JOIN_WINDOW decides which).
+        if env.round < self.current_round and env.kind not in ("block", "evidence", "join"):
             return Verdict(None, "stale-round", f"round {env.round} < {self.current_round}",
                            benign=True)
         if env.round > self.current_round + FUTURE_ROUND_WINDOW:

@@ -126,12 +126,21 @@ def _cmd_genesis_new(args: argparse.Namespace) -> int:
     if not members:
         raise GenesisError("name the members with --member PEER_ID or --member-dir DATA_DIR")
     committee = members[: args.committee_size]
+    membership: dict[str, Any] = {}
+    if args.admission is not None or args.allow or args.leave_after is not None:
+        # Only when asked for: without the field the network keeps its genesis members.
+        membership = {"admission": args.admission or ("allowlist" if args.allow else "closed")}
+        if args.allow:
+            membership["allow"] = list(args.allow)
+        if args.leave_after is not None:
+            membership["leave_after"] = args.leave_after
     genesis = Genesis(
         name=args.name, members=tuple(members), committee=tuple(committee), seed=args.seed,
         data={"dataset": "digits", "partition": args.partition, "alpha": args.alpha,
               "test_fraction": 0.2},
         selection={"rule": args.selection, "fraction": args.fraction, "scoring": args.scoring,
-                   "election": args.election, "outlier_ratio": args.outlier_ratio})
+                   "election": args.election, "outlier_ratio": args.outlier_ratio},
+        membership=membership)
     genesis.check()
     genesis.save(args.out)
     print(f"wrote {args.out}: network id {genesis.network_id.hex()}")
@@ -597,6 +606,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outlier-ratio", type=float, default=1.3,
                    help="auto: an update farther than this times the typical distance is an "
                         "outlier")
+    p.add_argument("--admission", choices=["closed", "allowlist", "open"], default=None,
+                   help="who may join after genesis with a signed request: closed (no one: the "
+                        "default), allowlist (the --allow peers) or open (anyone)")
+    p.add_argument("--allow", action="append", default=[], metavar="PEER_ID",
+                   help="a peer ID the allowlist admits (implies --admission allowlist)")
+    p.add_argument("--leave-after", type=int, default=None, metavar="ROUNDS",
+                   help="a trainer silent for this many rounds in a row leaves the pool (it may "
+                        "join again); 0 never (default: 3 with --admission, else never)")
     p.set_defaults(func=_cmd_genesis_new)
 
     p = command("run", "run a peer until stopped (SIGINT/SIGTERM) or for --rounds blocks",
@@ -634,9 +651,10 @@ def build_parser() -> argparse.ArgumentParser:
     _run_option(p, "rounds", _positive(int), None, "stop once the chain has this many blocks "
                 "(default: run until stopped)")
     _run_option(p, "shard_index", int, None, "which data shard is this peer's "
-                "(default: its position among the sorted genesis members)")
+                "(default: its position among the sorted genesis members; a joiner's is "
+                "picked by its peer id)")
     _run_option(p, "num_shards", _positive(int), None, "shards the data is split into "
-                "(default: number of members)")
+                "(default: number of genesis members)")
     _run_option(p, "collect_timeout", _positive(float), 20.0,
                 "seconds a committee member waits for updates before scoring")
     _run_option(p, "propose_timeout", _positive(float), 10.0,

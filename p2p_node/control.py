@@ -97,7 +97,7 @@ def mesh_sizes(node: Any) -> dict[str, int]:
 
 
 def peer_list(node: Any) -> list[dict[str, Any]]:
-    """One entry per connected peer: its ID, whether it is a genesis member, its addresses and
+    """One entry per connected peer: its ID, whether it is a member this round, its addresses and
     which of our topics it is subscribed to."""
     pubsub = _pubsub(node)
     prefix = f"/cmfl/{node.network_id.hex()[:16]}/"
@@ -114,7 +114,7 @@ def peer_list(node: Any) -> list[dict[str, Any]]:
             addrs = [str(a) for a in node.host.get_peerstore().addrs(peer_id)]
         except Exception:  # py-libp2p raises when the peerstore has no address for a peer
             addrs = []
-        entries.append({"peer": pid, "member": pid in node.genesis.members,
+        entries.append({"peer": pid, "member": pid in node.admission.members,
                         "addrs": addrs, "topics": sorted(topics_of.get(pid, []))})
     return sorted(entries, key=lambda e: e["peer"])
 

@@ -6,9 +6,10 @@ their addresses, and dials the ones it lacks. mDNS (`--mdns`) adds LAN peers to 
 Every peer ever reached stays known; when its connection drops (the peer restarted, a link went
 down) it is redialled with back-off until it answers again.
 
-Only genesis members are dialled (`allowed`): a peer list from the network is a hint, never an
-instruction to connect anywhere. Noise authenticates the peer ID on every dial, so a wrong
-address in a list costs one failed dial and nothing more.
+Only members are dialled (`allowed`: the genesis members and those the chain admitted since, as
+the node updates it): a peer list from the network is a hint, never an instruction to connect
+anywhere. Noise authenticates the peer ID on every dial, so a wrong address in a list costs one
+failed dial and nothing more.
 
 Wire format: the requester opens the stream and sends nothing; the responder writes
 u32be length | CBOR [[peer_id, [multiaddr, ...]], ...] and closes.
@@ -120,7 +121,7 @@ class KnownPeer:
 class Discovery:
     """Keeps a host connected to every reachable allowed peer it has heard of.
 
-    `allowed` is the set of peer IDs worth dialling (the genesis members); None allows any.
+    `allowed` is the set of peer IDs worth dialling (the members); None allows any.
     Run `run()` in a nursery for as long as the host runs; `add(peer_id, addrs)` feeds it.
     """
 

@@ -6,6 +6,7 @@ decide: publish, train in a worker thread, fire deadlines, write committed block
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import defaultdict
@@ -26,6 +27,7 @@ from bft.byzantine import conflicting_proposal
 from bft.messages import KINDS as PBFT_KINDS
 from chain.genesis import Genesis
 from chain.block import BlockError
+from chain.membership import JOIN_WINDOW, MembershipRules, admissible_joins, join_request
 from chain.round_rules import (
     RoundContext,
     check_evidence,
@@ -33,6 +35,7 @@ from chain.round_rules import (
     trainers_for,
 )
 from chain.store import BlockStore, ModelStore, retain_checkpoints
+from chain.verify import ChainVerifier
 from gossip.envelope import MAX_ENVELOPE_BYTES, Envelope, decode_envelope
 from gossip.transfer import BlobServer, BlobSources, BlobStore, TransferError, fetch_blob
 from gossip.validation import EnvelopeAdmission
@@ -69,9 +72,12 @@ from p2p_node.round_machine import (
 
 log = logging.getLogger("p2p_node")
 
-#: Which topic carries which kinds: updates are the bulk, blocks are for every peer.
+#: Which topic carries which kinds: updates are the bulk, blocks are for every peer, join
+#: requests are the only thing a non-member may send.
 TOPIC_KINDS = {"updates": ("update",), "committee": ("scores", *PBFT_KINDS),
-               "blocks": ("block", "evidence")}
+               "blocks": ("block", "evidence"), "membership": ("join",)}
+#: Join requests held for future blocks, at most (one per sender, the newest).
+MAX_HELD_JOINS = 256
 
 
 def topic_name(network_id: bytes, topic: str) -> str:
@@ -145,9 +151,15 @@ class Node:
         self.me = self.signer.peer_id
         self.genesis = Genesis.load(config.genesis_file)
         self.network_id = self.genesis.network_id
-        if self.me not in self.genesis.members:
-            raise ValueError(f"this peer ({self.me}) is not a member in {config.genesis_file}")
+        self.membership = MembershipRules.from_settings(self.genesis.membership,
+                                                        self.genesis.members)
+        if self.me not in self.genesis.members and not self.membership.admits(self.me):
+            raise ValueError(f"this peer ({self.me}) is not a member in {config.genesis_file}, "
+                             f"and its {self.membership.admission} admission policy does not "
+                             "let it join")
         self.store, self.models = open_chain(config.data_dir)
+        #: where our own chain stands (its member set above all), advanced as blocks are stored
+        self.chain_state = ChainVerifier(self.genesis)
         self.spec = ModelSpec.from_dict(self.genesis.model)
         self.selection = RoundConfig.from_selection(self.genesis.selection)
         #: the DP-SGD every peer trains with (genesis training.dp), None without DP
@@ -157,7 +169,12 @@ class Node:
         self.privacy = self._load_privacy()
         self.attack: Attack | None = make_attack(config.attack)
         self.train_data, self.test_data = self._load_data()
-        self.admission = EnvelopeAdmission(self.network_id, frozenset(self.genesis.members))
+        self.chain_state.follow(self.store)  # a restarted peer knows who was admitted since
+        self.admission = EnvelopeAdmission(self.network_id, frozenset(self.chain_state.members),
+                                           joiners=self.membership.joiners())
+        #: signed join requests of non-members, by sender (the newest), for a block to admit
+        self.join_requests: dict[str, Envelope] = {}
+        self.discovery: Discovery | None = None
         self.on_event = on_event or (lambda e: None)
         self.rejections: dict[str, int] = defaultdict(int)
         #: equivocation proofs held, by convicted member: any round's leader records them
@@ -181,9 +198,14 @@ class Node:
         g, data = self.genesis, self.genesis.data
         train, test = load_digits_split(g.seed, float(data.get("test_fraction", 0.2)))
         members = sorted(g.members)
-        index = (self.config.shard_index if self.config.shard_index is not None
-                 else members.index(self.me))
         count = self.config.num_shards or len(members)
+        if self.config.shard_index is not None:
+            index = self.config.shard_index
+        elif self.me in members:
+            index = members.index(self.me)
+        else:
+            # A joiner with no --shard-index shares a founder's shard, picked by its peer id.
+            index = int.from_bytes(hashlib.sha256(self.me.encode()).digest()[:4], "big") % count
         local = shard(train, count, index, g.seed, data.get("partition", "iid"),
                       float(data.get("alpha", 0.5)))
         if self.attack is not None:
@@ -229,7 +251,8 @@ class Node:
         """The next round's context, from the genesis and the local chain."""
         g = self.genesis
         head = self.store.head()
-        members = tuple(sorted(g.members))
+        self.chain_state.follow(self.store)
+        members = self.chain_state.members
         if self._excluded is None:  # once per process: later blocks add to it in _commit
             self._excluded = set()
             for height in self.store.heights():
@@ -237,7 +260,8 @@ class Node:
                                                         self.selection)
         common = dict(network_id=self.network_id, members=members,
                       selection=self.selection,
-                      excluded=frozenset(self._excluded), dp=self.dp)
+                      excluded=frozenset(self._excluded), dp=self.dp,
+                      membership=self.membership, roster=self.chain_state.roster)
         if head is None:
             state = initial_state(self.spec, g.seed)
             committee = tuple(sorted(g.committee))
@@ -372,8 +396,8 @@ class Node:
                 for addr in self.config.bootstrap:
                     nursery.start_soon(self._connect_bootstrap, addr)
                 # Peer exchange from the bootstrap peers on, mDNS if asked, redial after loss.
-                nursery.start_soon(Discovery(host, self.genesis.members,
-                                             mdns=self.config.mdns).run)
+                self.discovery = Discovery(host, self.genesis.members, mdns=self.config.mdns)
+                nursery.start_soon(self.discovery.run)
                 await self._wait_for_peers()
                 # A new or lagging peer first reaches the network's head (chain/sync.py).
                 if await self.sync.catch_up():
@@ -396,9 +420,14 @@ class Node:
         snapshot = self.store.get_state("pbft")
         evidence = tuple(pair for member, pair in sorted(self.evidence.items())
                          if member not in ctx.excluded)
+        joins = admissible_joins(self.membership, ctx.current_roster, self.network_id, ctx.height,
+                                 [env.encode() for env in self._held_joins(ctx)])
         machine = RoundMachine(ctx, self.me, cbor2.loads(snapshot) if snapshot else None,
-                               evidence=evidence, score_tamper=self._score_tamper())
+                               evidence=evidence, joins=joins, score_tamper=self._score_tamper())
         self.admission.current_round = ctx.height
+        self.admission.members = frozenset(ctx.members)
+        if self.discovery is not None:  # dial admitted members too (the founders stay dialled)
+            self.discovery.allowed = frozenset(self.genesis.members) | frozenset(ctx.members)
         self._own_messages = []
         self._forget_blobs_before(ctx.height - 1)
         times = RoundTimes(time.monotonic())
@@ -408,6 +437,13 @@ class Node:
         log.info("round %d: %s (%d committee, %d trainers)", ctx.height, role,
                  len(ctx.committee), len(ctx.trainers))
         self.on_event({"event": "round", "peer": self.me, "height": ctx.height, "role": role})
+        if self.me not in ctx.members:
+            # Not (or no longer) a member: ask to join, again each round (rebroadcast within it)
+            # until a block admits us; meanwhile we follow the rounds as an observer.
+            addrs = [str(a) for a in self.host.get_addrs()]
+            await self._publish(ctx, "join", join_request(self.network_id, ctx.height,
+                                                          addrs).payload, keep=True)
+            self.on_event({"event": "join-requested", "peer": self.me, "height": ctx.height})
         async with trio.open_nursery() as nursery:
             if machine.is_trainer or machine.is_committee:
                 nursery.start_soon(self._train, ctx, times)
@@ -443,6 +479,8 @@ class Node:
                                                      canonical=True))
         for action in actions:
             if isinstance(action, Publish):
+                if self.me not in ctx.members:
+                    continue  # a joiner's relayed block: peers take only join requests from it
                 if action.kind == "scores":
                     times.mark("collected")
                 if self.config.byzantine != "none" and await self._misbehave(ctx, action):
@@ -524,6 +562,9 @@ class Node:
             env: Envelope = item[1]
             if env.kind == "evidence":
                 self._on_evidence(env)
+                return []
+            if env.kind == "join":
+                self._on_join(env)
                 return []
             if env.round > ctx.height:
                 if env.kind == "block":
@@ -613,6 +654,23 @@ class Node:
         self._keep_blob(height, data)  # serve it on: peers not connected to the trainer
         await self._inbox_send.send(("blob", height, action.ref.digest, data))
 
+    def _on_join(self, env: Envelope) -> None:
+        """Hold a non-member's join request (the newest per sender) for a block to admit."""
+        held = self.join_requests.get(env.sender)
+        if held is not None and held.round >= env.round:
+            return
+        if held is None and len(self.join_requests) >= MAX_HELD_JOINS:
+            return  # a flood of requests: the ones held are admitted first, then others
+        self.join_requests[env.sender] = env
+
+    def _held_joins(self, ctx: RoundContext) -> list[Envelope]:
+        """The join requests still worth holding at this round: senders not yet members,
+        requests not expired (chain.membership.check_join decides what a block may admit)."""
+        for sender, env in list(self.join_requests.items()):
+            if sender in ctx.members or env.round + JOIN_WINDOW < ctx.height:
+                del self.join_requests[sender]
+        return list(self.join_requests.values())
+
     async def _train(self, ctx: RoundContext, times: RoundTimes) -> None:
         g = self.genesis
         # Fresh shuffling each round, reproducible from the chain and the peer's shard.
@@ -682,6 +740,8 @@ class Node:
             "hash": block.hash().hex(), "view": action.committed.certificate.view,
             "committee": list(block.committee),
             "selected": list(block.selected), "next_committee": list(block.next_committee),
+            "joined": [c.peer for c in block.membership if c.kind == "join"],
+            "left": [c.peer for c in block.membership if c.kind == "leave"],
             "accuracy": round(accuracy, 4), "round_seconds": round(times.marks["committed"], 3),
             "stages": {k: round(v, 4) for k, v in times.marks.items()},
             "attack": self.config.attack,
@@ -694,6 +754,10 @@ class Node:
             log.info("privacy: epsilon %.3g this round, %.3g in total (delta %g, %d rounds "
                      "trained)", event["dp"]["epsilon_round"], event["dp"]["epsilon_total"],
                      self.dp.delta, event["dp"]["rounds_trained"])
+        for change in block.membership:
+            log.info("height %d: %s %s", block.height,
+                     "admits" if change.kind == "join" else "records the departure of",
+                     change.peer[-8:])
         self.on_event(event)
 
 

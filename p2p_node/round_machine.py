@@ -20,6 +20,7 @@ import bft.pbft as pbft
 from bft.messages import KINDS as PBFT_KINDS
 from bft.messages import Message, MessageError, decode_message
 from chain.block import Block, BlockError, CommitCertificate, CommittedBlock
+from chain.membership import join_requests
 from chain.round_rules import (
     MissingUpdates,
     ReceivedUpdate,
@@ -139,6 +140,7 @@ class RoundMachine:
     def __init__(self, ctx: RoundContext, me: str,
                  pbft_snapshot: dict[str, Any] | None = None,
                  evidence: tuple[tuple[bytes, bytes], ...] = (),
+                 joins: tuple[bytes, ...] = (),
                  score_tamper: Callable[[dict[str, float]], dict[str, float]] | None = None,
                  ) -> None:
         self.ctx = ctx
@@ -147,6 +149,9 @@ class RoundMachine:
         self.score_tamper = score_tamper
         #: equivocation proofs this peer holds, recorded in the block if it proposes
         self.evidence = evidence
+        #: join requests this peer holds (chain.membership.admissible_joins), admitted if it
+        #: proposes
+        self.joins = joins
         self.updates: dict[str, ReceivedUpdate] = {}
         #: updates announced by blob reference, by sender, until their bytes arrive (on_blob)
         self.pending_blobs: dict[str, PendingUpdate] = {}
@@ -438,7 +443,7 @@ class RoundMachine:
             return []
         try:
             block, state = derive_block(self.ctx, list(self.score_vectors.values()),
-                                        self.updates, self.evidence)
+                                        self.updates, self.evidence, self.joins)
         except MissingUpdates:
             return []
         self.candidate = block
@@ -467,7 +472,7 @@ class RoundMachine:
             return known
         try:
             derived, state = derive_block(self.ctx, list(block.score_vectors), self.updates,
-                                          block.evidence)
+                                          block.evidence, join_requests(block))
         except MissingUpdates:
             return None
         if derived != block:

@@ -46,13 +46,18 @@ class Cluster:
     behaviours: dict[int, dict] = field(default_factory=dict)
     #: Genesis fields other than the defaults (e.g. {"model": {"layers": [...]}})
     genesis_fields: dict = field(default_factory=dict)
+    #: how many of the peers the genesis names (default all; the others can only join)
+    founders: int | None = None
+    #: the genesis `membership` settings (chain.membership)
+    membership: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.dirs = [self.root / f"peer-{i}" for i in range(self.size)]
         self.ids = [load_or_create_identity(d).peer_id for d in self.dirs]
-        self.genesis = Genesis(name="test", members=tuple(self.ids),
+        members = tuple(self.ids[: self.founders or self.size])
+        self.genesis = Genesis(name="test", members=members,
                                committee=tuple(self.ids[: self.committee_size]), seed=1,
-                               **self.genesis_fields)
+                               membership=self.membership, **self.genesis_fields)
         self.genesis.save(self.root / "genesis.json")
 
     def node_configs(self, rounds: int, **overrides: float) -> list[NodeConfig]:

@@ -201,14 +201,14 @@ def test_two_peers_status_peers_metrics_and_clean_sigterm(net: Path) -> None:
         s = _wait_for(lambda: (s := status()) and (s["height"] or -1) >= 1 and s, 120,
                       "two blocks")
         assert s["peers"] == 1 and s["role"] in ("leader", "committee", "trainer")
-        assert set(s["mesh"]) == {"blocks", "committee", "updates"}
+        assert set(s["mesh"]) == {"blocks", "committee", "membership", "updates"}
         assert s["head"] and s["round"] >= s["height"]
         human = cli("status", "--data-dir", "a", cwd=net).stdout
         assert f"peer:       {a_id}" in human and "rejections:" in human
 
         peers = json.loads(cli("peers", "--data-dir", "b", "--json", cwd=net).stdout)
         assert [(p["peer"], p["member"]) for p in peers] == [(a_id, True)]
-        assert peers[0]["topics"] == ["blocks", "committee", "updates"]
+        assert peers[0]["topics"] == ["blocks", "committee", "membership", "updates"]
         assert a_id in cli("peers", "--data-dir", "b", cwd=net).stdout
 
         text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read().decode()

@@ -1,0 +1,68 @@
+"""A peer outside the genesis joins a running network over real libp2p hosts on loopback."""
+
+import trio
+
+from chain.genesis import Genesis
+from chain.store import BlockStore, ModelStore
+from chain.verify import verify_store
+from p2p_node.node import Node
+from tests.cluster import Cluster, EventLog
+
+
+def test_a_sixth_peer_joins_mid_training_under_the_open_policy_and_then_trains(tmp_path):
+    cluster = Cluster(tmp_path, size=6, founders=5,
+                      membership={"admission": "open", "leave_after": 5})
+    joiner_id = cluster.ids[5]
+    founders = set(cluster.ids[:5])
+    assert joiner_id not in cluster.genesis.members
+    log = EventLog()
+    configs = cluster.node_configs(rounds=40, min_peers=4, collect_timeout=3.0,
+                                   propose_timeout=2.0, view_timeout=8.0)
+
+    def admitted_at(events) -> int | None:
+        return next((e["height"] for e in events if e["event"] == "committed"
+                     and joiner_id in e["joined"]), None)
+
+    def trained_in(events) -> int | None:
+        """A block after the admission that aggregates the joiner's update, once the joiner
+        holds it too."""
+        admitted = admitted_at(events)
+        held = max([e["height"] for e in events if e["peer"] == joiner_id and
+                    e["event"] in ("committed", "synced")], default=-1)
+        return next((e["height"] for e in events if e["event"] == "committed"
+                     and admitted is not None and admitted < e["height"] <= held
+                     and joiner_id in e["selected"]), None)
+
+    async def scenario():
+        with trio.fail_after(170):
+            async with trio.open_nursery() as nursery:
+                for config in configs[:5]:
+                    nursery.start_soon(Node(config, log).run)
+                await log.wait_for(lambda ev: log.peers_at("committed", 1) == founders)
+                joiner = Node(configs[5], log)
+                nursery.start_soon(joiner.run)
+                await log.wait_for(lambda ev: trained_in(ev) is not None)
+                nursery.cancel_scope.cancel()
+        return joiner
+
+    joiner = trio.run(scenario)
+    # No peer took the joiner's messages for an intruder's: only late or early gossip is refused.
+    codes = {e["code"] for e in log.events if e["event"] == "rejected"}
+    assert codes <= {"stale-round", "future-round"}, codes
+    admitted = admitted_at(log.events)
+    asked = [e["height"] for e in log.events
+             if e["event"] == "join-requested" and e["peer"] == joiner_id]
+    assert asked and admitted is not None and asked[0] <= admitted
+    # Before its admission it only watched; from the next round on it is a trainer.
+    roles = {e["height"]: e["role"] for e in log.events
+             if e["event"] == "round" and e["peer"] == joiner_id}
+    assert all(r == "observer" for h, r in roles.items() if h <= admitted)
+    after = [r for h, r in roles.items() if h > admitted]
+    assert after and set(after) == {"trainer"}
+    height = trained_in(log.events)
+    assert height > admitted
+    joiner.store.close()
+    report = verify_store(Genesis.load(configs[5].genesis_file),
+                          BlockStore(configs[5].data_dir / "chain.sqlite"),
+                          ModelStore(configs[5].data_dir / "models"))
+    assert report.ok and report.blocks > height, report
