@@ -14,7 +14,7 @@ import cbor2
 
 from bft.quorum import quorum_size
 from gossip.envelope import Envelope
-from learning.privacy import DpReport
+from learning.dp_accounting import DpReport
 
 
 class BlockError(ValueError):

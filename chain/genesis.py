@@ -14,7 +14,7 @@ from bft.quorum import quorum_size
 from chain.membership import MembershipRules
 from gossip.peer_keys import public_key_from_peer_id
 from learning.cmfl import RoundConfig
-from learning.privacy import DpPolicy
+from learning.dp_accounting import DpPolicy
 
 
 class GenesisError(ValueError):

@@ -26,7 +26,7 @@ from chain.round_rules import (
 )
 from chain.store import BlockStore, ModelStore, StoreError
 from learning.cmfl import RoundConfig
-from learning.privacy import DpPolicy
+from learning.dp_accounting import DpPolicy
 from learning.tensors import state_from_bytes
 
 #: Largest sample count a valid update carries (the round core refuses larger ones).
