@@ -66,3 +66,36 @@ def test_a_sixth_peer_joins_mid_training_under_the_open_policy_and_then_trains(t
                           BlockStore(configs[5].data_dir / "chain.sqlite"),
                           ModelStore(configs[5].data_dir / "models"))
     assert report.ok and report.blocks > height, report
+
+
+def test_a_trainer_that_never_comes_up_leaves_the_pool_and_the_rest_go_on(tmp_path):
+    cluster = Cluster(tmp_path, size=6, membership={"admission": "closed", "leave_after": 2})
+    absent = cluster.ids[5]  # a trainer (the committee is the first four), never started
+    assert absent not in cluster.genesis.committee
+    running = set(cluster.ids) - {absent}
+    log = EventLog()
+    configs = cluster.node_configs(rounds=4, min_peers=4, collect_timeout=3.0,
+                                   propose_timeout=2.0, view_timeout=8.0)
+
+    async def scenario():
+        with trio.fail_after(170):
+            async with trio.open_nursery() as nursery:
+                nodes = [Node(c, log) for c in configs[:5]]
+                for node in nodes:
+                    nursery.start_soon(node.run)
+        return nodes
+
+    nodes = trio.run(scenario)
+    for height in range(4):
+        assert log.peers_at("committed", height) == running
+        assert len({e["hash"] for e in log.events if e["event"] == "committed"
+                    and e["height"] == height}) == 1
+    left = {e["height"] for e in log.events if e["event"] == "committed" and absent in e["left"]}
+    assert left and min(left) <= 2, "the silent trainer was not recorded as leaving"
+    chain = [nodes[0].store.get(h).block for h in range(4)]
+    for block in chain[min(left) + 1:]:
+        assert absent not in block.trainers  # out of the pool from the next round
+    nodes[0].store.close()
+    report = verify_store(cluster.genesis, BlockStore(configs[0].data_dir / "chain.sqlite"),
+                          ModelStore(configs[0].data_dir / "models"))
+    assert report.ok, report
