@@ -143,11 +143,18 @@ def _numel(state: ModelState) -> int:
     return sum(int(state[k].numel()) for k in state)
 
 
+def noise_debiased_sq_distance(a: ModelState, b: ModelState, var_a: float,
+                               var_b: float) -> float:
+    """|a - b|^2 - d (var_a + var_b): an unbiased estimate of the squared distance between the
+    noise-free states (a's and b's noise independent), negative when the noise drew small."""
+    diff = {k: a[k].to(torch.float64) - b[k].to(torch.float64) for k in sorted(a)}
+    return _sq_norm(diff) - _numel(a) * (var_a + var_b)
+
+
 def noise_debiased_distance(a: ModelState, b: ModelState, var_a: float, var_b: float) -> float:
     """L2 distance of two trained states with their DP noise's expected share taken out:
     sqrt(max(0, |a - b|^2 - d (var_a + var_b)))."""
-    diff = {k: a[k].to(torch.float64) - b[k].to(torch.float64) for k in sorted(a)}
-    return math.sqrt(max(0.0, _sq_norm(diff) - _numel(a) * (var_a + var_b)))
+    return math.sqrt(max(0.0, noise_debiased_sq_distance(a, b, var_a, var_b)))
 
 
 def noise_consistent(base: ModelState, trained: ModelState, var: float,
