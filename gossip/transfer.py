@@ -272,6 +272,10 @@ async def fetch_chunk(host: Any, provider: Any, request: ChunkRequest,
                 await stream.write(frame(request.encode()))
                 decode_chunk_header(await read_frame(stream), request.length)
                 return await read_exactly(stream, request.length)
+            except TransferError:
+                raise
+            except Exception as exc:  # the provider hung up or reset mid-request (StreamError)
+                raise TransferError("failed", f"{type(exc).__name__}: {exc}"[:120]) from None
             finally:
                 try:
                     await stream.close()

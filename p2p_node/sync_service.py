@@ -144,6 +144,10 @@ class SyncService:
                 try:
                     await stream.write(frame(encode_request(request)))
                     return decode_response(await read_frame(stream, MAX_RESPONSE_BYTES), request)
+                except SyncError:
+                    raise
+                except Exception as exc:  # the peer hung up or reset mid-request (StreamError)
+                    raise SyncError("failed", f"{type(exc).__name__}: {exc}"[:120]) from None
                 finally:
                     try:
                         await stream.close()
