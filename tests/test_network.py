@@ -2,7 +2,6 @@
 
 import cbor2
 import multiaddr
-import pytest
 import trio
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
@@ -138,7 +137,6 @@ def test_killing_the_leader_mid_round_still_commits_after_a_view_change(tmp_path
     assert views and min(views) >= 1, "the round must have been decided after a view change"
 
 
-@pytest.mark.slow  # nine peers in one process: minutes on a loaded 2-core machine
 def test_an_equivocating_leader_is_caught_recorded_and_never_elected_again(tmp_path):
     cluster = Cluster(tmp_path, size=9)
     leader = sorted(cluster.genesis.committee)[0]  # leads view 0 of height 0
@@ -151,7 +149,9 @@ def test_an_equivocating_leader_is_caught_recorded_and_never_elected_again(tmp_p
             async with trio.open_nursery() as nursery:
                 nodes = await cluster.run(rounds=3, log=log, nursery=nursery,
                                           collect_timeout=5.0, propose_timeout=3.0,
-                                          view_timeout=8.0)
+                                          # peers done first keep serving the last block a
+                                          # while, for any still catching up on a busy machine
+                                          view_timeout=8.0, linger=5.0)
                 await log.wait_for(lambda ev: log.peers_at("committed", 2) == everyone)
         return nodes
 
