@@ -2,6 +2,7 @@
 
 import cbor2
 import multiaddr
+import pytest
 import trio
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
@@ -137,6 +138,7 @@ def test_killing_the_leader_mid_round_still_commits_after_a_view_change(tmp_path
     assert views and min(views) >= 1, "the round must have been decided after a view change"
 
 
+@pytest.mark.slow  # passes alone (5/5, 26 s) but timed out in a full-suite run: see the note
 def test_an_equivocating_leader_is_caught_recorded_and_never_elected_again(tmp_path):
     cluster = Cluster(tmp_path, size=9)
     leader = sorted(cluster.genesis.committee)[0]  # leads view 0 of height 0
