@@ -133,3 +133,24 @@ def _sockets_of(root: object) -> list:
                 nxt += list(vars(obj).values())
         frontier = nxt
     return found
+
+
+def run_with_late_peer(configs: list[NodeConfig], log: EventLog,
+                       ready: Callable[[list[dict]], bool], done: Callable[[list[dict]], bool],
+                       timeout: float = 170) -> Node:
+    """Run every config but the last; start the last peer once `ready(events)`; stop everyone
+    once `done(events)`. Returns the late peer's Node."""
+    async def scenario() -> Node:
+        with trio.fail_after(timeout):
+            async with trio.open_nursery() as nursery:
+                for config in configs[:-1]:
+                    nursery.start_soon(Node(config, log).run)
+                await log.wait_for(ready)
+                late = Node(configs[-1], log)
+                nursery.start_soon(late.run)
+                await log.wait_for(done)
+                nursery.cancel_scope.cancel()
+        return late
+
+    return trio.run(scenario)
+

@@ -6,7 +6,7 @@ from chain.genesis import Genesis
 from chain.store import BlockStore, ModelStore
 from chain.verify import verify_store
 from p2p_node.node import Node
-from tests.cluster import Cluster, EventLog
+from tests.cluster import Cluster, EventLog, run_with_late_peer
 
 
 def test_a_sixth_peer_joins_mid_training_under_the_open_policy_and_then_trains(tmp_path):
@@ -33,19 +33,8 @@ def test_a_sixth_peer_joins_mid_training_under_the_open_policy_and_then_trains(t
                      and admitted is not None and admitted < e["height"] <= held
                      and joiner_id in e["selected"]), None)
 
-    async def scenario():
-        with trio.fail_after(170):
-            async with trio.open_nursery() as nursery:
-                for config in configs[:5]:
-                    nursery.start_soon(Node(config, log).run)
-                await log.wait_for(lambda ev: log.peers_at("committed", 1) == founders)
-                joiner = Node(configs[5], log)
-                nursery.start_soon(joiner.run)
-                await log.wait_for(lambda ev: trained_in(ev) is not None)
-                nursery.cancel_scope.cancel()
-        return joiner
-
-    joiner = trio.run(scenario)
+    joiner = run_with_late_peer(configs, log, ready=lambda ev: log.peers_at("committed", 1) == founders,
+                                done=lambda ev: trained_in(ev) is not None)
     # No peer took the joiner's messages for an intruder's: only late or early gossip is refused.
     codes = {e["code"] for e in log.events if e["event"] == "rejected"}
     assert codes <= {"stale-round", "future-round"}, codes

@@ -1,12 +1,10 @@
 """A peer started after round 5 of a running network syncs to its head, verifies, and trains."""
 
-import trio
 
 from chain.genesis import Genesis
 from chain.store import BlockStore, ModelStore
 from chain.verify import verify_store
-from p2p_node.node import Node
-from tests.cluster import Cluster, EventLog
+from tests.cluster import Cluster, EventLog, run_with_late_peer
 
 
 def test_a_peer_started_after_round_5_reaches_the_head_and_trains_in_later_rounds(tmp_path):
@@ -29,19 +27,8 @@ def test_a_peer_started_after_round_5_reaches_the_head_and_trains_in_later_round
                 return e["height"]
         return None
 
-    async def scenario():
-        with trio.fail_after(170):
-            async with trio.open_nursery() as nursery:
-                for config in configs[:5]:
-                    nursery.start_soon(Node(config, log).run)
-                await log.wait_for(lambda ev: log.peers_at("committed", 5) == early)
-                joiner = Node(configs[5], log)
-                nursery.start_soon(joiner.run)
-                await log.wait_for(lambda ev: trained_in(ev) is not None)
-                nursery.cancel_scope.cancel()
-        return joiner
-
-    joiner = trio.run(scenario)
+    joiner = run_with_late_peer(configs, log, ready=lambda ev: log.peers_at("committed", 5) == early,
+                                done=lambda ev: trained_in(ev) is not None)
     synced = [e for e in log.events if e["event"] == "synced" and e["peer"] == late]
     assert synced[0]["from"] == 0 and synced[0]["height"] >= 5
     # It never took part in a round it had not caught up to: its first round follows the sync.
