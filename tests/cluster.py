@@ -89,7 +89,14 @@ class Cluster:
         with trio.CancelScope() as scope:
             self._scopes[node.me] = scope
             self._nodes[node.me] = node
-            await node.run()
+            try:
+                await node.run()
+            finally:
+                # A process that ends has its sockets closed by the OS; an in-process node's
+                # may stay open (see kill), and peers still running then block writing to a
+                # socket nobody reads (seen as a rare hang of the 9-peer test).
+                with trio.CancelScope(shield=True):
+                    await close_sockets(node.host)
 
     async def kill(self, peer: str) -> None:
         """Crash `peer`: its tasks stop and its sockets close, as a dead process's do.
@@ -100,16 +107,21 @@ class Cluster:
         to it hung (seen as a rare stall of the killed-leader test)."""
         host = self._nodes[peer].host
         self._scopes[peer].cancel()
-        if host is None:
-            return
-        with trio.move_on_after(10):
-            for listener in list(host.get_network().listeners.values()):
-                await listener.close()  # cancels the system task: accepted conns close too
-        await trio.sleep(0)  # let the cancelled tasks unwind before their sockets go
-        for sock in _sockets_of(host):  # what is left: connections this peer dialled
-            if sock.fileno() != -1:
-                trio.lowlevel.notify_closing(sock)
-                sock.close()
+        await close_sockets(host)
+
+
+async def close_sockets(host: object | None) -> None:
+    """Close a libp2p host's listeners and every socket it still holds, as process exit would."""
+    if host is None:
+        return
+    with trio.move_on_after(10):
+        for listener in list(host.get_network().listeners.values()):  # type: ignore[attr-defined]
+            await listener.close()  # cancels the system task: accepted conns close too
+    await trio.sleep(0)  # let the cancelled tasks unwind before their sockets go
+    for sock in _sockets_of(host):  # what is left: connections this peer dialled
+        if sock.fileno() != -1:
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
 
 
 def _sockets_of(root: object) -> list:
