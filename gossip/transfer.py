@@ -18,12 +18,13 @@ import hashlib
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 import cbor2
 import trio
 
 log = logging.getLogger("gossip.transfer")
+T = TypeVar("T")
 
 PROTOCOL_ID = "/cmfl/blob/1"
 #: Largest chunk asked for or served: py-libp2p lost one 8 MiB stream message, never <= 6 MiB.
@@ -257,24 +258,28 @@ class BlobServer:
                 pass
 
 
-async def fetch_chunk(host: Any, provider: Any, request: ChunkRequest,
-                      timeout: float = DEFAULT_CHUNK_TIMEOUT) -> bytes:
-    """One chunk from one provider; TransferError on refusal, timeout or a short read."""
+async def request_over_stream(host: Any, peer: Any, protocol: str, request: bytes,
+                              read_answer: Callable[[Any], Awaitable[T]], timeout: float,
+                              passthrough: tuple[type[Exception], ...] = ()) -> T:
+    """Open a stream to `peer` on `protocol`, send `request` (one frame), and return what
+    `read_answer(stream)` reads, all within `timeout`. Anything else is a TransferError:
+    "unreachable" (no stream), "failed" (the peer hung up or reset mid-request: py-libp2p raises
+    StreamError, which must not escape into the caller's task tree), "timeout". TransferErrors
+    and `passthrough` errors the reader raises on purpose pass through unchanged."""
     from libp2p.custom_types import TProtocol
 
     try:
         with trio.fail_after(timeout):
             try:
-                stream = await host.new_stream(provider, [TProtocol(PROTOCOL_ID)])
+                stream = await host.new_stream(peer, [TProtocol(protocol)])
             except Exception as exc:
                 raise TransferError("unreachable", f"{type(exc).__name__}: {exc}"[:120]) from None
             try:
-                await stream.write(frame(request.encode()))
-                decode_chunk_header(await read_frame(stream), request.length)
-                return await read_exactly(stream, request.length)
-            except TransferError:
+                await stream.write(frame(request))
+                return await read_answer(stream)
+            except (TransferError, *passthrough):
                 raise
-            except Exception as exc:  # the provider hung up or reset mid-request (StreamError)
+            except Exception as exc:
                 raise TransferError("failed", f"{type(exc).__name__}: {exc}"[:120]) from None
             finally:
                 try:
@@ -282,7 +287,18 @@ async def fetch_chunk(host: Any, provider: Any, request: ChunkRequest,
                 except Exception:
                     pass
     except trio.TooSlowError:
-        raise TransferError("timeout", f"no chunk within {timeout:.0f}s") from None
+        raise TransferError("timeout", f"no answer within {timeout:.0f}s") from None
+
+
+async def fetch_chunk(host: Any, provider: Any, request: ChunkRequest,
+                      timeout: float = DEFAULT_CHUNK_TIMEOUT) -> bytes:
+    """One chunk from one provider; TransferError on refusal, timeout or a short read."""
+    async def read_chunk(stream: Any) -> bytes:
+        decode_chunk_header(await read_frame(stream), request.length)
+        return await read_exactly(stream, request.length)
+
+    return await request_over_stream(host, provider, PROTOCOL_ID, request.encode(), read_chunk,
+                                     timeout)
 
 
 async def fetch_blob(host: Any, providers: Sequence[Any], ref: BlobRef, *,

@@ -40,7 +40,14 @@ from chain.sync import (
     encode_response,
 )
 from chain.verify import ChainVerifier
-from gossip.transfer import BlobRef, BlobServer, TransferError, fetch_blob, frame
+from gossip.transfer import (
+    BlobRef,
+    BlobServer,
+    TransferError,
+    fetch_blob,
+    frame,
+    request_over_stream,
+)
 from gossip.transfer import read_frame as transfer_read_frame
 
 log = logging.getLogger("p2p_node.sync")
@@ -133,28 +140,15 @@ class SyncService:
     # asking ------------------------------------------------------------------------------------
     async def request(self, peer: Any, request: Request) -> Response:
         """One request to one peer; SyncError on any failure (unreachable, slow, garbage)."""
-        from libp2p.custom_types import TProtocol
+        async def read_response(stream: Any) -> Response:
+            return decode_response(await read_frame(stream, MAX_RESPONSE_BYTES), request)
 
         try:
-            with trio.fail_after(self.request_timeout):
-                try:
-                    stream = await self.host.new_stream(peer, [TProtocol(PROTOCOL_ID)])
-                except Exception as exc:
-                    raise SyncError("unreachable", f"{type(exc).__name__}: {exc}"[:120]) from None
-                try:
-                    await stream.write(frame(encode_request(request)))
-                    return decode_response(await read_frame(stream, MAX_RESPONSE_BYTES), request)
-                except SyncError:
-                    raise
-                except Exception as exc:  # the peer hung up or reset mid-request (StreamError)
-                    raise SyncError("failed", f"{type(exc).__name__}: {exc}"[:120]) from None
-                finally:
-                    try:
-                        await stream.close()
-                    except Exception:
-                        pass
-        except trio.TooSlowError:
-            raise SyncError("timeout", f"no answer within {self.request_timeout:.0f}s") from None
+            return await request_over_stream(self.host, peer, PROTOCOL_ID,
+                                             encode_request(request), read_response,
+                                             self.request_timeout, passthrough=(SyncError,))
+        except TransferError as exc:
+            raise SyncError(exc.code, str(exc).split(": ", 1)[-1]) from None
 
     async def fetch_ahead(self, peers: list[Any] | None = None) -> Finished | None:
         """Verified blocks beyond our head and the last one's checkpoint, from `peers` (default:
