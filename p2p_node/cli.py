@@ -17,6 +17,7 @@ import signal
 import socket
 import sqlite3
 import sys
+import time
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -320,8 +321,8 @@ def _run(args: argparse.Namespace) -> int:
             metrics.on_event(event)
         if event["event"] == "rejected":
             return  # already in the log; the events file records the chain's progress
-        with open(events_file, "a") as f:
-            f.write(json.dumps(event, sort_keys=True) + "\n")
+        with open(events_file, "a") as f:  # stamped: rates and latencies read from the file
+            f.write(json.dumps({"time": round(time.time(), 3), **event}, sort_keys=True) + "\n")
 
     node = Node(config, on_event)
     _check_models(node)

@@ -7,12 +7,8 @@ commit of a round, "synced" after a sync's store transaction): both come after t
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,30 +17,9 @@ import pytest
 from chain.genesis import Genesis
 from chain.store import BlockStore, ModelStore
 from chain.verify import verify_store
-from p2p_node.demo import free_ports
-from tests.cluster import Cluster
+from tests.process_cluster import ProcessCluster, held_height, read_events
 
 PEERS = 6
-
-
-def read_events(data_dir: Path) -> list[dict]:
-    """The events a peer wrote; a line torn by the kill is not an event."""
-    try:
-        lines = (data_dir / "events.jsonl").read_text().splitlines()
-    except FileNotFoundError:
-        return []
-    events = []
-    for line in lines:
-        try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return events
-
-
-def held_height(data_dir: Path) -> int:
-    return max((e["height"] for e in read_events(data_dir)
-                if e["event"] in ("committed", "synced")), default=-1)
 
 
 def check_store(genesis: Genesis, data_dir: Path) -> int:
@@ -70,63 +45,11 @@ def check_store(genesis: Genesis, data_dir: Path) -> int:
         store.close()
 
 
-class ProcessCluster:
-    """`p2p-node run` processes of a Cluster's members on loopback."""
-
-    def __init__(self, root: Path) -> None:
-        self.cluster = Cluster(root, size=PEERS)
-        ports = free_ports(PEERS)
-        self.listen = [f"/ip4/127.0.0.1/tcp/{p}" for p in ports]
-        self.addrs = [f"{a}/p2p/{pid}" for a, pid in zip(self.listen, self.cluster.ids)]
-        self.procs: dict[int, subprocess.Popen] = {}
-
-    def start(self, i: int) -> None:
-        d = self.cluster.dirs[i]
-        bootstrap = [x for j, a in enumerate(self.addrs) if j != i for x in ("--bootstrap", a)]
-        args = [sys.executable, "-m", "p2p_node", "--log-level", "INFO", "run",
-                "--data-dir", str(d), "--genesis", str(self.cluster.root / "genesis.json"),
-                "--listen", self.listen[i], *bootstrap, "--collect-timeout", "3",
-                "--propose-timeout", "2", "--view-timeout", "8", "--start-wait", "30",
-                "--min-peers", "3"]
-        with open(d / "node.log", "ab") as log:
-            self.procs[i] = subprocess.Popen(["nice", *args], stdout=log,
-                                             stderr=subprocess.STDOUT)
-
-    def kill9(self, i: int) -> None:
-        self.procs[i].send_signal(signal.SIGKILL)
-        self.procs[i].wait()
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-    def network_height(self) -> int:
-        return max(held_height(d) for d in self.cluster.dirs)
-
-    def wait_until(self, condition, what: str, timeout: float = 150.0) -> None:
-        """Poll the peers' event files (the processes' only channel to us) until `condition`."""
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}")
-            for i, proc in self.procs.items():
-                assert proc.poll() is None or proc.returncode == -signal.SIGKILL, \
-                    f"peer {i} exited with {proc.returncode}: see {self.cluster.dirs[i]}/node.log"
-            time.sleep(0.2)
-
-
 def run_campaign(root: Path, kills: int, seed: int) -> list[tuple[int, int, int]]:
     """`kills` seeded kill -9s, each checked and followed by a restart that must catch up;
     returns (victim, height when killed, height it caught up to) per kill."""
     rng = random.Random(seed)
-    net = ProcessCluster(root)
+    net = ProcessCluster(root, size=PEERS)
     genesis = net.cluster.genesis
     history = []
     try:
