@@ -69,6 +69,8 @@ class ProcessCluster:
         self.addrs = [f"{a}/p2p/{pid}" for a, pid in zip(self.listen, self.cluster.ids)]
         self.run_args = run_args
         self.procs: dict[int, subprocess.Popen] = {}
+        #: the peers each one bootstraps from (default: all the others)
+        self.bootstrap_from = set(range(size))
 
     @property
     def dirs(self) -> list[Path]:
@@ -76,7 +78,8 @@ class ProcessCluster:
 
     def start(self, i: int) -> None:
         d = self.cluster.dirs[i]
-        bootstrap = [x for j, a in enumerate(self.addrs) if j != i for x in ("--bootstrap", a)]
+        bootstrap = [x for j, a in enumerate(self.addrs) if j != i and j in self.bootstrap_from
+                     for x in ("--bootstrap", a)]
         args = [sys.executable, "-m", "p2p_node", "--log-level", "INFO", "run",
                 "--data-dir", str(d), "--genesis", str(self.cluster.root / "genesis.json"),
                 "--listen", self.listen[i], *bootstrap, *self.run_args]
@@ -111,7 +114,8 @@ class ProcessCluster:
         return max(held_height(d) for d in self.cluster.dirs)
 
     def heights(self) -> list[int]:
-        return [held_height(d) for d in self.cluster.dirs]
+        """Each started peer's acknowledged height, in start order of index."""
+        return [held_height(self.cluster.dirs[i]) for i in sorted(self.procs)]
 
     def status(self, i: int) -> dict | None:
         """The running peer's `p2p-node status` answer, None if it does not answer."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable, Sequence
 
 import multiaddr
 import trio
@@ -78,16 +78,18 @@ class Attacker:
                           publish=[self.message(topic, d) for d in datas])
         return framed(rpc.SerializeToString())
 
-    async def flood(self, peers: list[ID], frames: list[bytes], rate: float,
-                    seconds: float) -> int:
-        """Send `frames` round-robin to every peer, `rate` frames a second each, for `seconds`;
-        the number of frames written."""
+    async def flood(self, peers: list[ID], frames: Sequence[bytes] | Callable[[int], bytes],
+                    rate: float, seconds: float) -> int:
+        """Send frames round-robin to every peer, `rate` frames a second each, for `seconds`
+        (or until a callable `frames(i)` returns b""); the number of frames written."""
         sent = 0
         interval = 1.0 / rate
         deadline = trio.current_time() + seconds
         i = 0
         while trio.current_time() < deadline and peers:
-            frame = frames[i % len(frames)]
+            frame = frames(i) if callable(frames) else frames[i % len(frames)]
+            if not frame:
+                break
             i += 1
             for peer in list(peers):
                 if await self.send_raw(peer, frame):

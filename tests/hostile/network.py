@@ -16,9 +16,16 @@ from typing import Awaitable, Callable
 import trio
 
 from chain.genesis import Genesis
+from p2p_node.identity import load_identity
 from p2p_node.node import topic_name
 from tests.hostile.attacker import Attacker, attacker
-from tests.process_cluster import ProcessCluster, held_hashes, read_events, rss_bytes
+from tests.process_cluster import (
+    ProcessCluster,
+    held_hashes,
+    held_height,
+    read_events,
+    rss_bytes,
+)
 
 #: Refusals that are normal gossip (late or early messages), not evidence against anyone.
 BENIGN = {"stale-round", "future-round"}
@@ -45,6 +52,8 @@ class PhaseReport:
     rate_during: float  # blocks/min while the attack ran
     rejections: dict[str, int] = field(default_factory=dict)  # summed over peers, this phase
     rss_mb: list[float] = field(default_factory=list)
+    #: the largest growth of one peer's memory during the phase, from its size at the start
+    rss_growth_mb: float = 0.0
     attack_result: object = None
 
     @property
@@ -56,23 +65,34 @@ class PhaseReport:
                 f"stalled={self.stalled or '-'}  "
                 f"blocks/min before {self.rate_before:5.1f} during {self.rate_during:5.1f}  "
                 f"height {self.height_before}->{self.height_at_end}->{self.height_after}  "
-                f"max rss {max(self.rss_mb, default=0):.0f} MB  rejections {self.rejections}")
+                f"max rss {max(self.rss_mb, default=0):.0f} MB (+{self.rss_growth_mb:.0f} peak)  "
+                f"attack {self.attack_result}  rejections {self.rejections}")
 
 
 class HostileNetwork:
     """`size` member processes (committee `committee_size`) and an attacker to point at them."""
 
-    def __init__(self, root: Path, size: int = 6, committee_size: int = 4) -> None:
+    def __init__(self, root: Path, size: int = 6, committee_size: int = 4,
+                 absent: tuple[int, ...] = ()) -> None:
         self.net = ProcessCluster(root, size=size, committee_size=committee_size)
         self.genesis: Genesis = self.net.cluster.genesis
         self.network_id = self.genesis.network_id
         self.members = list(self.net.cluster.ids)
+        #: members the genesis names that run no process: their keys are the member attacker's
+        self.absent = absent
+        self.running = [i for i in range(size) if i not in absent]
+        self.net.bootstrap_from = set(self.running)  # nobody knows an absent member's address
+
+    def member_seed(self, i: int) -> bytes:
+        """The key seed of member `i` (an absent member's: a member attacker signs with it)."""
+        return load_identity(self.net.dirs[i]).seed
 
     def topic(self, name: str) -> str:
         return topic_name(self.network_id, name)
 
     def start(self, timeout: float = 300.0) -> None:
-        self.net.start_all()
+        for i in self.running:
+            self.net.start(i)
         self.net.wait_until(lambda: min(self.net.heights()) >= 1,
                             "every peer to commit block 1", timeout=timeout)
 
@@ -97,7 +117,7 @@ class HostileNetwork:
 
     def _rejections(self) -> dict[str, int]:
         total: dict[str, int] = {}
-        for i in range(self.net.size):
+        for i in self.running:
             status = self.net.status(i) or {}
             for code, n in status.get("rejections", {}).items():
                 total[code] = total.get(code, 0) + n
@@ -120,18 +140,31 @@ class HostileNetwork:
         before = self._rejections()
         height_before = self.net.network_height()
         started = time.time()
-        addrs = list(self.net.addrs)
+        addrs = [self.net.addrs[i] for i in self.running]
+
+        rss_start = self._rss()
+        rss_peak = dict(rss_start)
+
+        async def sample_memory() -> None:
+            while True:
+                for i, mb in self._rss().items():
+                    rss_peak[i] = max(rss_peak.get(i, 0.0), mb)
+                await trio.sleep(0.5)
 
         async def run() -> object:
             with trio.fail_after(timeout):
-                async with attacker(seed) as hp:
+                async with attacker(seed) as hp, trio.open_nursery() as nursery:
+                    nursery.start_soon(sample_memory)
                     peers = []
                     for addr in addrs:
                         try:
                             peers.append(await hp.connect(addr))
                         except Exception:
                             pass  # a peer that refuses us is fine
-                    return await attack(hp, peers)
+                    result = await attack(hp, peers)
+                    await trio.sleep(2)  # what the peers still hold once the attack stops
+                    nursery.cancel_scope.cancel()
+                    return result
 
         result = trio.run(run)
         ended = time.time()
@@ -149,15 +182,12 @@ class HostileNetwork:
             except AssertionError:
                 # Stuck peers are restarted by the next phase (revive), so one failure does
                 # not cascade into every later phase of a module-scoped network.
-                stalled = [i for i, h in enumerate(self.net.heights()) if h < target]
+                stalled = [i for i in self.running if held_height(self.net.dirs[i]) < target]
                 for i in stalled:
                     self.net.kill9(i)
             died = self.net.dead() if not stalled else died
         after = self._rejections()
-        rss = []
-        for proc in self.net.procs.values():
-            if proc.poll() is None:
-                rss.append(rss_bytes(proc.pid) / 2**20)
+        rss = list(self._rss().values())
         return PhaseReport(
             name=name, seconds=ended - started, died=died, stalled=stalled, height_before=height_before,
             height_at_end=height_at_end, height_after=self.net.network_height(),
@@ -165,7 +195,20 @@ class HostileNetwork:
             rate_during=self.rate(started, ended),
             rejections={c: after.get(c, 0) - before.get(c, 0) for c in after
                         if after.get(c, 0) != before.get(c, 0)},
-            rss_mb=rss, attack_result=result)
+            rss_mb=rss, rss_growth_mb=max((rss_peak[i] - rss_start[i] for i in rss_start),
+                                          default=0.0),
+            attack_result=result)
+
+    def _rss(self) -> dict[int, float]:
+        """Resident MB of each live peer process."""
+        out = {}
+        for i, proc in self.net.procs.items():
+            if proc.poll() is None:
+                try:
+                    out[i] = rss_bytes(proc.pid) / 2**20
+                except (FileNotFoundError, ProcessLookupError):
+                    pass
+        return out
 
     def one_chain(self) -> bool:
         """Every peer that holds a height holds the same block there."""

@@ -1,7 +1,8 @@
 """Hostile peers against a running network of real `p2p-node run` processes (issue 12).
 
-Six member processes on loopback commit rounds while a hostile py-libp2p host (not a member)
-connects to every one of them and runs one bounded attack phase per test: the single messages
+Five member processes on loopback commit rounds (the genesis names two more members that run no
+process: one's key is the member attacker's, the other is simply offline) while a hostile py-libp2p host connects to every one
+of them and runs one bounded attack phase per test: the single messages
 that used to kill a peer, malformed pubsub frames, and floods. After each phase every honest
 process must be alive, the network must go on committing on one chain, the attack must show in
 the peers' rejection counts, and memory must stay bounded. The flood campaigns of the done
@@ -18,13 +19,18 @@ import trio
 from tests.hostile import payloads
 from tests.hostile.network import HostileNetwork, PhaseReport
 
+#: The member whose key the member attacker holds (it runs no honest process).
+ABSENT = 5
+#: A member that is simply offline: honest peers lack it, and would dial it wherever told.
+OFFLINE = 6
 #: Honest peers' memory after a phase (a digits peer holds ~480 MB; see DEVELOPERS.md).
 MAX_RSS_MB = 1500
 
 
 @pytest.fixture(scope="module")
 def network(tmp_path_factory):
-    net = HostileNetwork(tmp_path_factory.mktemp("hostile"), size=6, committee_size=4)
+    net = HostileNetwork(tmp_path_factory.mktemp("hostile"), size=7, committee_size=4,
+                         absent=(ABSENT, OFFLINE))
     net.start()
     yield net
     net.stop()
@@ -115,9 +121,12 @@ def nonmember_flood(net: HostileNetwork, rate: float, seconds: float, payload_by
     """Well-signed envelopes of the attacker's own (non-member) key, fresh pubsub seqnos,
     `rate` messages a second to every peer for `seconds`."""
     async def attack(hp, peers) -> int:
-        datas = [payloads.signed_by_nonmember(hp.signer, net.network_id, 0, payload_bytes)
-                 for _ in range(per_frame)]
-        frames = [hp.publish_frame(net.topic("updates"), datas) for _ in range(50)]
+        now = net.net.network_height() + 1
+        frames = []  # all different: a repeated pubsub message costs a peer nothing
+        for _ in range(max(1, int(rate * seconds / per_frame))):
+            datas = [payloads.signed_by_nonmember(hp.signer, net.network_id, now, payload_bytes)
+                     for _ in range(per_frame)]
+            frames.append(hp.publish_frame(net.topic("updates"), datas))
         return await hp.flood(peers, frames, rate / per_frame, seconds)
     return attack
 
@@ -125,6 +134,98 @@ def nonmember_flood(net: HostileNetwork, rate: float, seconds: float, payload_by
 def test_a_short_nonmember_flood_does_not_stop_the_network(network):
     report = network.phase("nonmember-flood-10s", nonmember_flood(network, 500, 10, 200))
     check_survived(network, report)
+
+
+def member_flood(net: HostileNetwork, rate: float, seconds: float, payload_bytes: int,
+                 rounds_ahead: tuple[int, ...], per_frame: int = 10):
+    """Envelopes well signed by a member (the absent one), each different, for rounds at
+    `rounds_ahead` of the network's current round (negative: stale rounds)."""
+    from gossip.envelope import Envelope
+    from gossip.peer_keys import Signer
+
+    signer = Signer(net.member_seed(ABSENT))
+
+    async def attack(hp, peers) -> int:
+        now = net.net.network_height() + 1
+        frames = []  # all different: a repeated pubsub message costs a peer nothing
+        for j in range(max(1, int(rate * seconds / per_frame))):
+            rnd = max(0, now + rounds_ahead[j % len(rounds_ahead)])
+            datas = [Envelope("update", net.network_id, rnd, "",
+                              {"junk": os.urandom(payload_bytes)}).signed_by(signer).encode()
+                     for _ in range(per_frame)]
+            frames.append(hp.publish_frame(net.topic("updates"), datas))
+        return await hp.flood(peers, frames, rate / per_frame, seconds)
+    return attack
+
+
+def test_a_member_flooding_stale_rounds_is_penalised(network):
+    """Stale messages are normal gossip one at a time; a flood of them is not free. (Before the
+    future-round flood: a penalised attacker's messages are dropped unread, so this phase must
+    meet the member key with a clean score.)"""
+    report = network.phase("member-stale-flood", member_flood(network, 500, 10, 200, (-3, -2)),
+                           seed=network.member_seed(ABSENT))
+    check_survived(network, report)
+
+
+def test_a_member_flooding_future_rounds_does_not_fill_memory(network):
+    """Future-round messages are held for later: 160 MB of them from one member, well signed
+    and each different, must not be held."""
+    from gossip.envelope import Envelope
+    from gossip.peer_keys import Signer
+
+    signer = Signer(network.member_seed(ABSENT))
+    junk = os.urandom(400_000)
+
+    async def attack(hp, peers) -> int:
+        now = network.net.network_height() + 1
+
+        def frame(i: int) -> bytes:
+            if i >= 400:
+                return b""
+            env = Envelope("update", network.network_id, now + 1 + i % 2, "",
+                           {"junk": junk + i.to_bytes(4, "big")}).signed_by(signer)
+            return hp.publish_frame(network.topic("updates"), [env.encode()])
+        # One peer: gossip carries whatever it accepts on to the others.
+        return await hp.flood(peers[:1], frame, rate=200, seconds=30)
+
+    report = network.phase("member-future-flood", attack, seed=network.member_seed(ABSENT))
+    check_survived(network, report)
+    assert report.rss_growth_mb < 100, report.row()
+
+
+def test_a_peer_list_from_a_member_makes_no_peer_dial_an_unsigned_address(network):
+    """Peer exchange: a member attacker (members are asked for their peers) names the offline
+    member at an address it chose (here a listener of ours that counts connections); no honest
+    peer may dial it."""
+    from p2p_node import discovery
+
+    async def attack(hp, peers) -> int:
+        dials = 0
+
+        async def count(stream) -> None:
+            nonlocal dials
+            dials += 1
+            await stream.aclose()
+
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        victim = f"/ip4/127.0.0.1/tcp/{port}"
+        body = discovery.encode_peer_list([(network.members[OFFLINE], [victim])])
+
+        async def serve(stream) -> None:
+            await stream.write(len(body).to_bytes(4, "big") + body)
+            await stream.close()
+
+        hp.host.set_stream_handler(discovery.PROTOCOL_ID, serve)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, count, listeners)
+            await trio.sleep(15)  # peers ask one connected peer every 2 s, in rotation
+            nursery.cancel_scope.cancel()
+        return dials
+
+    report = network.phase("peer-exchange-poisoning", attack, seed=network.member_seed(ABSENT))
+    check_survived(network, report, penalised=False)
+    assert report.attack_result == 0, f"honest peers dialled the named address {report.attack_result} times"
 
 
 @pytest.mark.slow
