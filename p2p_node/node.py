@@ -54,6 +54,7 @@ from learning.tensors import ModelState, state_bytes, state_from_bytes, state_ha
 from learning.training import evaluate, train_local
 from gossip.peer_scoring import report_verdict
 from p2p_node.discovery import Discovery
+from p2p_node.future_messages import FutureMessages
 from p2p_node.host import HEARTBEAT_SECONDS, running_host
 from p2p_node.identity import load_identity
 from p2p_node.sync_service import CheckpointSource, SyncService
@@ -180,7 +181,9 @@ class Node:
         #: equivocation proofs held, by convicted member: any round's leader records them
         self.evidence: dict[str, tuple[bytes, bytes]] = {}
         self._excluded: set[str] | None = None
-        self._future: dict[int, list[Envelope]] = defaultdict(list)
+        #: messages of rounds ahead of ours, replayed when we get there (bounded)
+        self._future = FutureMessages()
+        self._future_logged: set[tuple[int, str]] = set()
         self._own_messages: list[tuple[str, bytes]] = []
         #: large updates (ours and those we fetched), served to peers over /cmfl/blob/1;
         #: kept for this round and the one before (a lagging peer may still need them)
@@ -450,7 +453,7 @@ class Node:
             nursery.start_soon(self._deadlines, ctx.height)
             nursery.start_soon(self._stall_watch)
             await self._carry_out(machine, ctx, machine.start(), times, nursery)
-            for env in self._future.pop(ctx.height, []):
+            for env in self._future.release(ctx.height):
                 await self._inbox_send.send(("envelope", env))
             async for item in self._inbox:
                 if item[0] == "synced":  # verified blocks past this round: store them, move on
@@ -569,7 +572,7 @@ class Node:
             if env.round > ctx.height:
                 if env.kind == "block":
                     self.sync.hint_behind()  # a later block is certified: we are behind
-                self._future[env.round].append(env)
+                self._hold_future(env)
                 return []
             if env.kind in ("pre_prepare", "new_view"):
                 times.mark("proposed")
@@ -588,6 +591,21 @@ class Node:
         if kind == "timer":
             return machine.on_timer(item[2], item[3])
         raise AssertionError(kind)
+
+    def _hold_future(self, env: Envelope) -> None:
+        """Keep a message of a later round for then, unless its sender floods such messages."""
+        code = self._future.hold(env, env.encode())
+        if code is None:
+            return
+        self.rejections[code] += 1
+        if code == "future-flood":
+            self.router.penalize(env.sender, code)
+        # One line per sender and round: a flood must not become a flood of log lines.
+        if (env.round, env.sender) not in self._future_logged:
+            self._future_logged.add((env.round, env.sender))
+            log.warning("not holding %s messages of round %d from %s: %s", env.kind, env.round,
+                        env.sender[-8:], "more than a member sends in a round"
+                        if code == "future-flood" else "the buffer of later rounds is full")
 
     def _on_evidence(self, env: Envelope) -> None:
         """Keep a gossiped equivocation proof (from any round) for a future block."""
