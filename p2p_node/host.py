@@ -51,6 +51,14 @@ rpc_queue.RpcQueue.__init__.__defaults__ = (OUTBOUND_QUEUE_MESSAGES,
                                             rpc_queue.DefaultMaxMessageSize)
 
 
+def build_transport_host(signer: Signer, mdns: bool = False) -> IHost:
+    """A TCP host with Noise pinned (no plaintext, no secio) and yamux, nothing on top."""
+    key_pair = create_new_key_pair(signer.seed)
+    noise = NoiseTransport(key_pair, noise_privkey=create_new_x25519_key_pair().private_key)
+    return new_host(key_pair=key_pair, sec_opt={NOISE_PROTOCOL_ID: noise},
+                    muxer_preference="YAMUX", enable_mDNS=mdns)
+
+
 def build_host(signer: Signer, mdns: bool = False) -> tuple[IHost, Pubsub, ScoredGossipSub]:
     """A TCP host with Noise pinned (no plaintext, no secio) and yamux, plus gossipsub v1.1.
 
@@ -58,10 +66,7 @@ def build_host(signer: Signer, mdns: bool = False) -> tuple[IHost, Pubsub, Score
     With `mdns`, the host answers and sends mDNS queries on the LAN; that only fills the
     peerstore, so p2p_node.discovery is what dials the peers found.
     """
-    key_pair = create_new_key_pair(signer.seed)
-    noise = NoiseTransport(key_pair, noise_privkey=create_new_x25519_key_pair().private_key)
-    host = new_host(key_pair=key_pair, sec_opt={NOISE_PROTOCOL_ID: noise},
-                    muxer_preference="YAMUX", enable_mDNS=mdns)
+    host = build_transport_host(signer, mdns)
     router = ScoredGossipSub(
         protocols=[PROTOCOL_ID_V11], degree=6, degree_low=4, degree_high=12,
         heartbeat_interval=HEARTBEAT_SECONDS, heartbeat_initial_delay=0.1,
