@@ -84,6 +84,14 @@ class HostilePeer:
     async def connect(self, addr: str, protocol: str = MESHSUB) -> None:
         """Dial `addr` (with /p2p/ID) and open a raw pubsub stream on `protocol`."""
         info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+        network = self.host.get_network()
+        if self.target == info.peer_id and not self.connected():
+            # The target closed on us: forget the dead connection and py-libp2p's 60 s
+            # "failed dial" cache, so this really dials again.
+            await network.close_peer(info.peer_id)
+            cache = getattr(network, "_negative_peer_cache", None)
+            if cache is not None:
+                cache.evict(str(info.peer_id))
         await self.host.connect(info)
         self.target = info.peer_id
         self.stream = await self.host.new_stream(info.peer_id, [protocol])
