@@ -49,6 +49,7 @@ from gossip.inbound_policy import (
     BanList,
     LogThrottle,
     PeerBudgets,
+    RateMeter,
     is_ed25519_peer_id,
 )
 from gossip.peer_scoring import GRAYLIST_THRESHOLD
@@ -77,6 +78,8 @@ class GuardedPubsub(Pubsub):
         #: messages that reached the signature check / our validators (cost accounting)
         self.signature_checks = 0
         self.validator_calls = 0
+        #: what each forwarder actually sends, at its peak second
+        self.rates = RateMeter()
         self._throttle = LogThrottle()
         self._pending_send, self._pending = trio.open_memory_channel[tuple[ID, Any]](
             MAX_PENDING_MESSAGES)
@@ -194,6 +197,7 @@ class GuardedPubsub(Pubsub):
                 await _reset(stream)
                 self._handle_dead_peer_quietly(peer)
                 return
+            self.rates.add(key, len(rpc.publish), len(frame), now)
             if not self.budgets.charge_messages(key, max(1, len(rpc.publish)), now):
                 self._note(peer, "over-budget", f"{len(rpc.publish)} messages over budget")
                 continue

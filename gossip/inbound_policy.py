@@ -151,3 +151,25 @@ ED25519_PEER_ID_PREFIX = bytes([0x00, 0x24, 0x08, 0x01, 0x12, 0x20])
 def is_ed25519_peer_id(raw: bytes) -> bool:
     """True for the bytes of an Ed25519 peer id, the only kind our members have."""
     return len(raw) == 38 and raw.startswith(ED25519_PEER_ID_PREFIX)
+
+
+@dataclass
+class RateMeter:
+    """Per-peer peak of messages and bytes received within one whole second (for sizing the
+    budgets from real traffic: scripts/measure_honest_rates.py)."""
+
+    _second: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    peak_messages: dict[str, int] = field(default_factory=dict)
+    peak_bytes: dict[str, int] = field(default_factory=dict)
+
+    def add(self, peer: str, messages: int, nbytes: int, now: float) -> None:
+        second = int(now)
+        at, count, size = self._second.get(peer, (second, 0, 0))
+        if at != second:
+            count, size = 0, 0
+        count, size = count + messages, size + nbytes
+        self._second[peer] = (second, count, size)
+        if count > self.peak_messages.get(peer, 0):
+            self.peak_messages[peer] = count
+        if size > self.peak_bytes.get(peer, 0):
+            self.peak_bytes[peer] = size

@@ -266,32 +266,40 @@ def random_rpc_frame(rng: random.Random, hp, topic: str) -> bytes:
     return bytes(frame)
 
 
-async def fuzz_campaign(seed: int, frames: int, per_identity: int = 40) -> dict:
-    """Send `frames` fuzzed frames from fresh hostile identities; return what the target did."""
+async def fuzz_campaign(seed: int, frames: int, per_identity: int = 40,
+                        parallel: int = 3) -> dict:
+    """Send `frames` fuzzed frames from fresh hostile identities (`parallel` at a time: each is
+    banned within a few bad frames); return what the target did."""
     rng = random.Random(seed)
-    sent = 0
-    async with target() as (host, pubsub, router, received, addr):
-        identity = 0
-        while sent < frames:
-            identity += 1
-            async with hostile_peer(rng.randbytes(32)) as hp:
-                await hp.connect(addr)
-                await hp.subscribe(TOPIC)
-                for _ in range(per_identity):
-                    if not hp.connected():
-                        break
+    counts = {"frames": 0, "identities": 0}
+
+    async def one_identity(addr: str, key: bytes, case_rng: random.Random) -> None:
+        async with hostile_peer(key) as hp:
+            await hp.connect(addr)
+            await hp.subscribe(TOPIC)
+            for _ in range(per_identity):
+                if not hp.connected():
+                    break
+                try:
+                    await hp.send_rpc_frame(random_rpc_frame(case_rng, hp, TOPIC))
+                except Exception:  # reset: reopen the stream, as an attacker would
                     try:
-                        await hp.send_rpc_frame(random_rpc_frame(rng, hp, TOPIC))
-                    except Exception:  # reset: reopen the stream, as an attacker would
-                        try:
-                            await hp.connect(addr)
-                        except Exception:
-                            break
-                    sent += 1
+                        await hp.connect(addr)
+                    except Exception:
+                        break
+                counts["frames"] += 1
                 await trio.sleep(0)
-            assert pubsub.manager.is_running, f"pubsub died after {sent} frames"
+
+    async with target() as (host, pubsub, router, received, addr):
+        while counts["frames"] < frames:
+            async with trio.open_nursery() as nursery:
+                for _ in range(parallel):
+                    counts["identities"] += 1
+                    nursery.start_soon(one_identity, addr, rng.randbytes(32),
+                                       random.Random(rng.getrandbits(64)))
+            assert pubsub.manager.is_running, f"pubsub died after {counts['frames']} frames"
         await still_serves(received, addr, seed)
-        return {"frames": sent, "identities": identity, "contained": dict(pubsub.contained)}
+        return {**counts, "contained": dict(pubsub.contained)}
 
 
 def test_fuzzed_rpc_frames_never_end_the_host(crash_log):
