@@ -5,10 +5,10 @@ the verdicts (drop, penalise, disconnect) themselves (gossip/guarded_pubsub.py).
 
 Budget sizing (measured, docs/network.md "Inbound budgets"): an honest peer forwards each
 message once per mesh peer, so its rate is the network's message rate. In the 10-peer demo
-that peaked at {HONEST_PEAK_MESSAGES} messages in one second from one forwarder (updates of 8
-trainers, 4 score vectors, pBFT, blocks and their rebroadcasts) and {HONEST_PEAK_BYTES} bytes.
+a 6-peer cluster that peaked at 26 messages in one second from one forwarder (median 24:
+updates, score vectors, pBFT, blocks and their rebroadcasts) and 0.11 MiB.
 With 1 MiB inline updates a forwarder passes on one 1 MiB update per trainer within a second or
-two. The budgets allow 10x the demo's message peak as a burst and a hundred 1 MiB updates in a
+two. The budgets allow 10x that message peak (and 40x the sustained rate) as a burst and a hundred 1 MiB updates in a
 burst, so only floods hit them.
 """
 
