@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from typing import Any, DefaultDict
+from typing import Any, Callable, DefaultDict
 
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import GossipSub
@@ -38,7 +38,16 @@ PENALTIES: dict[str, float] = {
     # from the gossip admission check (gossip.validation codes)
     "oversize": 20.0, "undecodable": 20.0, "malformed": 20.0, "unsigned": 20.0,
     "forged-signature": 20.0, "wrong-topic": 20.0, "not-member": 20.0,
-    "not-admissible": 20.0,
+    "not-admissible": 20.0, "origin-mismatch": 20.0,
+    # from the pubsub boundary (gossip.guarded_pubsub), before any decoding: frames that do not
+    # parse, forged pubsub signatures and bad origins are misbehaviour; going over the budget
+    # is a small penalty per dropped message, so only a flood adds up; a message whose origin
+    # is not a member may be a member admitted in a block we have not reached (we lag), so it
+    # is small too, yet a flood of them reaches the graylist within a second.
+    "undecodable-rpc": 40.0, "oversize-rpc": 20.0, "rpc-handling-error": 20.0,
+    "control-error": 20.0, "message-handling-error": 20.0, "bad-origin": 20.0,
+    "bad-pubsub-signature": 20.0, "too-many-subscriptions": 10.0,
+    "over-budget": 1.0, "not-member-origin": 2.0,
     # a misconfigured honest peer can send these: lower, but still out of the mesh
     "wrong-network": 10.0,
     # from the round core and the transfer layer
@@ -79,7 +88,9 @@ def default_score_params() -> ScoreParams:
         # Peers on one LAN, or one machine, share an address: colocation is not an attack here.
         p7_ip_colocation_weight=0.0,
         publish_threshold=PUBLISH_THRESHOLD, gossip_threshold=GOSSIP_THRESHOLD,
-        graylist_threshold=GRAYLIST_THRESHOLD, accept_px_threshold=0.0,
+        # No peer exchange: PRUNE's PX makes us dial addresses a peer names, inline in its read
+        # loop; our discovery (p2p_node/discovery.py) dials members only.
+        graylist_threshold=GRAYLIST_THRESHOLD, accept_px_threshold=float("inf"),
     )
 
 
@@ -120,6 +131,8 @@ class ScoredGossipSub(GossipSub):
     """GossipSub that keeps negative-score peers out of its meshes, as gossipsub v1.1 requires."""
 
     scorer: EvidenceScorer
+    #: called with the peer after each penalty (gossip.guarded_pubsub bans below the graylist)
+    on_penalised: Callable[[ID], None] | None = None
 
     def __init__(self, *args: Any, score_params: ScoreParams | None = None,
                  **kwargs: Any) -> None:
@@ -134,6 +147,8 @@ class ScoredGossipSub(GossipSub):
     def penalize(self, peer: ID | str, reason: str, amount: float | None = None) -> None:
         """Evidence against `peer` (see EvidenceScorer.penalize)."""
         self.scorer.penalize(peer, reason, amount)
+        if self.on_penalised is not None:
+            self.on_penalised(_as_id(peer))
 
     def _negative(self, peer: ID, topic: str) -> bool:
         return self.scorer.score(peer, [topic]) < 0

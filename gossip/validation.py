@@ -49,12 +49,28 @@ class EnvelopeAdmission:
     max_bytes: int = MAX_ENVELOPE_BYTES
     joiners: frozenset[str] | None = frozenset()
 
-    def admit(self, data: bytes, expected_kinds: tuple[str, ...] | None = None) -> Verdict:
-        """Decide whether wire bytes are an acceptable envelope right now."""
+    def origin_allowed(self, origin: str, may_join: bool) -> bool:
+        """Whether a message from `origin` is worth decoding: a member, or, where `may_join`
+        (the membership topic), a peer the admission policy could let join."""
+        if origin in self.members:
+            return True
+        return may_join and (self.joiners is None or origin in self.joiners)
+
+    def admit(self, data: bytes, expected_kinds: tuple[str, ...] | None = None,
+              origin: str | None = None) -> Verdict:
+        """Decide whether wire bytes are an acceptable envelope right now.
+
+        `origin` is the pubsub message's origin (its from_id, whose signature pubsub checked):
+        we always publish our own envelopes, so the signer must be the origin. It is checked
+        right after decoding, before the signature, since it is a string comparison.
+        """
         try:
             env = decode_envelope(data, self.max_bytes)
         except EnvelopeError as exc:
             return Verdict(None, exc.code, str(exc))
+        if origin is not None and env.sender != origin:
+            return Verdict(None, "origin-mismatch",
+                           f"envelope of {env.sender[-8:]} published by {origin[-8:]}")
         if expected_kinds is not None and env.kind not in expected_kinds:
             return Verdict(None, "wrong-topic", f"kind {env.kind} not allowed on this topic")
         if env.network_id != self.network_id:

@@ -17,14 +17,16 @@ from libp2p.abc import IHost
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
 from libp2p.pubsub import rpc_queue
+from libp2p.rcmgr import new_resource_manager
+from libp2p.rcmgr.connection_limits import new_connection_limits_with_defaults
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11
-from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.tools.anyio_service import background_trio_service
 from libp2p.tools.anyio_service.exceptions import LifecycleError
 
 from gossip.envelope import MAX_ENVELOPE_BYTES
+from gossip.guarded_pubsub import GuardedPubsub, guard_host
 from gossip.peer_keys import Signer
 from gossip.peer_scoring import ScoredGossipSub
 
@@ -45,23 +47,37 @@ MAX_MESSAGES_PER_TOPIC_PER_SECOND = 1000.0
 OUTBOUND_QUEUE_MESSAGES = 1024
 #: Inbound RPC limit: above our own envelope cap, so our cap (a logged refusal) is the one hit.
 MAX_INBOUND_RPC_BYTES = 2 * 1024 * 1024
+#: Connections one peer may hold to us at once (libp2p.rcmgr enforces it in 0.8.1; its default
+#: is 8). Two peers dialling each other at once make two; more is waste or abuse.
+MAX_CONNECTIONS_PER_PEER = 4
 
 assert MAX_ENVELOPE_BYTES < rpc_queue.DefaultMaxMessageSize  # outbound split limit (1 MiB)
 rpc_queue.RpcQueue.__init__.__defaults__ = (OUTBOUND_QUEUE_MESSAGES,
                                             rpc_queue.DefaultMaxMessageSize)
 
 
-def build_host(signer: Signer, mdns: bool = False) -> tuple[IHost, Pubsub, ScoredGossipSub]:
+def build_transport_host(signer: Signer, mdns: bool = False) -> IHost:
+    """A TCP host with Noise pinned (no plaintext, no secio) and yamux, nothing on top."""
+    key_pair = create_new_key_pair(signer.seed)
+    noise = NoiseTransport(key_pair, noise_privkey=create_new_x25519_key_pair().private_key)
+    limits = new_connection_limits_with_defaults().with_max_established_per_peer(
+        MAX_CONNECTIONS_PER_PEER)
+    return new_host(key_pair=key_pair, sec_opt={NOISE_PROTOCOL_ID: noise},
+                    muxer_preference="YAMUX", enable_mDNS=mdns,
+                    resource_manager=new_resource_manager(connection_limits=limits))
+
+
+def build_host(signer: Signer, mdns: bool = False) -> tuple[IHost, GuardedPubsub,
+                                                             ScoredGossipSub]:
     """A TCP host with Noise pinned (no plaintext, no secio) and yamux, plus gossipsub v1.1.
 
     The router scores peers (gossip/peer_scoring.py): negative-score peers leave the mesh.
+    Pubsub is guarded (gossip/guarded_pubsub.py): no peer input can end the process, each
+    forwarder has a budget, and graylisted peers are disconnected and refused.
     With `mdns`, the host answers and sends mDNS queries on the LAN; that only fills the
     peerstore, so p2p_node.discovery is what dials the peers found.
     """
-    key_pair = create_new_key_pair(signer.seed)
-    noise = NoiseTransport(key_pair, noise_privkey=create_new_x25519_key_pair().private_key)
-    host = new_host(key_pair=key_pair, sec_opt={NOISE_PROTOCOL_ID: noise},
-                    muxer_preference="YAMUX", enable_mDNS=mdns)
+    host = build_transport_host(signer, mdns)
     router = ScoredGossipSub(
         protocols=[PROTOCOL_ID_V11], degree=6, degree_low=4, degree_high=12,
         heartbeat_interval=HEARTBEAT_SECONDS, heartbeat_initial_delay=0.1,
@@ -70,7 +86,8 @@ def build_host(signer: Signer, mdns: bool = False) -> tuple[IHost, Pubsub, Score
         # Peers on one LAN (or loopback) share an address: IP diversity would shrink the mesh.
         eclipse_protection_enabled=False,
     )
-    pubsub = Pubsub(host, router, max_inbound_rpc_size=MAX_INBOUND_RPC_BYTES)
+    pubsub = GuardedPubsub(host, router, max_inbound_rpc_size=MAX_INBOUND_RPC_BYTES)
+    guard_host(host, pubsub)
     return host, pubsub, router
 
 
@@ -82,7 +99,7 @@ def _is_shutdown_race(exc: BaseException) -> bool:
 
 @asynccontextmanager
 async def running_host(signer: Signer, listen: list[str], mdns: bool = False) -> AsyncIterator[
-        tuple[IHost, Pubsub, ScoredGossipSub]]:
+        tuple[IHost, GuardedPubsub, ScoredGossipSub]]:
     """Build, start and listen; everything stops when the block exits."""
     host, pubsub, router = build_host(signer, mdns)
     stopping = False

@@ -77,6 +77,9 @@ log = logging.getLogger("p2p_node")
 #: requests are the only thing a non-member may send.
 TOPIC_KINDS = {"updates": ("update",), "committee": ("scores", *PBFT_KINDS),
                "blocks": ("block", "evidence"), "membership": ("join",)}
+#: Topics where a peer republishes others' signed envelopes (pBFT relays to members behind);
+#: on the others every envelope is published by its own signer.
+RELAYED_TOPICS = ("committee",)
 #: Join requests held for future blocks, at most (one per sender, the newest).
 MAX_HELD_JOINS = 256
 
@@ -287,7 +290,8 @@ class Node:
         kinds = TOPIC_KINDS[topic]
 
         def validate(forwarder: Any, msg: rpc_pb2.Message) -> bool:
-            verdict = self.admission.admit(msg.data, kinds)
+            origin = None if topic in RELAYED_TOPICS else ID(msg.from_id).to_base58()
+            verdict = self.admission.admit(msg.data, kinds, origin=origin)
             report_verdict(self.router, forwarder, verdict)  # misbehaviour lowers its score
             if not verdict.accepted:
                 if verdict.code == "future-round":
@@ -302,6 +306,11 @@ class Node:
             return verdict.accepted
 
         return validate
+
+    def _origin_check(self, topic: str, origin: str) -> str | None:
+        """gossip.guarded_pubsub's cheap check: only members' (and joiners') messages are read."""
+        may_join = topic == topic_name(self.network_id, "membership")
+        return None if self.admission.origin_allowed(origin, may_join) else "not-member-origin"
 
     async def _read_topic(self, subscription: Any) -> None:
         async for msg in subscription:
@@ -392,6 +401,7 @@ class Node:
                 await self._announce_dp()
             self.on_event({"event": "listening", "peer": self.me, "addrs": addrs})
             async with trio.open_nursery() as nursery:
+                pubsub.origin_check = self._origin_check  # before any decoding
                 for topic in TOPIC_KINDS:
                     name = topic_name(self.network_id, topic)
                     pubsub.set_topic_validator(name, self._validator(topic), False)
