@@ -64,6 +64,8 @@ class NodeStatus:
             "round": self.round, "role": self.role,
             "peers": len(connected_peers(node)), "mesh": mesh_sizes(node),
             "rejections": dict(sorted(node.rejections.items())),
+            # input the pubsub boundary dropped or contained before any envelope was read
+            "contained": dict(sorted(getattr(_pubsub(node), "contained", {}).items())),
             "evidence_held": len(node.evidence),
             "last_round_seconds": last.get("round_seconds"),
             "last_stages": last.get("stages"),

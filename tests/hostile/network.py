@@ -119,7 +119,9 @@ class HostileNetwork:
         total: dict[str, int] = {}
         for i in self.running:
             status = self.net.status(i) or {}
-            for code, n in status.get("rejections", {}).items():
+            counts = {**status.get("rejections", {}),
+                      **{f"pubsub:{c}": n for c, n in status.get("contained", {}).items()}}
+            for code, n in counts.items():
                 total[code] = total.get(code, 0) + n
         return total
 
