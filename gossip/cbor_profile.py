@@ -130,18 +130,24 @@ def decode_canonical(data: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH,
         if major == 4:
             # Every element takes at least one byte and one unit of budget: a declared length
             # beyond either is refused before the list grows.
-            if arg > end - pos or arg > budget:
+            if arg > end - pos:
                 raise CborProfileError("too-long", f"array of {arg} items at offset {pos} "
                                                    f"cannot fit the {end - pos} bytes left")
+            if arg > budget:
+                raise CborProfileError("too-many-items", f"array of {arg} items at offset "
+                                                         f"{pos}: over {max_items} items")
             out = []
             for _ in range(arg):
                 value, pos = item(pos, depth + 1)
                 out.append(value)
             return out, pos
         # major 5: a map; each pair takes at least two bytes and two units of budget
-        if 2 * arg > end - pos or 2 * arg > budget:
+        if 2 * arg > end - pos:
             raise CborProfileError("too-long", f"map of {arg} pairs at offset {pos} "
                                                f"cannot fit the {end - pos} bytes left")
+        if 2 * arg > budget:
+            raise CborProfileError("too-many-items", f"map of {arg} pairs at offset {pos}: "
+                                                     f"over {max_items} items")
         result: dict[str, Any] = {}
         prev_len, prev = -1, b""
         for _ in range(arg):
