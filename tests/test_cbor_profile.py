@@ -14,7 +14,7 @@ from gossip.cbor_profile import CborProfileError, decode_canonical
 from gossip.envelope import MAX_ENVELOPE_BYTES, Envelope, EnvelopeError, decode_envelope
 from gossip.peer_keys import Signer
 from learning.dp_accounting import DpReport
-from tests.cbor_generators import cyclic_shared, encode_with_raw, exponential_sharing, head, Raw
+from tests.cbor_generators import Raw, cyclic_shared, encode_with_raw, exponential_sharing, head
 from tests.test_sync_support import build_chain
 
 SIGNER = Signer(b"\x05" * 32)
@@ -56,7 +56,8 @@ def test_canonical_values_round_trip(value):
     (b"\xfa\x3f\x80\x00\x00", "non-canonical"),  # 1.0 as a single
     (b"\xf9\x7e\x00", "non-finite-float"), (b"\xf9\x7c\x00", "non-finite-float"),
     (b"\xc2\x41\x01", "tag"), (b"\xd9\xd9\xf7\x00", "tag"),  # bignum, self-describe
-    (b"\x9f\xff", "indefinite-length"), (b"\x5f\xff", "indefinite-length"), (b"\xff", "indefinite-length"),
+    (b"\x9f\xff", "indefinite-length"), (b"\x5f\xff", "indefinite-length"),
+    (b"\xff", "indefinite-length"),
     (b"\xf7", "simple-value"), (b"\xe0", "simple-value"), (b"\xf8\x20", "simple-value"),
     (b"\x1c", "reserved"),
     (b"\x62\xc3\x28", "invalid-utf8"), (b"\x63\xed\xa0\x80", "invalid-utf8"),  # surrogate
@@ -168,14 +169,12 @@ def test_out_of_range_dp_numbers_are_a_block_error_not_an_overflow():
         with pytest.raises(BlockError):
             CommittedBlock.decode(_dp_block_bytes(raw))
     # Decoded by any other path, the parser of DP parameters says ValueError, not OverflowError.
-    report = CHAIN.blocks[0].block.updates[0]
     dp = {"accountant": "rdp", "noise_multiplier": huge, "max_grad_norm": 1.0,
           "sample_rate": 0.5, "steps": 4, "epsilon": 1.0, "delta": 1e-5}
     with pytest.raises(ValueError, match="must be a number"):
         DpReport.from_dict(dp, check=False)
     with pytest.raises(ValueError, match="steps"):
         DpReport.from_dict({**dp, "noise_multiplier": 1.0, "steps": 2**63}, check=False)
-    assert report.dp is None
 
 
 def test_a_sync_responder_serving_a_bad_dp_block_is_dropped_not_a_crash():

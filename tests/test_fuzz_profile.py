@@ -16,6 +16,7 @@ only catches a case that escapes them). Default tier: a seeded sample of `SHORT`
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import time
@@ -25,14 +26,14 @@ from typing import Any, Callable
 import cbor2
 import pytest
 
-from chain.block import BlockError, CommitCertificate, CommittedBlock, Block, commit_envelope
+from chain.block import Block, BlockError, CommitCertificate, CommittedBlock, commit_envelope
 from chain.round_rules import scores_payload
 from chain.sync import (BlocksRequest, BlocksResponse, HeadRequest, HeadResponse, ModelRequest,
                         SyncError, SyncSession, decode_request, decode_response, encode_response)
 from chain.verify import ChainVerifier
 from gossip.cbor_profile import CborProfileError, decode_canonical
 from gossip.envelope import Envelope
-from gossip.transfer import (BlobRef, TransferError, decode_chunk_header, decode_chunk_request)
+from gossip.transfer import BlobRef, TransferError, decode_chunk_header, decode_chunk_request
 from gossip.validation import EnvelopeAdmission
 from learning.tensors import encode_state, state_bytes, state_from_bytes, state_hash
 from p2p_node.discovery import DiscoveryError, decode_peer_list
@@ -64,7 +65,7 @@ def _block_value() -> bytes:
 def _envelope_seeds() -> list[tuple[str, str, Any]]:
     """(kind, sender, payload) of valid messages of round 0 of the round-machine test network."""
     value = _block_value()
-    vh = __import__("hashlib").sha256(value).digest()
+    vh = hashlib.sha256(value).digest()
     embedded_prepare = [COMMITTEE[1], b"\x03" * 64, {"view": 0, "value_hash": vh}]
     committed = CommittedBlock(Block.decode(value), CommitCertificate(0, ((LEADER, b"\x02" * 64),)))
     data = state_bytes(update_of(TRAINERS[0]))

@@ -37,7 +37,8 @@ CHAIN = build_chain(12)
     (b"\xff\xfe", "undecodable"),
     (b"\x00" * 300, "oversize"),
     (cbor2.dumps({"t": "blocks", "start": -1, "count": 3}, canonical=True), "malformed"),
-    (cbor2.dumps({"t": "blocks", "start": 0, "count": MAX_BLOCKS_PER_RESPONSE + 1}, canonical=True), "malformed"),
+    (cbor2.dumps({"t": "blocks", "start": 0, "count": MAX_BLOCKS_PER_RESPONSE + 1},
+                 canonical=True), "malformed"),
     (cbor2.dumps({"t": "blocks", "start": 0, "count": 1, "x": 1}, canonical=True), "malformed"),
     (cbor2.dumps({"t": "model", "hash": b"short"}, canonical=True), "malformed"),
     (cbor2.dumps(["head"]), "malformed"),
@@ -59,7 +60,8 @@ def test_messages_round_trip_and_responses_must_answer_the_request():
     with pytest.raises(SyncError, match="3 blocks for a request of 2"):
         decode_response(encode_response(too_many), BlocksRequest(0, 2))
     with pytest.raises(SyncError, match="not a list of byte"):
-        decode_response(cbor2.dumps({"t": "blocks", "blocks": [1]}, canonical=True), BlocksRequest(0, 2))
+        decode_response(cbor2.dumps({"t": "blocks", "blocks": [1]}, canonical=True),
+                        BlocksRequest(0, 2))
 
 
 def test_serving_answers_from_the_store(tmp_path):
