@@ -172,7 +172,7 @@ def _decode(kind: str, height: int, sender: str, o: Any, signature: bytes) -> Me
         vcs = tuple(_unembed(ViewChange, height, e) for e in o["view_changes"])
         return NewView(height, _view(o["view"]), _hash(o["value_hash"]), _bytes(o["value"]), vcs,
                        sender, signature)
-    raise MessageError(f"unknown pBFT kind {kind!r:.40}")
+    raise MessageError(f"unknown pBFT kind ({type(kind).__name__})")
 
 
 def _embed(message: Message) -> list[Any]:

@@ -12,13 +12,33 @@ from typing import Any
 
 import cbor2
 
+from bft.messages import MAX_VIEW
 from bft.quorum import quorum_size
+from gossip.cbor_profile import CborProfileError, decode_canonical
 from gossip.envelope import Envelope
 from learning.dp_accounting import DpReport
 
 
 class BlockError(ValueError):
     """A block or certificate that is malformed or does not verify; the text says why."""
+
+
+#: Largest height, sample count or other count a block may carry: 63 bits, like rounds.
+MAX_BLOCK_INT = 2**63
+#: A block (committed or not) arrives in a block envelope or a sync response (4 MiB), never
+#: larger; its decoded item count is bounded like any network input.
+MAX_BLOCK_BYTES = 4 * 1024 * 1024
+MAX_BLOCK_ITEMS = 200_000
+
+
+def _decode_profile(data: bytes) -> Any:
+    """Canonical profile CBOR of a block; BlockError if not (gossip.cbor_profile)."""
+    if isinstance(data, (bytes, bytearray)) and len(data) > MAX_BLOCK_BYTES:
+        raise BlockError(f"undecodable block: {len(data)} bytes > {MAX_BLOCK_BYTES}")
+    try:
+        return decode_canonical(data, max_items=MAX_BLOCK_ITEMS)
+    except CborProfileError as exc:
+        raise BlockError(f"undecodable block: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -103,14 +123,16 @@ class Block:
                 network_id=_hash(o["network_id"]), committee=_ids(o["committee"]),
                 trainers=_ids(o["trainers"]),
                 updates=tuple(UpdateRef.from_obj(u) for u in _list(o["updates"])),
-                score_vectors=tuple(_bytes(v) for v in o["score_vectors"]),
+                score_vectors=tuple(_bytes(v) for v in _list(o["score_vectors"])),
                 selected=_ids(o["selected"]), model_hash=_hash(o["model_hash"]),
                 next_committee=_ids(o["next_committee"]),
-                membership=_changes(o["membership"]), evidence=tuple(_pair(e) for e in o["evidence"]))
+                membership=_changes(o["membership"]),
+                evidence=tuple(_pair(e) for e in _list(o["evidence"])))
         except BlockError:
             raise
-        except (TypeError, ValueError) as exc:
-            raise BlockError(f"malformed block: {exc}") from None
+        except (TypeError, ValueError, ArithmeticError) as exc:
+            # A shape check missed above; the type only, never the text (it may quote values).
+            raise BlockError(f"malformed block ({type(exc).__name__})") from None
         return block
 
     def encode(self) -> bytes:
@@ -119,11 +141,8 @@ class Block:
 
     @classmethod
     def decode(cls, data: bytes) -> Block:
-        try:
-            obj = cbor2.loads(data)
-        except Exception as exc:
-            raise BlockError(f"undecodable block: {type(exc).__name__}") from None
-        return cls.from_obj(obj)
+        """Parse untrusted canonical bytes (what `encode` gives); BlockError if they are not."""
+        return cls.from_obj(_decode_profile(data))
 
     def hash(self) -> bytes:
         """SHA-256 of `encode()`: the block's identity and the value pBFT decides on."""
@@ -193,22 +212,24 @@ class CommittedBlock:
         if not isinstance(o, dict) or set(o) != {"block", "certificate"}:
             raise BlockError("not a committed block map")
         cert = o["certificate"]
-        try:
-            if not isinstance(cert, dict) or set(cert) != {"view", "commits"}:
-                raise BlockError("certificate is not {view, commits}")
-            votes = tuple((_id(m), _bytes(s)) for m, s in cert["commits"])
-            view = _int(cert["view"])
-        except (TypeError, ValueError) as exc:
-            raise BlockError(f"malformed certificate: {exc}") from None
+        if not isinstance(cert, dict) or set(cert) != {"view", "commits"}:
+            raise BlockError("certificate is not {view, commits}")
+        votes = tuple(_vote(v) for v in _list(cert["commits"]))
+        view = _int(cert["view"])
+        if view >= MAX_VIEW:
+            raise BlockError("certificate view number out of range")
         return cls(Block.from_obj(o["block"]), CommitCertificate(view, votes))
 
     @classmethod
     def decode(cls, data: bytes) -> CommittedBlock:
-        try:
-            obj = cbor2.loads(data)
-        except Exception as exc:
-            raise BlockError(f"undecodable block: {type(exc).__name__}") from None
-        return cls.from_obj(obj)
+        """Parse untrusted canonical bytes (what `encode` gives); BlockError if they are not."""
+        return cls.from_obj(_decode_profile(data))
+
+
+def _vote(v: Any) -> tuple[str, bytes]:
+    if not isinstance(v, list) or len(v) != 2:
+        raise BlockError("certificate commit is not [member, signature]")
+    return _id(v[0]), _bytes(v[1])
 
 
 def _changes(v: Any) -> tuple[MembershipChange, ...]:
@@ -232,12 +253,13 @@ def _pair(v: Any) -> tuple[bytes, bytes]:
 def _dp(v: Any) -> DpReport:
     # The epsilon is not re-derived here (that needs the accountant; chain.verify does it):
     # only the shape, and exact types, so that the block re-encodes to the bytes it came as.
+    if isinstance(v, dict) and any(type(x) is not float for k, x in v.items()
+                                   if k not in ("accountant", "steps")):
+        raise BlockError("update reference DP parameters must be floats")
     try:
         report = DpReport.from_dict(v, check=False)
     except ValueError as exc:
         raise BlockError(f"update reference DP parameters: {exc}") from None
-    if any(type(x) is not float for k, x in v.items() if k not in ("accountant", "steps")):
-        raise BlockError("update reference DP parameters must be floats")
     return report
 
 
@@ -248,8 +270,8 @@ def _list(v: Any) -> list[Any]:
 
 
 def _int(v: Any) -> int:
-    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-        raise BlockError(f"expected a non-negative integer, got {type(v).__name__}")
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < MAX_BLOCK_INT:
+        raise BlockError(f"expected a non-negative 63-bit integer, got {type(v).__name__}")
     return v
 
 

@@ -28,6 +28,7 @@ from typing import Any, Protocol, Union
 import cbor2
 
 from chain.block import BlockError, CommittedBlock
+from gossip.cbor_profile import CborProfileError, decode_canonical
 from chain.verify import ChainVerifier
 
 PROTOCOL_ID = "/cmfl/sync/1"
@@ -148,7 +149,8 @@ def decode_response(data: bytes, request: Request) -> Response:
     obj = _loads(data, MAX_RESPONSE_BYTES)
     kind = obj.get("t") if isinstance(obj, dict) else None
     if kind == "error" and set(obj) == {"t", "reason"} and isinstance(obj["reason"], str):
-        return ErrorResponse(obj["reason"][:200])
+        # The responder's words, logged: cut short and printable only.
+        return ErrorResponse("".join(c if c.isprintable() else "?" for c in obj["reason"][:200]))
     if isinstance(request, HeadRequest) and kind == "head" and set(obj) == {"t", "height",
                                                                             "hash"}:
         if obj["height"] is None and obj["hash"] is None:
@@ -170,9 +172,9 @@ def _loads(data: bytes, limit: int) -> Any:
     if len(data) > limit:
         raise SyncError("oversize", f"{len(data)} bytes > {limit}")
     try:
-        return cbor2.loads(data)
-    except Exception as exc:  # cbor2 raises several types on malformed input
-        raise SyncError("undecodable", f"malformed CBOR ({type(exc).__name__})") from None
+        return decode_canonical(data)
+    except CborProfileError as exc:
+        raise SyncError("undecodable", f"not profile CBOR ({exc})") from None
 
 
 def _uint(v: Any, name: str) -> int:

@@ -12,6 +12,7 @@ from typing import Any
 
 import cbor2
 
+from gossip.cbor_profile import CborProfileError, decode_canonical
 from gossip.peer_keys import Signer, verify_signature
 
 _DOMAIN = "cmfl-p2p/envelope/1"
@@ -76,18 +77,23 @@ class Envelope:
 
 
 def decode_envelope(data: bytes, max_bytes: int = MAX_ENVELOPE_BYTES) -> Envelope:
-    """Parse wire bytes into an Envelope, checking shape but not signature; EnvelopeError if bad."""
+    """Parse wire bytes into an Envelope, checking shape but not signature; EnvelopeError if bad.
+
+    The bytes must be canonical CBOR of the profile (gossip.cbor_profile): then they are
+    exactly `encode()` of the result, and the signature, checked over the canonical
+    re-encoding, covers every byte that arrived (no padding, no alternative encodings)."""
     if len(data) > max_bytes:
         raise EnvelopeError("oversize", f"{len(data)} bytes > {max_bytes}")
     try:
-        obj = cbor2.loads(data)
-    except Exception as exc:  # cbor2 raises several types on malformed input
-        raise EnvelopeError("undecodable", f"malformed CBOR ({type(exc).__name__})") from None
+        obj = decode_canonical(data)
+    except CborProfileError as exc:
+        raise EnvelopeError("undecodable", f"not profile CBOR ({exc})") from None
     if not isinstance(obj, dict) or set(obj) != {"k", "n", "r", "s", "p", "sig"}:
         raise EnvelopeError("malformed", "not an envelope map")
     kind, network_id, rnd, sender, sig = obj["k"], obj["n"], obj["r"], obj["s"], obj["sig"]
     if kind not in KINDS:
-        raise EnvelopeError("malformed", f"unknown kind {kind!r:.40}")
+        # Never the value itself: its formatting is the sender's to make expensive.
+        raise EnvelopeError("malformed", f"unknown kind ({type(kind).__name__})")
     if not isinstance(network_id, bytes) or len(network_id) != 32:
         raise EnvelopeError("malformed", "bad network id")
     if not isinstance(rnd, int) or isinstance(rnd, bool) or not 0 <= rnd < 2**63:

@@ -23,6 +23,8 @@ from typing import Any, Awaitable, Callable, Sequence, TypeVar
 import cbor2
 import trio
 
+from gossip.cbor_profile import CborProfileError, decode_canonical
+
 log = logging.getLogger("gossip.transfer")
 T = TypeVar("T")
 
@@ -71,8 +73,8 @@ class BlobRef:
         digest, size = o["h"], o["z"]
         if not isinstance(digest, bytes) or len(digest) != DIGEST_BYTES:
             raise TransferError("malformed", "blob digest is not 32 bytes")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise TransferError("malformed", "blob size is not a non-negative integer")
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size < 2**63:
+            raise TransferError("malformed", "blob size is not a non-negative 63-bit integer")
         if size > max_size:
             raise TransferError("oversize", f"blob of {size} bytes > {max_size}")
         return cls(digest, size)
@@ -115,12 +117,15 @@ def decode_chunk_header(data: bytes, expected_length: int) -> int:
     """Parse an untrusted response header; the payload length, which must be what we asked."""
     obj = _loads_header(data)
     if isinstance(obj, dict) and set(obj) == {"err"} and isinstance(obj["err"], str):
-        raise TransferError("refused", f"provider says {obj['err'][:40]!r}")
+        said = "".join(c if c.isprintable() else "?" for c in obj["err"][:40])
+        raise TransferError("refused", f"provider says {said}")
     if not isinstance(obj, dict) or set(obj) != {"n"}:
         raise TransferError("malformed", "a chunk header is a map with key n or err")
     length = obj["n"]
     if not isinstance(length, int) or isinstance(length, bool) or length != expected_length:
-        raise TransferError("malformed", f"chunk length {length!r:.20} != {expected_length}")
+        # The type, not the value: a hostile value's formatting is its sender's to choose.
+        raise TransferError("malformed", f"chunk length ({type(length).__name__}) is not "
+                                         f"the {expected_length} asked for")
     return length
 
 
@@ -128,9 +133,9 @@ def _loads_header(data: bytes) -> Any:
     if len(data) > MAX_HEADER_BYTES:
         raise TransferError("oversize", f"header of {len(data)} bytes > {MAX_HEADER_BYTES}")
     try:
-        return cbor2.loads(data)
-    except Exception as exc:  # cbor2 raises several types on malformed input
-        raise TransferError("undecodable", f"malformed CBOR ({type(exc).__name__})") from None
+        return decode_canonical(data, max_depth=1, max_items=16)
+    except CborProfileError as exc:
+        raise TransferError("undecodable", f"not profile CBOR ({exc})") from None
 
 
 class BlobStore:

@@ -22,6 +22,8 @@ MECHANISMS = ("rdp", "prv")
 DP_PARAMS_KEYS = frozenset(
     {"accountant", "noise_multiplier", "max_grad_norm", "sample_rate", "steps", "epsilon", "delta"}
 )
+#: Bound on a declared step count (a round trains far fewer; keeps the accountant's work sane).
+MAX_STEPS = 2**32
 #: Keys a genesis `training.dp` dict may hold (the first two are required).
 DP_GENESIS_KEYS = frozenset({"noise_multiplier", "max_grad_norm", "delta", "accountant"})
 #: Relative tolerance when re-deriving a declared epsilon: the accountants use floating point
@@ -112,16 +114,20 @@ class DpReport:
         did not add. The check only stops a peer from understating what its own claim costs."""
         if not isinstance(d, dict) or set(d) != DP_PARAMS_KEYS:
             raise ValueError(f"DP parameters must be a dict with keys {sorted(DP_PARAMS_KEYS)}")
-        if d["accountant"] not in MECHANISMS:
-            raise ValueError(f"accountant must be one of {MECHANISMS}, got {d['accountant']!r}")
+        # Texts name types, never the values: these dicts come from the network.
+        if not isinstance(d["accountant"], str) or d["accountant"] not in MECHANISMS:
+            raise ValueError(f"accountant must be one of {MECHANISMS}")
         steps = d["steps"]
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
-            raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+        if not isinstance(steps, int) or isinstance(steps, bool) or not 0 <= steps < MAX_STEPS:
+            raise ValueError(f"steps must be an int in [0, {MAX_STEPS}), got "
+                             f"{type(steps).__name__}")
         floats = {}
         for k in ("noise_multiplier", "max_grad_norm", "sample_rate", "epsilon", "delta"):
             v = d[k]
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or math.isnan(v):
-                raise ValueError(f"{k} must be a number, got {v!r}")
+            # An int beyond 2**53 has no exact float, and float() of a huge one overflows.
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or \
+                    (isinstance(v, int) and abs(v) > 2**53) or math.isnan(v):
+                raise ValueError(f"{k} must be a number, got {type(v).__name__}")
             floats[k] = float(v)
         if not (floats["noise_multiplier"] >= 0 and math.isfinite(floats["noise_multiplier"])):
             raise ValueError("noise_multiplier must be finite and >= 0")
@@ -147,7 +153,7 @@ class DpReport:
 def _number(d: Mapping[str, Any], key: str) -> float:
     v = d[key]
     if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-        raise ValueError(f"{key} must be a finite number, got {v!r}")
+        raise ValueError(f"{key} must be a finite number, got {type(v).__name__}")
     return float(v)
 
 

@@ -8,6 +8,8 @@ import cbor2
 import numpy as np
 import torch
 
+from gossip.cbor_profile import CborProfileError, decode_canonical
+
 ModelState = dict[str, torch.Tensor]
 
 # Explicit little-endian numpy dtypes so the wire format is independent of host byte order.
@@ -50,18 +52,19 @@ def decode_state(obj: object, max_elements: int = 50_000_000) -> ModelState:
             raise ValueError(f"tensor name must be str, got {type(name).__name__}")
     for name in sorted(obj):
         entry = obj[name]
+        shown = repr(name[:40])  # untrusted: quoted, and only its start
         if not isinstance(entry, dict) or set(entry) != _ENTRY_KEYS:
-            raise ValueError(f"tensor {name!r}: entry must be a dict with keys dtype, shape, data")
+            raise ValueError(f"tensor {shown}: entry must be a dict with keys dtype, shape, data")
         dname, shape, data = entry["dtype"], entry["shape"], entry["data"]
         if not isinstance(dname, str) or dname not in _DTYPES:
-            raise ValueError(f"tensor {name!r}: dtype {dname!r} not in {sorted(_DTYPES)}")
+            raise ValueError(f"tensor {shown}: dtype is not one of {sorted(_DTYPES)}")
         # bool is an int subclass; reject it so True cannot masquerade as a dimension.
         if not isinstance(shape, list) or not all(
             isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
         ):
-            raise ValueError(f"tensor {name!r}: shape must be a list of non-negative ints")
+            raise ValueError(f"tensor {shown}: shape must be a list of non-negative ints")
         if len(shape) > 64:  # torch's own limit on dimensions
-            raise ValueError(f"tensor {name!r}: too many dimensions ({len(shape)})")
+            raise ValueError(f"tensor {shown}: too many dimensions ({len(shape)})")
         numel = 0 if 0 in shape else 1
         for d in shape if numel else ():
             numel *= d
@@ -72,11 +75,11 @@ def decode_state(obj: object, max_elements: int = 50_000_000) -> ModelState:
         if total > max_elements:
             raise ValueError(f"state exceeds max_elements={max_elements}")
         if not isinstance(data, (bytes, bytearray)):
-            raise ValueError(f"tensor {name!r}: data must be bytes")
+            raise ValueError(f"tensor {shown}: data must be bytes")
         torch_dtype, np_dtype = _DTYPES[dname]
         if len(data) != numel * np_dtype.itemsize:
             raise ValueError(
-                f"tensor {name!r}: data has {len(data)} bytes, expected {numel * np_dtype.itemsize}"
+                f"tensor {shown}: data has {len(data)} bytes, expected {numel * np_dtype.itemsize}"
             )
         # astype(copy=True) gives a writable, owned buffer in native byte order.
         arr = np.frombuffer(data, dtype=np_dtype).astype(np_dtype.newbyteorder("="), copy=True)
@@ -90,11 +93,14 @@ def state_bytes(state: ModelState) -> bytes:
 
 
 def state_from_bytes(b: bytes) -> ModelState:
-    """Parse and validate CBOR bytes produced by state_bytes; raise ValueError if malformed."""
+    """Parse and validate CBOR bytes produced by state_bytes; raise ValueError if malformed.
+
+    The bytes come from the network (fetched blobs, synced checkpoints): canonical profile
+    CBOR only (gossip.cbor_profile), so one model has one encoding and one hash."""
     try:
-        obj = cbor2.loads(b)
-    except (cbor2.CBORDecodeError, EOFError, TypeError, OverflowError, RecursionError) as e:
-        raise ValueError(f"invalid CBOR state: {e}") from e
+        obj = decode_canonical(b)
+    except CborProfileError as e:
+        raise ValueError(f"invalid CBOR state: {e}") from None
     return decode_state(obj)
 
 

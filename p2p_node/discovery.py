@@ -27,6 +27,8 @@ import cbor2
 import multiaddr
 import trio
 
+from gossip.cbor_profile import CborProfileError, decode_canonical
+
 log = logging.getLogger("p2p_node.discovery")
 
 PROTOCOL_ID = "/cmfl/peers/1"
@@ -72,9 +74,9 @@ def decode_peer_list(data: bytes) -> list[tuple[str, list[str]]]:
     if len(data) > MAX_PEER_LIST_BYTES:
         raise DiscoveryError("oversize", f"{len(data)} bytes > {MAX_PEER_LIST_BYTES}")
     try:
-        obj = cbor2.loads(data)
-    except Exception as exc:  # cbor2 raises several types on malformed input
-        raise DiscoveryError("undecodable", f"malformed CBOR ({type(exc).__name__})") from None
+        obj = decode_canonical(data, max_depth=3, max_items=2048)
+    except CborProfileError as exc:
+        raise DiscoveryError("undecodable", f"not profile CBOR ({exc})") from None
     if not isinstance(obj, list) or len(obj) > MAX_PEERS_PER_LIST:
         raise DiscoveryError("malformed", f"not a list of at most {MAX_PEERS_PER_LIST} peers")
     out = []

@@ -66,11 +66,12 @@ def test_topic_accepts_only_its_kinds():
     (b"\xff\x00garbage", "undecodable"),
     (b"", "undecodable"),
     (cbor2.dumps([1, 2, 3]), "malformed"),
-    (cbor2.dumps({"k": "update", "n": NET, "r": -1, "s": "x", "p": 0, "sig": bytes(64)}),
-     "malformed"),
-    (cbor2.dumps({"k": "nope", "n": NET, "r": 1, "s": "x", "p": 0, "sig": bytes(64)}),
-     "malformed"),
-    (cbor2.dumps({"k": "update", "n": NET, "r": 1, "s": "x", "p": 0, "sig": b""}), "unsigned"),
+    (cbor2.dumps({"k": "update", "n": NET, "r": -1, "s": "x", "p": 0, "sig": bytes(64)},
+                 canonical=True), "malformed"),
+    (cbor2.dumps({"k": "nope", "n": NET, "r": 1, "s": "x", "p": 0, "sig": bytes(64)},
+                 canonical=True), "malformed"),
+    (cbor2.dumps({"k": "update", "n": NET, "r": 1, "s": "x", "p": 0, "sig": b""},
+                 canonical=True), "unsigned"),
     (b"\x81" * 100_000, "undecodable"),  # deeply nested arrays
     (b"\x00" * (MAX_ENVELOPE_BYTES + 1), "oversize"),
 ])

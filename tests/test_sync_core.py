@@ -36,10 +36,11 @@ CHAIN = build_chain(12)
 @pytest.mark.parametrize("data, code", [
     (b"\xff\xfe", "undecodable"),
     (b"\x00" * 300, "oversize"),
-    (cbor2.dumps({"t": "blocks", "start": -1, "count": 3}), "malformed"),
-    (cbor2.dumps({"t": "blocks", "start": 0, "count": MAX_BLOCKS_PER_RESPONSE + 1}), "malformed"),
-    (cbor2.dumps({"t": "blocks", "start": 0, "count": 1, "x": 1}), "malformed"),
-    (cbor2.dumps({"t": "model", "hash": b"short"}), "malformed"),
+    (cbor2.dumps({"t": "blocks", "start": -1, "count": 3}, canonical=True), "malformed"),
+    (cbor2.dumps({"t": "blocks", "start": 0, "count": MAX_BLOCKS_PER_RESPONSE + 1},
+                 canonical=True), "malformed"),
+    (cbor2.dumps({"t": "blocks", "start": 0, "count": 1, "x": 1}, canonical=True), "malformed"),
+    (cbor2.dumps({"t": "model", "hash": b"short"}, canonical=True), "malformed"),
     (cbor2.dumps(["head"]), "malformed"),
 ])
 def test_requests_that_are_garbage_are_refused_with_a_code(data, code):
@@ -59,7 +60,8 @@ def test_messages_round_trip_and_responses_must_answer_the_request():
     with pytest.raises(SyncError, match="3 blocks for a request of 2"):
         decode_response(encode_response(too_many), BlocksRequest(0, 2))
     with pytest.raises(SyncError, match="not a list of byte"):
-        decode_response(cbor2.dumps({"t": "blocks", "blocks": [1]}), BlocksRequest(0, 2))
+        decode_response(cbor2.dumps({"t": "blocks", "blocks": [1]}, canonical=True),
+                        BlocksRequest(0, 2))
 
 
 def test_serving_answers_from_the_store(tmp_path):
