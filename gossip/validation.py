@@ -85,15 +85,16 @@ class EnvelopeAdmission:
             # peer admitted (or departed) in a block we have not reached (or have passed).
             return Verdict(None, "not-member", f"sender {env.sender[-8:]} is not a member",
                            benign=env.round != self.current_round)
-        # The signature is checked before the round, so "stale" is only ever said of real messages.
-        if not env.has_valid_signature():
-            return Verdict(None, "forged-signature",
-                           f"signature does not verify (claims sender {env.sender[-8:]})")
         # A committed block or a proof of equivocation stays valid after its round; a join
-        # request for a few rounds (chain.membership.JOIN_WINDOW decides which).
+        # request for a few rounds (chain.membership.JOIN_WINDOW decides which). A stale message
+        # is dropped before its signature is checked: nothing is done with it either way, and a
+        # flood of well-signed old messages would otherwise cost one Ed25519 check each.
         if env.round < self.current_round and env.kind not in ("block", "evidence", "join"):
             return Verdict(None, "stale-round", f"round {env.round} < {self.current_round}",
                            benign=True)
+        if not env.has_valid_signature():
+            return Verdict(None, "forged-signature",
+                           f"signature does not verify (claims sender {env.sender[-8:]})")
         if env.round > self.current_round + FUTURE_ROUND_WINDOW:
             return Verdict(None, "future-round",
                            f"round {env.round} too far ahead of {self.current_round}", benign=True)

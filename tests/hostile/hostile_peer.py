@@ -184,12 +184,13 @@ class HostilePeer:
 
 
 @asynccontextmanager
-async def hostile_peer(key_seed: bytes, listen: str = "/ip4/127.0.0.1/tcp/0"
-                       ) -> AsyncIterator[HostilePeer]:
-    """Run one hostile host (Ed25519 key from the 32-byte `key_seed`) for the block's duration."""
+async def hostile_peer(key_seed: bytes, listen: str = "/ip4/127.0.0.1/tcp/0",
+                       kind: type[HostilePeer] | None = None) -> AsyncIterator[HostilePeer]:
+    """Run one hostile host (Ed25519 key from the 32-byte `key_seed`) for the block's duration;
+    `kind` is a HostilePeer subclass to run instead (tests.hostile.attacker.Attacker)."""
     signer = Signer(key_seed)
     host = build_transport_host(signer)
-    peer = HostilePeer(host, signer)
+    peer = (kind or HostilePeer)(host, signer)
     host.set_stream_handler(MESHSUB, peer._drain)
     async with host.run([multiaddr.Multiaddr(listen)]):
         yield peer

@@ -103,37 +103,3 @@ def signed_by_nonmember(signer, network_id: bytes, round_: int, payload_bytes: i
     """A well-signed envelope of a key that is no member: passes every check but membership."""
     return Envelope("update", network_id, round_, "", {"junk": os.urandom(payload_bytes)}
                     ).signed_by(signer).encode()
-
-
-def garbage_rpc_frame(size: int = 64) -> bytes:
-    """Bytes that do not parse as a pubsub RPC protobuf (a truncated length-delimited field)."""
-    return b"\x0a" + _varint(size * 4) + os.urandom(size)
-
-
-def rpc_with_undecodable_key(topic: str, data: bytes = b"x") -> bytes:
-    """An RPC whose Message parses, but whose `from` is no peer ID that inlines a key (12 random
-    bytes) and whose `key` field is not a protobuf PublicKey: py-libp2p 0.8.1's signature check
-    re-raises the key's decoding error."""
-    msg = _field(1, os.urandom(12)) + _field(2, data) + _field(3, os.urandom(8)) + \
-        _field(4, topic.encode()) + _field(5, os.urandom(64)) + _field(6, b"\x08\x63\x12\x01")
-    return _field(2, msg)  # RPC.publish
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _field(number: int, value: bytes) -> bytes:
-    """A protobuf length-delimited field."""
-    return _varint(number << 3 | 2) + _varint(len(value)) + value
-
-
-def framed(rpc: bytes) -> bytes:
-    """An RPC as written on a pubsub stream: varint length prefix, then the bytes."""
-    return _varint(len(rpc)) + rpc
