@@ -22,6 +22,7 @@ from bft.messages import Message, MessageError, decode_message
 from chain.block import Block, BlockError, CommitCertificate, CommittedBlock
 from chain.membership import join_requests
 from chain.round_rules import (
+    MAX_EVIDENCE_MESSAGE_BYTES,
     MissingUpdates,
     ReceivedUpdate,
     RoundContext,
@@ -30,7 +31,7 @@ from chain.round_rules import (
     scores_payload,
     update_dp,
 )
-from gossip.envelope import MAX_ENVELOPE_BYTES, Envelope
+from gossip.envelope import MAX_ENVELOPE_BYTES, Envelope, decode_envelope
 from gossip.transfer import BlobRef, TransferError
 from learning.privacy import DpReport
 from learning.scoring import score_updates
@@ -153,6 +154,10 @@ class RoundMachine:
         #: proposes
         self.joins = joins
         self.updates: dict[str, ReceivedUpdate] = {}
+        #: the signed update held per trainer, for evidence should it sign a second one
+        self._update_envelopes: dict[str, Envelope] = {}
+        #: senders whose second, different update or score vector was turned into evidence
+        self._convicted: set[str] = set()
         #: updates announced by blob reference, by sender, until their bytes arrive (on_blob)
         self.pending_blobs: dict[str, PendingUpdate] = {}
         self._blob_size: int | None = None
@@ -275,8 +280,7 @@ class RoundMachine:
         if held is not None:
             if held.digest == digest:
                 return []  # the same update again (a rebroadcast or a replay): nothing new
-            return [Rejected(env.sender, "update", "second, different update this round",
-                             "invalid-update")]
+            return self._second_message(self._update_envelopes[env.sender], env)
         body = env.payload
         # Exactly one of the inline tensors or a blob reference; "dp" when training used DP.
         if not isinstance(body, dict) or not (set(body) - {"dp"} == {"model", "samples", "base"}
@@ -298,6 +302,7 @@ class RoundMachine:
                                  f"this model ({self._expected_blob_size()} bytes)",
                                  "invalid-update")]
             dp_entry = {"dp": body["dp"]} if "dp" in body else {}
+            self._update_envelopes[env.sender] = env
             self.pending_blobs[env.sender] = PendingUpdate(env.sender, digest, samples, ref,
                                                            dp_entry)
             return [FetchBlob(ref, env.sender)]
@@ -306,7 +311,23 @@ class RoundMachine:
         except ValueError as exc:
             return [Rejected(env.sender, "update", f"bad tensors: {exc}",
                              "invalid-update")]
-        return self._accept_update(env.sender, digest, samples, state, body)
+        actions = self._accept_update(env.sender, digest, samples, state, body)
+        if env.sender in self.updates:
+            self._update_envelopes[env.sender] = env
+        return actions
+
+    def _second_message(self, first: Envelope, second: Envelope) -> list[Action]:
+        """A second, different update or score vector signed by one sender this round: honest
+        peers write theirs ahead and never sign two, so the pair is evidence (check_evidence)
+        when it fits in a block; refused (and penalised) either way."""
+        if second.sender in self._convicted or first.signing_bytes() == second.signing_bytes():
+            return []
+        if max(len(first.encode()), len(second.encode())) > MAX_EVIDENCE_MESSAGE_BYTES:
+            return [Rejected(second.sender, second.kind, f"second, different {second.kind} "
+                             "this round (too large to record as evidence)",
+                             f"invalid-{second.kind}")]
+        self._convicted.add(second.sender)
+        return [Evidence(second.sender, first, second)]
 
     def _expected_blob_size(self) -> int:
         """Bytes of any update's tensors: the layout is the base model's, so the size is too."""
@@ -339,8 +360,7 @@ class RoundMachine:
         raw = env.encode()
         held = self.score_vectors.get(env.sender)
         if held is not None:
-            return [] if held == raw else [Rejected(env.sender, "scores", "second score vector",
-                                                             "invalid-scores")]
+            return [] if held == raw else self._second_message(decode_envelope(held), env)
         parse_scores_body(self.ctx, env)
         self.score_vectors[env.sender] = raw
         return []
