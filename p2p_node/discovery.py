@@ -14,9 +14,10 @@ are dialled as given. A peer that serves a forged or malformed record is penalis
 different records of one member with one sequence number prove a twin (`on_twin`), and that
 member is no longer dialled.
 
-Wire format: the requester opens the stream and sends nothing; the responder writes
-u32be length | canonical CBOR [record, ...] (each record the wire bytes of a signed
-`PeerRecord`, the responder's own first) and closes.
+Wire format: the requester opens the stream and writes u32be length | its own record (length
+0: none; at most MAX_RECORD_BYTES); the responder writes u32be length | canonical CBOR
+[record, ...] (each the wire bytes of a signed `PeerRecord`, the responder's own first, at
+most MAX_PEERS_PER_LIST and MAX_PEER_LIST_BYTES) and closes.
 """
 
 from __future__ import annotations
@@ -202,15 +203,19 @@ class Discovery:
         return peer_id != self.me and peer_id not in self.book.twins and not (
             check_allowed and self.allowed is not None and peer_id not in self.allowed)
 
-    def learn(self, data: bytes, via: Any = None, reached_ip: str | None = None) -> bool:
+    def learn(self, data: bytes, via: Any = None, reached_ip: str | None = None,
+              own: bool = False) -> bool:
         """Check and keep one record served by `via`; True if it names a peer new to us.
 
         A record that is malformed, forged or of another network gets `via` penalised (an
         honest peer checks what it serves); the addresses of a member's newest valid record
         replace those it signed before. `reached_ip`: the IP we reached `via` on, for `via`'s
-        own record when it listens on an unspecified address (0.0.0.0)."""
+        own record when it listens on an unspecified address (0.0.0.0). `own`: the record
+        must be `via`'s own (what an asker pushes)."""
         try:
             offered = self.book.offer(data)
+            if own and offered.record.peer_id != str(via):
+                raise RecordError("malformed", "an asker pushed a record not its own")
         except RecordError as exc:
             self.refused[exc.code] = self.refused.get(exc.code, 0) + 1
             if exc.code not in BENIGN_RECORD_CODES and via is not None:
@@ -262,7 +267,19 @@ class Discovery:
         return own + [data for _, _, data in sorted(held)]
 
     async def _serve(self, stream: Any) -> None:
+        from gossip.transfer import read_exactly
+
         try:
+            with trio.fail_after(EXCHANGE_TIMEOUT):
+                # The asker's own record first (push-pull: whoever dials us is known at once).
+                length = int.from_bytes(await read_exactly(stream, 4), "big")
+                if length > MAX_RECORD_BYTES:
+                    raise DiscoveryError("oversize", f"{length} > {MAX_RECORD_BYTES}")
+                asker = stream.muxed_conn.peer_id
+                if length:
+                    remote = stream.get_remote_address()
+                    self.learn(await read_exactly(stream, length), asker,
+                               remote[0] if remote else None, own=True)
             body = encode_peer_list(self.peer_list())
             await stream.write(len(body).to_bytes(4, "big") + body)
         except Exception as exc:  # the asker hung up: nothing to do
@@ -284,6 +301,8 @@ class Discovery:
             with trio.fail_after(EXCHANGE_TIMEOUT):
                 stream = await self.host.new_stream(peer, [TProtocol(PROTOCOL_ID)])
                 try:
+                    own = self.own_record or b""
+                    await stream.write(len(own).to_bytes(4, "big") + own)
                     length = int.from_bytes(await read_exactly(stream, 4), "big")
                     if length > MAX_PEER_LIST_BYTES:
                         raise DiscoveryError("oversize", f"{length} > {MAX_PEER_LIST_BYTES}")
@@ -386,6 +405,10 @@ class Discovery:
                                or p in self.known)
                 if peers:
                     nursery.start_soon(self.exchange, _id(peers[turn % len(peers)]))
+                # And one we hold no record of (it dialled us): its addresses spread sooner.
+                unheard = [p for p in peers if p not in self.book.records]
+                if unheard and unheard[0] != peers[turn % len(peers)]:
+                    nursery.start_soon(self.exchange, _id(unheard[0]))
                 turn += 1
                 self._wake = trio.Event()
                 with trio.move_on_after(self.interval):
