@@ -789,6 +789,7 @@ class Node:
             "selected": list(block.selected), "next_committee": list(block.next_committee),
             "joined": [c.peer for c in block.membership if c.kind == "join"],
             "left": [c.peer for c in block.membership if c.kind == "leave"],
+            "convicted": sorted(convicted),
             "accuracy": round(accuracy, 4), "round_seconds": round(times.marks["committed"], 3),
             "stages": {k: round(v, 4) for k, v in times.marks.items()},
             "attack": self.config.attack,

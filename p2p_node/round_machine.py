@@ -439,7 +439,10 @@ class RoundMachine:
     def _maybe_score(self) -> list[Action]:
         if self.scored or self.own_reference is None:
             return []
-        if not (self.collect_expired or set(self.updates) >= set(self.ctx.trainers)):
+        # Members with recorded misbehaviour (a twin above all: two processes with one key) are
+        # not waited for: their update is scored if it came, but cannot hold up the round.
+        awaited = set(self.ctx.trainers) - self.ctx.excluded
+        if not (self.collect_expired or set(self.updates) >= awaited):
             return []
         self.scored = True
         variances = None
