@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from chain.verify import ChainVerifier, verify_store
 from p2p_node.demo import free_ports
 from p2p_node.node import Node, NodeConfig
 from tests.cluster import Cluster, EventLog
@@ -95,6 +96,14 @@ def check_twin_run(tmp_path: Path, **twin_settings) -> None:
             assert held is not None and held.block.hash() == block.hash()
     for block in chain[height:]:
         assert twin_id not in block.next_committee
+    # `p2p-node chain verify` accepts the chain with the twin's proof, and convicts it too.
+    verifier = ChainVerifier(nodes[0].genesis)
+    for block_height in nodes[0].store.heights():
+        committed = nodes[0].store.get(block_height)
+        verifier.check(committed)
+        verifier.advance(committed)
+    assert twin_id in verifier.excluded
+    assert verify_store(nodes[0].genesis, nodes[0].store, nodes[0].models).ok
     kinds = {e["kind"] for e in log.events if e["event"] == "evidence"}
     assert kinds, "nobody reported evidence"
     times = {e["height"]: e["round_seconds"] for e in log.events
