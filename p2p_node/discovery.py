@@ -241,7 +241,7 @@ class Discovery:
     def _twin_found(self, peer_id: str, pair: tuple[bytes, bytes]) -> None:
         """Two processes sign as `peer_id`: dial neither (its records are not its own word any
         more); the node turns the pair into evidence."""
-        if self.known.pop(peer_id, None) is not None or pair == self.book.twins.get(peer_id):
+        if self.known.pop(peer_id, None) is not None:
             log.warning("%s has a twin (two records with one sequence number): not dialled",
                         peer_id[-8:])
         self.on_twin(peer_id, pair)
