@@ -15,6 +15,7 @@ from bft.quorum import quorum_size
 from chain.block import Block, BlockError, MembershipChange, UpdateRef
 from chain.membership import MembershipRules, Roster, derive_changes
 from gossip.envelope import Envelope, EnvelopeError, decode_envelope
+from gossip.peer_record import RecordError, decode_record, is_peer_record, twin_records
 from learning.cmfl import (
     RoundConfig,
     RoundSelection,
@@ -199,6 +200,8 @@ def outline_round(ctx: RoundContext, score_vectors: list[bytes],
 
     digests = agreed_digests(vectors, ctx.trainers)
     evidence = tuple(sorted(set(evidence)))
+    if len(evidence) > MAX_EVIDENCE_PER_BLOCK:
+        raise BlockError(f"{len(evidence)} evidence entries, at most {MAX_EVIDENCE_PER_BLOCK}")
     offenders = {check_evidence(ctx.network_id, pair) for pair in evidence}
     # The learning decision is learning.cmfl's, the same code the robustness harness runs.
     selection = select_round(distances(vectors, digests), ctx.selection)
@@ -247,22 +250,43 @@ def derive_block(
     return block, new_state
 
 
-def check_evidence(network_id: bytes, pair: tuple[bytes, bytes]) -> str:
-    """The member an equivocation proof convicts; BlockError unless the proof holds.
+#: Kinds of which two different signed messages of one sender and round prove misbehaviour
+#: besides the pBFT kinds (which must also share a view): an honest peer writes its update and
+#: its score vector ahead (p2p_node.node, `_publish`) and never signs a second in one round.
+ROUND_EVIDENCE_KINDS = ("update", "scores")
+#: Bounds that keep a block (gossiped inside one envelope) small whatever evidence is held.
+MAX_EVIDENCE_MESSAGE_BYTES = 64 * 1024
+MAX_EVIDENCE_PER_BLOCK = 4
 
-    A proof is two different messages of one kind, height and view, both validly signed by the
-    same member: something an honest member never signs (its write-ahead record forbids it).
+
+def check_evidence(network_id: bytes, pair: tuple[bytes, bytes]) -> str:
+    """The member a misbehaviour proof convicts; BlockError unless the proof holds.
+
+    A proof is two different messages, both validly signed by the same member, that an honest
+    member never signs: two pBFT messages of one kind, height and view (its write-ahead record
+    forbids it), two updates or two score vectors of one round (written ahead too), or two
+    address records with one sequence number (gossip.peer_record: a twin, two processes with
+    one key). Each message is at most MAX_EVIDENCE_MESSAGE_BYTES.
     """
+    if any(len(raw) > MAX_EVIDENCE_MESSAGE_BYTES for raw in pair):
+        raise BlockError(f"evidence message over {MAX_EVIDENCE_MESSAGE_BYTES} bytes")
+    if is_peer_record(pair[0]):
+        try:
+            return twin_records(network_id, pair)
+        except RecordError as exc:
+            raise BlockError(f"twin evidence: {exc}") from None
     try:
         a, b = (decode_envelope(raw) for raw in pair)
     except EnvelopeError as exc:
         raise BlockError(f"evidence: {exc}") from None
-    if a.kind not in PBFT_KINDS or (a.kind, a.round, a.sender, a.network_id) != (
+    if a.kind not in PBFT_KINDS + ROUND_EVIDENCE_KINDS or (
+            a.kind, a.round, a.sender, a.network_id) != (
             b.kind, b.round, b.sender, b.network_id) or a.network_id != network_id:
         raise BlockError("evidence messages are not of one kind, height and member")
-    views = [e.payload.get("view") if isinstance(e.payload, dict) else None for e in (a, b)]
-    if views[0] is None or views[0] != views[1]:
-        raise BlockError("evidence messages are not of one view")
+    if a.kind in PBFT_KINDS:
+        views = [e.payload.get("view") if isinstance(e.payload, dict) else None for e in (a, b)]
+        if views[0] is None or views[0] != views[1]:
+            raise BlockError("evidence messages are not of one view")
     if a.signing_bytes() == b.signing_bytes():
         raise BlockError("evidence messages do not conflict")
     if not (a.has_valid_signature() and b.has_valid_signature()):
@@ -270,10 +294,16 @@ def check_evidence(network_id: bytes, pair: tuple[bytes, bytes]) -> str:
     return a.sender
 
 
+def evidence_member(raw: bytes) -> str:
+    """Who the first message of a recorded (already checked) proof was signed by."""
+    return decode_record(raw).peer_id if is_peer_record(raw) else decode_envelope(raw).sender
+
+
 def recorded_misbehaviour(block: Block, selection: RoundConfig) -> set[str]:
-    """Members a committed block convicts: equivocators in its evidence, and committee members
-    whose score vector contradicted the others' (learning.cmfl.find_dissenters)."""
-    offenders = {decode_envelope(pair[0]).sender for pair in block.evidence}
+    """Members a committed block convicts: the signers its evidence convicts (equivocation,
+    twins), and committee members whose score vector contradicted the others'
+    (learning.cmfl.find_dissenters)."""
+    offenders = {evidence_member(pair[0]) for pair in block.evidence}
     vectors = {}
     for raw in block.score_vectors:
         env = decode_envelope(raw)

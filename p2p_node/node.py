@@ -29,6 +29,7 @@ from chain.genesis import Genesis
 from chain.block import BlockError
 from chain.membership import JOIN_WINDOW, MembershipRules, admissible_joins, join_request
 from chain.round_rules import (
+    MAX_EVIDENCE_PER_BLOCK,
     RoundContext,
     check_evidence,
     recorded_misbehaviour,
@@ -37,6 +38,7 @@ from chain.round_rules import (
 from chain.store import BlockStore, ModelStore, retain_checkpoints
 from chain.verify import ChainVerifier
 from gossip.envelope import MAX_ENVELOPE_BYTES, Envelope, decode_envelope
+from gossip.peer_record import RecordSigner
 from gossip.transfer import BlobServer, BlobSources, BlobStore, TransferError, fetch_blob
 from gossip.validation import EnvelopeAdmission
 from learning.attacks import Attack, make_attack
@@ -82,6 +84,9 @@ TOPIC_KINDS = {"updates": ("update",), "committee": ("scores", *PBFT_KINDS),
 RELAYED_TOPICS = ("committee",)
 #: Join requests held for future blocks, at most (one per sender, the newest).
 MAX_HELD_JOINS = 256
+#: Our messages of which we never sign two different ones in a round, even across restarts
+#: (`Node._write_ahead`): a second one would be evidence against us (check_evidence).
+WRITTEN_AHEAD_KINDS = ("update", "scores")
 
 
 def topic_name(network_id: bytes, topic: str) -> str:
@@ -229,6 +234,16 @@ class Node:
         return PrivacyAccountant(self.dp.accountant,
                                  [self._privacy_spent[h] for h in sorted(self._privacy_spent)])
 
+    def _record_signer(self) -> RecordSigner:
+        """Signs our address records; the sequence number lives in the store (survives
+        restarts, saved before each signing)."""
+        def load() -> int | None:
+            raw = self.store.get_state("peer-record-seq")
+            return None if raw is None else int(cbor2.loads(raw))
+
+        return RecordSigner(self.signer, self.network_id, load,
+                            lambda seq: self.store.put_state("peer-record-seq", cbor2.dumps(seq)))
+
     async def _announce_dp(self) -> None:
         """Log the DP this peer trains with and what a round costs it; computing it in a
         thread also loads the accountant (seconds) before updates need it on the trio thread."""
@@ -324,9 +339,26 @@ class Node:
             log.error("not publishing %s: %d bytes is over the %d-byte gossip limit",
                       kind, len(data), MAX_ENVELOPE_BYTES)
             return
+        if kind in WRITTEN_AHEAD_KINDS:
+            data = self._write_ahead(kind, ctx.height, data)
         if keep:
             self._own_messages.append((_topic_of(kind), data))
         await self._publish_raw(kind, data)
+
+    def _write_ahead(self, kind: str, height: int, data: bytes) -> bytes:
+        """What we publish as our `kind` of round `height`: the message we signed before a
+        restart if there is one, else `data`, saved first. Training again after a restart need
+        not give the same bytes (threads, another CPU), and two different signed updates or
+        score vectors of one round are evidence against their signer (check_evidence)."""
+        raw = self.store.get_state(f"signed-{kind}")
+        if raw is not None:
+            held_height, held = cbor2.loads(raw)
+            if held_height == height:
+                if held != data:
+                    log.info("round %d: publishing the %s signed before a restart", height, kind)
+                return held
+        self.store.put_state(f"signed-{kind}", cbor2.dumps([height, data], canonical=True))
+        return data
 
     async def _publish_raw(self, kind: str, data: bytes) -> None:
         await self._pubsub.publish(topic_name(self.network_id, _topic_of(kind)), data)
@@ -409,7 +441,12 @@ class Node:
                 for addr in self.config.bootstrap:
                     nursery.start_soon(self._connect_bootstrap, addr)
                 # Peer exchange from the bootstrap peers on, mDNS if asked, redial after loss.
-                self.discovery = Discovery(host, self.genesis.members, mdns=self.config.mdns)
+                self.discovery = Discovery(
+                    host, self.genesis.members, network_id=self.network_id,
+                    signer=self._record_signer(), mdns=self.config.mdns,
+                    penalize=router.penalize,
+                    on_twin=lambda member, pair: self._inbox_send.send_nowait(
+                        ("twin", member, pair)))
                 nursery.start_soon(self.discovery.run)
                 await self._wait_for_peers()
                 # A new or lagging peer first reaches the network's head (chain/sync.py).
@@ -432,7 +469,7 @@ class Node:
         ctx = self._context()
         snapshot = self.store.get_state("pbft")
         evidence = tuple(pair for member, pair in sorted(self.evidence.items())
-                         if member not in ctx.excluded)
+                         if member not in ctx.excluded)[:MAX_EVIDENCE_PER_BLOCK]
         joins = admissible_joins(self.membership, ctx.current_roster, self.network_id, ctx.height,
                                  [env.encode() for env in self._held_joins(ctx)])
         machine = RoundMachine(ctx, self.me, cbor2.loads(snapshot) if snapshot else None,
@@ -471,6 +508,10 @@ class Node:
                         self._excluded = None
                         nursery.cancel_scope.cancel()
                         break
+                    continue
+                if item[0] == "twin":  # discovery holds two records of one seq by one member
+                    if item[1] not in self.evidence:
+                        await self._hold_evidence(ctx, item[1], "twin", item[2])
                     continue
                 dispatched = time.monotonic()
                 actions = self._dispatch(machine, ctx, item, times)
@@ -521,15 +562,8 @@ class Node:
                     # Proof of misbehaviour by its signer (not lag): its gossip score drops.
                     self.router.penalize(action.sender, action.penalty)
             elif isinstance(action, Evidence):
-                log.warning("round %d: %s equivocated (%s): evidence kept and gossiped",
-                            ctx.height, action.member[-8:], action.first.kind)
-                # Proven misbehaviour lowers its gossip score too (gossip/peer_scoring.py).
-                self.router.penalize(action.member, "equivocation")
-                self.on_event({"event": "evidence", "peer": self.me, "height": ctx.height,
-                               "member": action.member, "kind": action.first.kind})
-                pair = (action.first.encode(), action.second.encode())
-                if self.evidence.setdefault(action.member, pair) == pair:
-                    await self._publish(ctx, "evidence", list(pair), keep=False)
+                await self._hold_evidence(ctx, action.member, action.first.kind,
+                                          (action.first.encode(), action.second.encode()))
             elif isinstance(action, Withheld):
                 if (ctx.height, action.trainer) not in self._unserved:
                     # Still in flight (a slow link, or the round was quick): not evidence.
@@ -544,6 +578,19 @@ class Node:
                                "trainer": action.trainer})
             elif isinstance(action, Commit):
                 await self._commit(ctx, action, times)
+
+    async def _hold_evidence(self, ctx: RoundContext, member: str, kind: str,
+                             pair: tuple[bytes, bytes]) -> None:
+        """`member` signed two conflicting messages (or two processes sign as it: `twin`): keep
+        the proof for a block and gossip it, once."""
+        log.warning("round %d: %s %s (%s): evidence kept and gossiped", ctx.height,
+                    member[-8:], "has a twin" if kind == "twin" else "equivocated", kind)
+        # Proven misbehaviour lowers its gossip score too (gossip/peer_scoring.py).
+        self.router.penalize(member, "equivocation")
+        self.on_event({"event": "evidence", "peer": self.me, "height": ctx.height,
+                       "member": member, "kind": kind})
+        if self.evidence.setdefault(member, pair) == pair:
+            await self._publish(ctx, "evidence", list(pair), keep=False)
 
     def _score_tamper(self) -> Callable[[dict[str, float]], dict[str, float]] | None:
         """A lying committee member's rewrite of its distances (attack lab), if any."""
@@ -770,6 +817,7 @@ class Node:
             "selected": list(block.selected), "next_committee": list(block.next_committee),
             "joined": [c.peer for c in block.membership if c.kind == "join"],
             "left": [c.peer for c in block.membership if c.kind == "leave"],
+            "convicted": sorted(convicted),
             "accuracy": round(accuracy, 4), "round_seconds": round(times.marks["committed"], 3),
             "stages": {k: round(v, 4) for k, v in times.marks.items()},
             "attack": self.config.attack,

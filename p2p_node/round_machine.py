@@ -22,15 +22,17 @@ from bft.messages import Message, MessageError, decode_message
 from chain.block import Block, BlockError, CommitCertificate, CommittedBlock
 from chain.membership import join_requests
 from chain.round_rules import (
+    MAX_EVIDENCE_MESSAGE_BYTES,
     MissingUpdates,
     ReceivedUpdate,
     RoundContext,
     derive_block,
+    evidence_member,
     parse_scores_body,
     scores_payload,
     update_dp,
 )
-from gossip.envelope import MAX_ENVELOPE_BYTES, Envelope
+from gossip.envelope import MAX_ENVELOPE_BYTES, Envelope, decode_envelope
 from gossip.transfer import BlobRef, TransferError
 from learning.privacy import DpReport
 from learning.scoring import score_updates
@@ -149,10 +151,16 @@ class RoundMachine:
         self.score_tamper = score_tamper
         #: equivocation proofs this peer holds, recorded in the block if it proposes
         self.evidence = evidence
+        #: whom they convict (checked when received): not waited for, like `ctx.excluded`
+        self._proven = {evidence_member(pair[0]) for pair in evidence}
         #: join requests this peer holds (chain.membership.admissible_joins), admitted if it
         #: proposes
         self.joins = joins
         self.updates: dict[str, ReceivedUpdate] = {}
+        #: the signed update held per trainer, for evidence should it sign a second one
+        self._update_envelopes: dict[str, Envelope] = {}
+        #: senders whose second, different update or score vector was turned into evidence
+        self._convicted: set[str] = set()
         #: updates announced by blob reference, by sender, until their bytes arrive (on_blob)
         self.pending_blobs: dict[str, PendingUpdate] = {}
         self._blob_size: int | None = None
@@ -275,8 +283,7 @@ class RoundMachine:
         if held is not None:
             if held.digest == digest:
                 return []  # the same update again (a rebroadcast or a replay): nothing new
-            return [Rejected(env.sender, "update", "second, different update this round",
-                             "invalid-update")]
+            return self._second_message(self._update_envelopes[env.sender], env)
         body = env.payload
         # Exactly one of the inline tensors or a blob reference; "dp" when training used DP.
         if not isinstance(body, dict) or not (set(body) - {"dp"} == {"model", "samples", "base"}
@@ -298,6 +305,7 @@ class RoundMachine:
                                  f"this model ({self._expected_blob_size()} bytes)",
                                  "invalid-update")]
             dp_entry = {"dp": body["dp"]} if "dp" in body else {}
+            self._update_envelopes[env.sender] = env
             self.pending_blobs[env.sender] = PendingUpdate(env.sender, digest, samples, ref,
                                                            dp_entry)
             return [FetchBlob(ref, env.sender)]
@@ -306,7 +314,23 @@ class RoundMachine:
         except ValueError as exc:
             return [Rejected(env.sender, "update", f"bad tensors: {exc}",
                              "invalid-update")]
-        return self._accept_update(env.sender, digest, samples, state, body)
+        actions = self._accept_update(env.sender, digest, samples, state, body)
+        if env.sender in self.updates:
+            self._update_envelopes[env.sender] = env
+        return actions
+
+    def _second_message(self, first: Envelope, second: Envelope) -> list[Action]:
+        """A second, different update or score vector signed by one sender this round: honest
+        peers write theirs ahead and never sign two, so the pair is evidence (check_evidence)
+        when it fits in a block; refused (and penalised) either way."""
+        if second.sender in self._convicted or first.signing_bytes() == second.signing_bytes():
+            return []
+        if max(len(first.encode()), len(second.encode())) > MAX_EVIDENCE_MESSAGE_BYTES:
+            return [Rejected(second.sender, second.kind, f"second, different {second.kind} "
+                             "this round (too large to record as evidence)",
+                             f"invalid-{second.kind}")]
+        self._convicted.add(second.sender)
+        return [Evidence(second.sender, first, second)]
 
     def _expected_blob_size(self) -> int:
         """Bytes of any update's tensors: the layout is the base model's, so the size is too."""
@@ -339,8 +363,7 @@ class RoundMachine:
         raw = env.encode()
         held = self.score_vectors.get(env.sender)
         if held is not None:
-            return [] if held == raw else [Rejected(env.sender, "scores", "second score vector",
-                                                             "invalid-scores")]
+            return [] if held == raw else self._second_message(decode_envelope(held), env)
         parse_scores_body(self.ctx, env)
         self.score_vectors[env.sender] = raw
         return []
@@ -419,7 +442,11 @@ class RoundMachine:
     def _maybe_score(self) -> list[Action]:
         if self.scored or self.own_reference is None:
             return []
-        if not (self.collect_expired or set(self.updates) >= set(self.ctx.trainers)):
+        # Members with recorded or proven misbehaviour (a twin above all: two processes with one
+        # key) are not waited for: their update is scored if it came, but cannot hold up the
+        # round (their gossip score is already down: their messages may never come).
+        awaited = set(self.ctx.trainers) - self.ctx.excluded - self._proven
+        if not (self.collect_expired or set(self.updates) >= awaited):
             return []
         self.scored = True
         variances = None

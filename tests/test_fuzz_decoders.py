@@ -27,6 +27,7 @@ from gossip.transfer import (BlobRef, ChunkRequest, TransferError, decode_chunk_
                              decode_chunk_request, encode_chunk_header)
 from learning.model import ModelSpec, initial_state
 from learning.tensors import decode_state, state_bytes, state_from_bytes
+from gossip.peer_record import RecordError, decode_record, sign_record
 from p2p_node.discovery import DiscoveryError, decode_peer_list, encode_peer_list
 
 SIGNER = Signer(b"\x09" * 32)
@@ -99,6 +100,8 @@ def _decode_blob_ref(data: bytes) -> Any:
 
 _STATE = state_bytes({k: v[:2] if v.dim() else v for k, v in initial_state(ModelSpec(), 0).items()})
 
+_RECORD = sign_record(SIGNER, NET, 7, ["/ip4/10.0.0.1/tcp/4001", "/ip6/::1/tcp/4001"]).encode()
+
 #: name -> (decoder, its documented error, valid seed inputs to mutate)
 DECODERS: dict[str, tuple[Callable[[bytes], Any], type[Exception], list[bytes]]] = {
     "envelope": (decode_envelope, EnvelopeError,
@@ -116,8 +119,8 @@ DECODERS: dict[str, tuple[Callable[[bytes], Any], type[Exception], list[bytes]]]
                      [encode_chunk_header(4096), encode_chunk_header(None, "not-found")]),
     "blob_ref": (_decode_blob_ref, TransferError, [cbor2.dumps(BlobRef(H, 10).to_obj())]),
     "peer_list": (decode_peer_list, DiscoveryError,
-                  [encode_peer_list([(PEER, ["/ip4/10.0.0.1/tcp/4001"]),
-                                     (TRAINERS[0], ["/ip4/10.0.0.2/tcp/4001/p2p/" + PEER])])]),
+                  [encode_peer_list([_RECORD, b"\x01" * 40])]),
+    "peer_record": (decode_record, RecordError, [_RECORD]),
 }
 
 #: Inputs every decoder meets: empty, oversize, deeply nested CBOR, huge declared lengths.

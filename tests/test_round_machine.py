@@ -5,7 +5,7 @@ from collections import deque
 import torch
 
 from chain.block import Block, CommitCertificate, CommittedBlock
-from chain.round_rules import RoundContext, trainers_for
+from chain.round_rules import RoundContext, check_evidence, trainers_for
 from gossip.envelope import Envelope, decode_envelope
 from gossip.peer_keys import Signer
 from learning.cmfl import RoundConfig
@@ -206,7 +206,7 @@ def test_an_equivocating_leader_is_caught_with_both_signed_proposals():
     assert ATTACKER not in agreed_block(net).selected
 
 
-def test_a_replayed_update_is_not_counted_twice_and_a_second_update_is_refused():
+def test_a_replayed_update_is_not_counted_twice_and_a_second_update_is_evidence():
     net = Network()
     trainer = TRAINERS[0]
     machine = net.machines[COMMITTEE[0]]
@@ -214,8 +214,12 @@ def test_a_replayed_update_is_not_counted_twice_and_a_second_update_is_refused()
     env = Envelope("update", NET, 0, "", body).signed_by(SIGNERS[trainer])
     assert machine.on_envelope(env) == [] and machine.on_envelope(env) == []
     other = Envelope("update", NET, 0, "", {**body, "samples": 6}).signed_by(SIGNERS[trainer])
-    [rejected] = machine.on_envelope(other)
-    assert isinstance(rejected, Rejected) and "second" in rejected.reason
+    [evidence] = machine.on_envelope(other)
+    # Honest trainers write their update ahead and never sign two in a round: the pair is a
+    # proof any peer can check, recorded like pBFT equivocation.
+    assert isinstance(evidence, Evidence) and evidence.member == trainer
+    assert check_evidence(NET, (evidence.first.encode(), evidence.second.encode())) == trainer
+    assert machine.on_envelope(other) == []  # reported once
     assert machine.updates[trainer].samples == 5
 
 
