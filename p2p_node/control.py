@@ -66,6 +66,8 @@ class NodeStatus:
             "rejections": dict(sorted(node.rejections.items())),
             # input the pubsub boundary dropped or contained before any envelope was read
             "contained": dict(sorted(getattr(_pubsub(node), "contained", {}).items())),
+            # evidence fed to gossip scoring, by reason, summed over peers
+            "penalties": penalty_counts(node),
             "evidence_held": len(node.evidence),
             "last_round_seconds": last.get("round_seconds"),
             "last_stages": last.get("stages"),
@@ -73,6 +75,16 @@ class NodeStatus:
             "attack": node.config.attack,
             "uptime_seconds": round(time.time() - self.started, 1),
         }
+
+
+def penalty_counts(node: Any) -> dict[str, int]:
+    """How often this peer penalised others, by reason (gossip.peer_scoring evidence)."""
+    scorer = getattr(getattr(node, "router", None), "scorer", None)
+    totals: dict[str, int] = {}
+    for reasons in getattr(scorer, "evidence", {}).values():
+        for reason, n in reasons.items():
+            totals[reason] = totals.get(reason, 0) + n
+    return dict(sorted(totals.items()))
 
 
 def connected_peers(node: Any) -> list[str]:

@@ -4,8 +4,8 @@ A peer a round or two ahead of us is normal (it committed first), so its message
 rounds are kept and replayed when our round catches up. Unbounded, that buffer was a way to fill
 a peer's memory: a member's flood of well-signed, all-different messages for the next two rounds
 (160 MB in a test) was held in full and stalled commits while it was. An honest member signs a
-handful of messages a round (an update, a score vector, a few pBFT votes per view), and a rebroadcast
-is the same envelope again, so: duplicates are dropped silently, more than `per_sender_round`
+handful of messages a round (an update, a score vector, a few pBFT votes per view), and a
+rebroadcast is the same envelope again, so: duplicates are dropped silently, more than `per_sender_round`
 distinct messages of one sender for one round are refused as a flood, and the whole buffer is
 capped in bytes. Pure: no trio, no clock.
 """

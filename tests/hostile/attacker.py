@@ -53,17 +53,20 @@ class Attacker(HostilePeer):
                     rate: float, seconds: float) -> int:
         """Send frames to every peer, `rate` frames a second each, for `seconds` (or until a
         callable `frames(i)` returns b""); the number of frames written."""
-        sent = 0
+        sent = refused = 0
         deadline = trio.current_time() + seconds
         i = 0
-        while trio.current_time() < deadline and peers:
+        # Until every peer has refused us 20 frames in a row: a banned attacker stops.
+        while trio.current_time() < deadline and peers and refused < 20:
             frame = frames(i) if callable(frames) else frames[i % len(frames)]
             if not frame:
                 break
             i += 1
+            accepted = 0
             for peer in list(peers):
-                if await self.send_raw(peer, frame):
-                    sent += 1
+                accepted += await self.send_raw(peer, frame)
+            sent += accepted
+            refused = 0 if accepted else refused + 1
             await trio.sleep(1.0 / rate)
         return sent
 

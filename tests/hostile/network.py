@@ -50,6 +50,7 @@ class PhaseReport:
     height_after: int
     rate_before: float  # blocks/min over the window before the attack
     rate_during: float  # blocks/min while the attack ran
+    rate_after: float | None = None  # blocks/min over `after_seconds` once it stopped
     rejections: dict[str, int] = field(default_factory=dict)  # summed over peers, this phase
     rss_mb: list[float] = field(default_factory=list)
     #: the largest growth of one peer's memory during the phase, from its size at the start
@@ -63,7 +64,8 @@ class PhaseReport:
     def row(self) -> str:
         return (f"{self.name:<24} {self.seconds:6.1f}s  died={sorted(self.died) or '-'}  "
                 f"stalled={self.stalled or '-'}  "
-                f"blocks/min before {self.rate_before:5.1f} during {self.rate_during:5.1f}  "
+                f"blocks/min before {self.rate_before:5.1f} during {self.rate_during:5.1f} "
+                f"after {'-' if self.rate_after is None else f'{self.rate_after:5.1f}'}  "
                 f"height {self.height_before}->{self.height_at_end}->{self.height_after}  "
                 f"max rss {max(self.rss_mb, default=0):.0f} MB (+{self.rss_growth_mb:.0f} peak)  "
                 f"attack {self.attack_result}  rejections {self.rejections}")
@@ -74,7 +76,11 @@ class HostileNetwork:
 
     def __init__(self, root: Path, size: int = 6, committee_size: int = 4,
                  absent: tuple[int, ...] = ()) -> None:
-        self.net = ProcessCluster(root, size=size, committee_size=committee_size)
+        # Short deadlines: absent members are trainers that never send, so every round waits
+        # out the collect deadline; 2 s is still ample for an update to arrive on loopback.
+        self.net = ProcessCluster(root, size=size, committee_size=committee_size, run_args=(
+            "--collect-timeout", "2", "--propose-timeout", "2", "--view-timeout", "8",
+            "--start-wait", "30", "--min-peers", "3"))
         self.genesis: Genesis = self.net.cluster.genesis
         self.network_id = self.genesis.network_id
         self.members = list(self.net.cluster.ids)
@@ -120,7 +126,8 @@ class HostileNetwork:
         for i in self.running:
             status = self.net.status(i) or {}
             counts = {**status.get("rejections", {}),
-                      **{f"pubsub:{c}": n for c, n in status.get("contained", {}).items()}}
+                      **{f"pubsub:{c}": n for c, n in status.get("contained", {}).items()},
+                      **{f"penalty:{c}": n for c, n in status.get("penalties", {}).items()}}
             for code, n in counts.items():
                 total[code] = total.get(code, 0) + n
         return total
@@ -134,7 +141,7 @@ class HostileNetwork:
 
     def phase(self, name: str, attack: Callable[[Attacker, list], Awaitable[object]],
               baseline_seconds: float = 20.0, timeout: float = 180.0, after_blocks: int = 2,
-              recover_timeout: float = 90.0,
+              recover_timeout: float = 90.0, after_seconds: float = 0.0,
               seed: bytes | None = None) -> PhaseReport:
         """Run `attack(attacker, peer_ids)` once, bounded by `timeout`, then wait until every
         peer has committed `after_blocks` more blocks (or report why not)."""
@@ -188,13 +195,18 @@ class HostileNetwork:
                 for i in stalled:
                     self.net.kill9(i)
             died = self.net.dead() if not stalled else died
+        rate_after = None
+        if after_seconds and not died and not stalled:
+            time.sleep(max(0.0, ended + after_seconds - time.time()))
+            rate_after = self.rate(ended, ended + after_seconds)
         after = self._rejections()
         rss = list(self._rss().values())
         return PhaseReport(
-            name=name, seconds=ended - started, died=died, stalled=stalled, height_before=height_before,
+            name=name, seconds=ended - started, died=died, stalled=stalled,
+            height_before=height_before,
             height_at_end=height_at_end, height_after=self.net.network_height(),
             rate_before=self.rate(started - baseline_seconds, started),
-            rate_during=self.rate(started, ended),
+            rate_during=self.rate(started, ended), rate_after=rate_after,
             rejections={c: after.get(c, 0) - before.get(c, 0) for c in after
                         if after.get(c, 0) != before.get(c, 0)},
             rss_mb=rss, rss_growth_mb=max((rss_peak[i] - rss_start[i] for i in rss_start),
