@@ -47,7 +47,7 @@ PENALTIES: dict[str, float] = {
     "undecodable-rpc": 40.0, "oversize-rpc": 20.0, "rpc-handling-error": 20.0,
     "control-error": 20.0, "message-handling-error": 20.0, "bad-origin": 20.0,
     "bad-pubsub-signature": 20.0, "too-many-subscriptions": 10.0,
-    "over-budget": 1.0, "not-member-origin": 2.0,
+    "over-budget": 1.0, "not-member-origin": 2.0, "not-member-publisher": 20.0,
     # a misconfigured honest peer can send these: lower, but still out of the mesh
     "wrong-network": 10.0,
     # from the round core and the transfer layer

@@ -64,7 +64,7 @@ def test_peers_commit_agree_and_refuse_forged_garbage_and_replayed_updates(tmp_p
                 # Outsiders' messages (forged, garbage, the replay) are dropped on their origin
                 # before any decoding (gossip/guarded_pubsub.py), and count against them.
                 await log.wait_for(
-                    lambda ev: nodes[0]._pubsub.contained["not-member-origin"] >= 3)
+                    lambda ev: nodes[0]._pubsub.contained["not-member-publisher"] >= 3)
                 forger_id = fhost.get_id()
                 router = nodes[0].router
                 # Pruning happens at a heartbeat; libp2p has no event for it, so poll.
@@ -81,7 +81,7 @@ def test_peers_commit_agree_and_refuse_forged_garbage_and_replayed_updates(tmp_p
     first = nodes[0]
     # Not even decoded: forged signature, garbage and a late replay from non-members
     # (the decoder and round checks themselves: test_envelope.py, test_fuzz_decoders.py).
-    assert first._pubsub.contained["not-member-origin"] >= 3
+    assert first._pubsub.contained["not-member-publisher"] >= 3
     assert first._pubsub.validator_calls > 0  # members' messages were validated as before
     assert pruned_forger == [True]  # the forger lost its score and its mesh place
     # The forged update never reached scoring: no score vector names its digest.
