@@ -61,15 +61,23 @@ from p2p_node.host import HEARTBEAT_SECONDS, running_host
 from p2p_node.identity import load_identity
 from p2p_node.sync_service import CheckpointSource, SyncService
 from p2p_node.round_machine import (
+    PERSISTED_KEYS,
+    BlobArrived,
     Commit,
     Evidence,
     FetchBlob,
+    HintBehind,
     OfferBlob,
+    Persist,
     Publish,
     PublishSigned,
+    Received,
     Rejected,
     RoundMachine,
+    RoundTimeouts,
     SetTimer,
+    TimerFired,
+    Trained,
     Withheld,
 )
 
@@ -84,9 +92,21 @@ TOPIC_KINDS = {"updates": ("update",), "committee": ("scores", *PBFT_KINDS),
 RELAYED_TOPICS = ("committee",)
 #: Join requests held for future blocks, at most (one per sender, the newest).
 MAX_HELD_JOINS = 256
-#: Our messages of which we never sign two different ones in a round, even across restarts
-#: (`Node._write_ahead`): a second one would be evidence against us (check_evidence).
-WRITTEN_AHEAD_KINDS = ("update", "scores")
+
+
+@dataclass(frozen=True)
+class Synced:
+    """The sync watch fetched and verified blocks past our round (chain.sync result)."""
+
+    result: Any
+
+
+@dataclass(frozen=True)
+class TwinSeen:
+    """Discovery holds two address records of one sequence number signed by `member`."""
+
+    member: str
+    pair: tuple[bytes, bytes]
 
 
 def topic_name(network_id: bytes, topic: str) -> str:
@@ -128,8 +148,9 @@ class NodeConfig:
     threads: int = 1
 
     @property
-    def base_view_timeout(self) -> float:
-        return self.view_timeout or self.collect_timeout + self.propose_timeout + 10.0
+    def timeouts(self) -> RoundTimeouts:
+        return RoundTimeouts(self.collect_timeout, self.propose_timeout, self.view_timeout)
+
 
     @property
     def genesis_file(self) -> Path:
@@ -200,7 +221,7 @@ class Node:
         #: (round, trainer) pairs whose trainer failed to serve an update it announced
         self._unserved: set[tuple[int, str]] = set()
         self._pubsub: Any = None
-        self._inbox_send, self._inbox = trio.open_memory_channel[tuple](100_000)
+        self._inbox_send, self._inbox = trio.open_memory_channel[Any](100_000)
         self.host: Any = None
         self.router: Any = None  # gossip.peer_scoring.ScoredGossipSub: penalize(peer, reason)
 
@@ -330,7 +351,7 @@ class Node:
     async def _read_topic(self, subscription: Any) -> None:
         async for msg in subscription:
             # Already admitted by the validator (signature included); decoding again is cheap.
-            await self._inbox_send.send(("envelope", decode_envelope(msg.data)))
+            await self._inbox_send.send(Received(decode_envelope(msg.data)))
 
     async def _publish(self, ctx: RoundContext, kind: str, payload: Any, keep: bool) -> None:
         env = Envelope(kind, self.network_id, ctx.height, self.me, payload).signed_by(self.signer)
@@ -339,26 +360,9 @@ class Node:
             log.error("not publishing %s: %d bytes is over the %d-byte gossip limit",
                       kind, len(data), MAX_ENVELOPE_BYTES)
             return
-        if kind in WRITTEN_AHEAD_KINDS:
-            data = self._write_ahead(kind, ctx.height, data)
         if keep:
             self._own_messages.append((_topic_of(kind), data))
         await self._publish_raw(kind, data)
-
-    def _write_ahead(self, kind: str, height: int, data: bytes) -> bytes:
-        """What we publish as our `kind` of round `height`: the message we signed before a
-        restart if there is one, else `data`, saved first. Training again after a restart need
-        not give the same bytes (threads, another CPU), and two different signed updates or
-        score vectors of one round are evidence against their signer (check_evidence)."""
-        raw = self.store.get_state(f"signed-{kind}")
-        if raw is not None:
-            held_height, held = cbor2.loads(raw)
-            if held_height == height:
-                if held != data:
-                    log.info("round %d: publishing the %s signed before a restart", height, kind)
-                return held
-        self.store.put_state(f"signed-{kind}", cbor2.dumps([height, data], canonical=True))
-        return data
 
     async def _publish_raw(self, kind: str, data: bytes) -> None:
         await self._pubsub.publish(topic_name(self.network_id, _topic_of(kind)), data)
@@ -446,14 +450,14 @@ class Node:
                     signer=self._record_signer(), mdns=self.config.mdns,
                     penalize=router.penalize,
                     on_twin=lambda member, pair: self._inbox_send.send_nowait(
-                        ("twin", member, pair)))
+                        TwinSeen(member, pair)))
                 nursery.start_soon(self.discovery.run)
                 await self._wait_for_peers()
                 # A new or lagging peer first reaches the network's head (chain/sync.py).
                 if await self.sync.catch_up():
                     self._excluded = None  # synced blocks may record misbehaviour
                 nursery.start_soon(self.sync.watch,
-                                   lambda result: self._inbox_send.send(("synced", result)))
+                                   lambda result: self._inbox_send.send(Synced(result)))
                 nursery.start_soon(self._rebroadcast)
                 while not self._done():
                     await self._run_round()
@@ -467,13 +471,15 @@ class Node:
 
     async def _run_round(self) -> None:
         ctx = self._context()
-        snapshot = self.store.get_state("pbft")
         evidence = tuple(pair for member, pair in sorted(self.evidence.items())
                          if member not in ctx.excluded)[:MAX_EVIDENCE_PER_BLOCK]
         joins = admissible_joins(self.membership, ctx.current_roster, self.network_id, ctx.height,
                                  [env.encode() for env in self._held_joins(ctx)])
-        machine = RoundMachine(ctx, self.me, cbor2.loads(snapshot) if snapshot else None,
-                               evidence=evidence, joins=joins, score_tamper=self._score_tamper())
+        machine = RoundMachine(ctx, self.me, evidence=evidence, joins=joins,
+                               score_tamper=self._score_tamper(), timeouts=self.config.timeouts,
+                               persisted={k: self.store.get_state(k) for k in PERSISTED_KEYS})
+        for kind in machine.written_ahead:
+            log.info("round %d: publishing the %s signed before a restart", ctx.height, kind)
         self.admission.current_round = ctx.height
         self.admission.members = frozenset(ctx.members)
         if self.discovery is not None:  # dial admitted members too (the founders stay dialled)
@@ -497,22 +503,21 @@ class Node:
         async with trio.open_nursery() as nursery:
             if machine.is_trainer or machine.is_committee:
                 nursery.start_soon(self._train, ctx, times)
-            nursery.start_soon(self._deadlines, ctx.height)
-            nursery.start_soon(self._stall_watch)
             await self._carry_out(machine, ctx, machine.start(), times, nursery)
             for env in self._future.release(ctx.height):
-                await self._inbox_send.send(("envelope", env))
+                await self._inbox_send.send(Received(env))
             async for item in self._inbox:
-                if item[0] == "synced":  # verified blocks past this round: store them, move on
-                    if self.sync.apply(item[1]):
-                        self._excluded = None
-                        nursery.cancel_scope.cancel()
-                        break
-                    continue
-                if item[0] == "twin":  # discovery holds two records of one seq by one member
-                    if item[1] not in self.evidence:
-                        await self._hold_evidence(ctx, item[1], "twin", item[2])
-                    continue
+                match item:
+                    case Synced(result):  # verified blocks past this round: store them, move on
+                        if self.sync.apply(result):
+                            self._excluded = None
+                            nursery.cancel_scope.cancel()
+                            break
+                        continue
+                    case TwinSeen(member, pair):  # two records of one seq by one member
+                        if member not in self.evidence:
+                            await self._hold_evidence(ctx, member, "twin", pair)
+                        continue
                 dispatched = time.monotonic()
                 actions = self._dispatch(machine, ctx, item, times)
                 if any(isinstance(a, Publish) and a.kind == "scores" for a in actions):
@@ -524,15 +529,11 @@ class Node:
 
     async def _carry_out(self, machine: RoundMachine, ctx: RoundContext, actions: list,
                          times: RoundTimes, nursery: trio.Nursery) -> None:
-        """Do what the round core decided, persisting its consensus state before speaking."""
-        if machine.consensus is not None and any(
-                isinstance(a, Publish) and a.kind in PBFT_KINDS for a in actions):
-            # Write-ahead: what we are about to sign is on disk first, so a restarted member
-            # never signs a conflicting message for the same view.
-            self.store.put_state("pbft", cbor2.dumps(machine.consensus.snapshot(),
-                                                     canonical=True))
+        """Do what the round core decided, in its order (a `Persist` before what it protects)."""
         for action in actions:
-            if isinstance(action, Publish):
+            if isinstance(action, Persist):
+                self.store.put_state(action.key, action.value)
+            elif isinstance(action, Publish):
                 if self.me not in ctx.members:
                     continue  # a joiner's relayed block: peers take only join requests from it
                 if action.kind == "scores":
@@ -552,8 +553,9 @@ class Node:
             elif isinstance(action, FetchBlob):
                 nursery.start_soon(self._fetch_update_blob, ctx.height, action)
             elif isinstance(action, SetTimer):
-                nursery.start_soon(self._timer, ctx.height, action,
-                                   self.config.base_view_timeout * action.factor)
+                nursery.start_soon(self._timer, ctx.height, action)
+            elif isinstance(action, HintBehind):
+                self.sync.hint_behind()
             elif isinstance(action, Rejected):
                 self.rejections[f"invalid-{action.kind}"] += 1
                 log.warning("round %d: rejected %s from %s: %s", ctx.height, action.kind,
@@ -611,15 +613,14 @@ class Node:
             return True
         return False
 
-    async def _timer(self, height: int, timer: SetTimer, seconds: float) -> None:
-        await trio.sleep(seconds)
-        await self._inbox_send.send(("timer", height, timer.name, timer.view))
+    async def _timer(self, height: int, timer: SetTimer) -> None:
+        await trio.sleep(timer.seconds)
+        await self._inbox_send.send(TimerFired(height, timer.name, timer.view))
 
-    def _dispatch(self, machine: RoundMachine, ctx: RoundContext, item: tuple,
+    def _dispatch(self, machine: RoundMachine, ctx: RoundContext, item: Any,
                   times: RoundTimes) -> list:
-        kind = item[0]
-        if kind == "envelope":
-            env: Envelope = item[1]
+        if isinstance(item, Received):
+            env = item.envelope
             if env.kind == "evidence":
                 self._on_evidence(env)
                 return []
@@ -633,21 +634,9 @@ class Node:
                 return []
             if env.kind in ("pre_prepare", "new_view"):
                 times.mark("proposed")
-            return machine.on_envelope(env)
-        if item[1] != ctx.height:
-            return []  # a worker or timer of a round already decided
-        if kind == "own_update":
+        elif isinstance(item, Trained) and item.height == ctx.height:
             times.mark("trained")
-            return machine.on_own_update(item[2], item[3], item[4])
-        if kind == "blob":
-            return machine.on_blob(item[2], item[3])
-        if kind == "collect_deadline":
-            return machine.on_collect_deadline()
-        if kind == "propose_deadline":
-            return machine.on_propose_deadline()
-        if kind == "timer":
-            return machine.on_timer(item[2], item[3])
-        raise AssertionError(kind)
+        return machine.feed(item)
 
     def _hold_future(self, env: Envelope) -> None:
         """Keep a message of a later round for then, unless its sender floods such messages."""
@@ -692,7 +681,7 @@ class Node:
         already fetched it; retried until it arrives or the round ends (cancels this task)."""
         held = self.blobs.get(action.ref.digest)
         if held is not None:  # our own update, echoed back by gossip: no fetch
-            await self._inbox_send.send(("blob", height, action.ref.digest, held))
+            await self._inbox_send.send(BlobArrived(height, action.ref.digest, held))
             return
         delay = 0.5
         announcer = ID.from_base58(action.provider)
@@ -727,7 +716,7 @@ class Node:
                        "trainer": action.provider, "bytes": len(data),
                        "seconds": round(seconds, 3)})
         self._keep_blob(height, data)  # serve it on: peers not connected to the trainer
-        await self._inbox_send.send(("blob", height, action.ref.digest, data))
+        await self._inbox_send.send(BlobArrived(height, action.ref.digest, data))
 
     def _on_join(self, env: Envelope) -> None:
         """Hold a non-member's join request (the newest per sender) for a block to admit."""
@@ -776,22 +765,7 @@ class Node:
         times.marks["train_seconds"] = time.monotonic() - started
         if report is not None:
             self._spend_privacy(ctx.height, report)
-        await self._inbox_send.send(("own_update", ctx.height, state, samples, report))
-
-    async def _stall_watch(self) -> None:
-        """A round still open after a whole view timeout may be one whose certified block we
-        missed (a gossip message lost, and no later round yet to hint at it): ask peers' heads,
-        then again every view timeout. Cancelled with the round; a false alarm costs one round
-        of head requests."""
-        while True:
-            await trio.sleep(self.config.base_view_timeout)
-            self.sync.hint_behind()
-
-    async def _deadlines(self, height: int) -> None:
-        await trio.sleep(self.config.collect_timeout)
-        await self._inbox_send.send(("collect_deadline", height))
-        await trio.sleep(self.config.propose_timeout)
-        await self._inbox_send.send(("propose_deadline", height))
+        await self._inbox_send.send(Trained(ctx.height, state, samples, report))
 
     async def _commit(self, ctx: RoundContext, action: Commit, times: RoundTimes) -> None:
         block = action.committed.block
