@@ -10,7 +10,7 @@ import hashlib
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,15 +26,8 @@ from libp2p.pubsub.pb import rpc_pb2
 from bft.byzantine import conflicting_proposal
 from bft.messages import KINDS as PBFT_KINDS
 from chain.genesis import Genesis
-from chain.block import BlockError
-from chain.membership import JOIN_WINDOW, MembershipRules, admissible_joins, join_request
-from chain.round_rules import (
-    MAX_EVIDENCE_PER_BLOCK,
-    RoundContext,
-    check_evidence,
-    recorded_misbehaviour,
-    trainers_for,
-)
+from chain.membership import MembershipRules
+from chain.round_rules import RoundContext
 from chain.store import BlockStore, ModelStore, retain_checkpoints
 from chain.verify import ChainVerifier
 from gossip.envelope import MAX_ENVELOPE_BYTES, Envelope, decode_envelope
@@ -56,7 +49,15 @@ from learning.tensors import ModelState, state_bytes, state_from_bytes, state_ha
 from learning.training import evaluate, train_local
 from gossip.peer_scoring import report_verdict
 from p2p_node.discovery import Discovery
-from p2p_node.future_messages import FutureMessages
+from p2p_node.round_core import (
+    RELAYED_TOPICS,
+    TOPIC_KINDS,
+    Convicted,
+    RoundCore,
+    ServeFailed,
+    TwinSeen,
+    topic_of,
+)
 from p2p_node.host import HEARTBEAT_SECONDS, running_host
 from p2p_node.identity import load_identity
 from p2p_node.sync_service import CheckpointSource, SyncService
@@ -64,7 +65,6 @@ from p2p_node.round_machine import (
     PERSISTED_KEYS,
     BlobArrived,
     Commit,
-    Evidence,
     FetchBlob,
     HintBehind,
     OfferBlob,
@@ -83,17 +83,6 @@ from p2p_node.round_machine import (
 
 log = logging.getLogger("p2p_node")
 
-#: Which topic carries which kinds: updates are the bulk, blocks are for every peer, join
-#: requests are the only thing a non-member may send.
-TOPIC_KINDS = {"updates": ("update",), "committee": ("scores", *PBFT_KINDS),
-               "blocks": ("block", "evidence"), "membership": ("join",)}
-#: Topics where a peer republishes others' signed envelopes (pBFT relays to members behind);
-#: on the others every envelope is published by its own signer.
-RELAYED_TOPICS = ("committee",)
-#: Join requests held for future blocks, at most (one per sender, the newest).
-MAX_HELD_JOINS = 256
-
-
 @dataclass(frozen=True)
 class Synced:
     """The sync watch fetched and verified blocks past our round (chain.sync result)."""
@@ -101,20 +90,8 @@ class Synced:
     result: Any
 
 
-@dataclass(frozen=True)
-class TwinSeen:
-    """Discovery holds two address records of one sequence number signed by `member`."""
-
-    member: str
-    pair: tuple[bytes, bytes]
-
-
 def topic_name(network_id: bytes, topic: str) -> str:
     return f"/cmfl/{network_id.hex()[:16]}/{topic}"
-
-
-def _topic_of(kind: str) -> str:
-    return next(t for t, kinds in TOPIC_KINDS.items() if kind in kinds)
 
 
 @dataclass
@@ -188,7 +165,8 @@ class Node:
                              f"and its {self.membership.admission} admission policy does not "
                              "let it join")
         self.store, self.models = open_chain(config.data_dir)
-        #: where our own chain stands (its member set above all), advanced as blocks are stored
+        #: where our own chain stands (chain.position: members, committee, convicted members),
+        #: advanced as blocks are stored; the sync service starts its sessions from it too
         self.chain_state = ChainVerifier(self.genesis)
         self.spec = ModelSpec.from_dict(self.genesis.model)
         self.selection = RoundConfig.from_selection(self.genesis.selection)
@@ -202,24 +180,17 @@ class Node:
         self.chain_state.follow(self.store)  # a restarted peer knows who was admitted since
         self.admission = EnvelopeAdmission(self.network_id, frozenset(self.chain_state.members),
                                            joiners=self.membership.joiners())
-        #: signed join requests of non-members, by sender (the newest), for a block to admit
-        self.join_requests: dict[str, Envelope] = {}
+        #: the protocol state across rounds (evidence, joins, later rounds' messages) and the
+        #: current round's machine
+        self.core = RoundCore(self.network_id, self.me, self.membership, config.timeouts)
         self.discovery: Discovery | None = None
         self.on_event = on_event or (lambda e: None)
         self.rejections: dict[str, int] = defaultdict(int)
-        #: equivocation proofs held, by convicted member: any round's leader records them
-        self.evidence: dict[str, tuple[bytes, bytes]] = {}
-        self._excluded: set[str] | None = None
-        #: messages of rounds ahead of ours, replayed when we get there (bounded)
-        self._future = FutureMessages()
-        self._future_logged: set[tuple[int, str]] = set()
         self._own_messages: list[tuple[str, bytes]] = []
         #: large updates (ours and those we fetched), served to peers over /cmfl/blob/1;
         #: kept for this round and the one before (a lagging peer may still need them)
         self.blobs = BlobStore(max_bytes=1024 * 1024 * 1024)
         self._blobs_by_round: dict[int, list[bytes]] = defaultdict(list)
-        #: (round, trainer) pairs whose trainer failed to serve an update it announced
-        self._unserved: set[tuple[int, str]] = set()
         self._pubsub: Any = None
         self._inbox_send, self._inbox = trio.open_memory_channel[Any](100_000)
         self.host: Any = None
@@ -290,36 +261,18 @@ class Node:
             {h: list(v) for h, v in self._privacy_spent.items()}, canonical=True))
 
     def _context(self) -> RoundContext:
-        """The next round's context, from the genesis and the local chain."""
-        g = self.genesis
-        head = self.store.head()
+        """The next round's context: the chain's position (chain.position, shared with sync)
+        and the model it starts from."""
         self.chain_state.follow(self.store)
-        members = self.chain_state.members
-        if self._excluded is None:  # once per process: later blocks add to it in _commit
-            self._excluded = set()
-            for height in self.store.heights():
-                self._excluded |= recorded_misbehaviour(self.store.get(height).block,
-                                                        self.selection)
-        common = dict(network_id=self.network_id, members=members,
-                      selection=self.selection,
-                      excluded=frozenset(self._excluded), dp=self.dp,
-                      membership=self.membership, roster=self.chain_state.roster)
-        if head is None:
-            state = initial_state(self.spec, g.seed)
-            committee = tuple(sorted(g.committee))
-            return RoundContext(height=0, prev_hash=self.network_id, committee=committee,
-                                trainers=trainers_for(members, committee),
-                                base_state=state, base_hash=state_hash(state), **common)
-        height, head_hash = head
-        block = self.store.get(height).block
-        raw = self.models.get(block.model_hash)
+        position = self.chain_state.context()
+        if position.height == 0:
+            state = initial_state(self.spec, self.genesis.seed)
+            return replace(position, base_state=state, base_hash=state_hash(state))
+        raw = self.models.get(position.base_hash)
         if raw is None:
-            raise RuntimeError(f"model {block.model_hash.hex()[:12]} of block {height} missing")
-        committee = block.next_committee
-        return RoundContext(height=height + 1, prev_hash=head_hash, committee=committee,
-                            trainers=trainers_for(members, committee),
-                            base_state=state_from_bytes(raw), base_hash=block.model_hash,
-                            **common)
+            raise RuntimeError(f"model {position.base_hash.hex()[:12]} of block "
+                               f"{position.height - 1} missing")
+        return replace(position, base_state=state_from_bytes(raw))
 
     # gossip ------------------------------------------------------------------------------------
     def _validator(self, topic: str) -> Callable[[Any, rpc_pb2.Message], bool]:
@@ -361,11 +314,11 @@ class Node:
                       kind, len(data), MAX_ENVELOPE_BYTES)
             return
         if keep:
-            self._own_messages.append((_topic_of(kind), data))
+            self._own_messages.append((topic_of(kind), data))
         await self._publish_raw(kind, data)
 
     async def _publish_raw(self, kind: str, data: bytes) -> None:
-        await self._pubsub.publish(topic_name(self.network_id, _topic_of(kind)), data)
+        await self._pubsub.publish(topic_name(self.network_id, topic_of(kind)), data)
 
     async def _rebroadcast(self) -> None:
         """Repeat this round's own messages: gossip has no replay for peers whose mesh was late."""
@@ -425,6 +378,7 @@ class Node:
                                 mdns=self.config.mdns) as (host, pubsub, router):
             self.host, self._pubsub, self.router = host, pubsub, router
             self.sync = SyncService(host, self.genesis, self.store, self.models, me=self.me,
+                                    position=self.chain_state,
                                     penalize=router.penalize, on_event=self.on_event)
             self.sync.install(serve_checkpoints=False)
             # One server on /cmfl/blob/1 for both kinds of large payload: update blobs and
@@ -454,8 +408,7 @@ class Node:
                 nursery.start_soon(self.discovery.run)
                 await self._wait_for_peers()
                 # A new or lagging peer first reaches the network's head (chain/sync.py).
-                if await self.sync.catch_up():
-                    self._excluded = None  # synced blocks may record misbehaviour
+                await self.sync.catch_up()  # the position follows the synced blocks
                 nursery.start_soon(self.sync.watch,
                                    lambda result: self._inbox_send.send(Synced(result)))
                 nursery.start_soon(self._rebroadcast)
@@ -471,13 +424,12 @@ class Node:
 
     async def _run_round(self) -> None:
         ctx = self._context()
-        evidence = tuple(pair for member, pair in sorted(self.evidence.items())
-                         if member not in ctx.excluded)[:MAX_EVIDENCE_PER_BLOCK]
-        joins = admissible_joins(self.membership, ctx.current_roster, self.network_id, ctx.height,
-                                 [env.encode() for env in self._held_joins(ctx)])
-        machine = RoundMachine(ctx, self.me, evidence=evidence, joins=joins,
-                               score_tamper=self._score_tamper(), timeouts=self.config.timeouts,
-                               persisted={k: self.store.get_state(k) for k in PERSISTED_KEYS})
+        begun = self.core.begin(
+            ctx, persisted={k: self.store.get_state(k) for k in PERSISTED_KEYS},
+            addrs=tuple(str(a) for a in self.host.get_addrs()),
+            score_tamper=self._score_tamper())
+        machine = self.core.machine
+        assert machine is not None
         for kind in machine.written_ahead:
             log.info("round %d: publishing the %s signed before a restart", ctx.height, kind)
         self.admission.current_round = ctx.height
@@ -493,33 +445,24 @@ class Node:
         log.info("round %d: %s (%d committee, %d trainers)", ctx.height, role,
                  len(ctx.committee), len(ctx.trainers))
         self.on_event({"event": "round", "peer": self.me, "height": ctx.height, "role": role})
-        if self.me not in ctx.members:
-            # Not (or no longer) a member: ask to join, again each round (rebroadcast within it)
-            # until a block admits us; meanwhile we follow the rounds as an observer.
-            addrs = [str(a) for a in self.host.get_addrs()]
-            await self._publish(ctx, "join", join_request(self.network_id, ctx.height,
-                                                          addrs).payload, keep=True)
-            self.on_event({"event": "join-requested", "peer": self.me, "height": ctx.height})
         async with trio.open_nursery() as nursery:
             if machine.is_trainer or machine.is_committee:
                 nursery.start_soon(self._train, ctx, times)
-            await self._carry_out(machine, ctx, machine.start(), times, nursery)
-            for env in self._future.release(ctx.height):
-                await self._inbox_send.send(Received(env))
+            await self._carry_out(machine, ctx, begun, times, nursery)
+            if self.me not in ctx.members:  # begin asked to join (a joiner follows as observer)
+                self.on_event({"event": "join-requested", "peer": self.me,
+                               "height": ctx.height})
+            for held in self.core.replay:  # messages that came before we reached this round
+                await self._inbox_send.send(held)
             async for item in self._inbox:
                 match item:
                     case Synced(result):  # verified blocks past this round: store them, move on
                         if self.sync.apply(result):
-                            self._excluded = None
                             nursery.cancel_scope.cancel()
                             break
                         continue
-                    case TwinSeen(member, pair):  # two records of one seq by one member
-                        if member not in self.evidence:
-                            await self._hold_evidence(ctx, member, "twin", pair)
-                        continue
                 dispatched = time.monotonic()
-                actions = self._dispatch(machine, ctx, item, times)
+                actions = self._dispatch(item, ctx, times)
                 if any(isinstance(a, Publish) and a.kind == "scores" for a in actions):
                     times.marks["score_seconds"] = time.monotonic() - dispatched
                 await self._carry_out(machine, ctx, actions, times, nursery)
@@ -534,14 +477,11 @@ class Node:
             if isinstance(action, Persist):
                 self.store.put_state(action.key, action.value)
             elif isinstance(action, Publish):
-                if self.me not in ctx.members:
-                    continue  # a joiner's relayed block: peers take only join requests from it
                 if action.kind == "scores":
                     times.mark("collected")
                 if self.config.byzantine != "none" and await self._misbehave(ctx, action):
                     continue
-                await self._publish(ctx, action.kind, action.payload,
-                                    keep=action.kind != "block")
+                await self._publish(ctx, action.kind, action.payload, keep=action.repeat)
             elif isinstance(action, PublishSigned):
                 await self._publish_raw(action.envelope.kind, action.envelope.encode())
             elif isinstance(action, OfferBlob):
@@ -557,17 +497,23 @@ class Node:
             elif isinstance(action, HintBehind):
                 self.sync.hint_behind()
             elif isinstance(action, Rejected):
-                self.rejections[f"invalid-{action.kind}"] += 1
-                log.warning("round %d: rejected %s from %s: %s", ctx.height, action.kind,
-                            action.sender[-8:], action.reason)
+                self.rejections[action.code or f"invalid-{action.kind}"] += 1
+                if action.logged:
+                    log.warning("round %d: rejected %s from %s: %s", ctx.height, action.kind,
+                                action.sender[-8:], action.reason)
                 if action.penalty and action.sender:
                     # Proof of misbehaviour by its signer (not lag): its gossip score drops.
                     self.router.penalize(action.sender, action.penalty)
-            elif isinstance(action, Evidence):
-                await self._hold_evidence(ctx, action.member, action.first.kind,
-                                          (action.first.encode(), action.second.encode()))
+            elif isinstance(action, Convicted):
+                log.warning("round %d: %s %s (%s): evidence kept and gossiped", ctx.height,
+                            action.member[-8:], "has a twin" if action.kind == "twin"
+                            else "equivocated", action.kind)
+                # Proven misbehaviour lowers its gossip score too (gossip/peer_scoring.py).
+                self.router.penalize(action.member, "equivocation")
+                self.on_event({"event": "evidence", "peer": self.me, "height": ctx.height,
+                               "member": action.member, "kind": action.kind})
             elif isinstance(action, Withheld):
-                if (ctx.height, action.trainer) not in self._unserved:
+                if not action.proven:
                     # Still in flight (a slow link, or the round was quick): not evidence.
                     log.info("round %d: decided before %s's update arrived", ctx.height,
                              action.trainer[-8:])
@@ -580,19 +526,6 @@ class Node:
                                "trainer": action.trainer})
             elif isinstance(action, Commit):
                 await self._commit(ctx, action, times)
-
-    async def _hold_evidence(self, ctx: RoundContext, member: str, kind: str,
-                             pair: tuple[bytes, bytes]) -> None:
-        """`member` signed two conflicting messages (or two processes sign as it: `twin`): keep
-        the proof for a block and gossip it, once."""
-        log.warning("round %d: %s %s (%s): evidence kept and gossiped", ctx.height,
-                    member[-8:], "has a twin" if kind == "twin" else "equivocated", kind)
-        # Proven misbehaviour lowers its gossip score too (gossip/peer_scoring.py).
-        self.router.penalize(member, "equivocation")
-        self.on_event({"event": "evidence", "peer": self.me, "height": ctx.height,
-                       "member": member, "kind": kind})
-        if self.evidence.setdefault(member, pair) == pair:
-            await self._publish(ctx, "evidence", list(pair), keep=False)
 
     def _score_tamper(self) -> Callable[[dict[str, float]], dict[str, float]] | None:
         """A lying committee member's rewrite of its distances (attack lab), if any."""
@@ -617,61 +550,21 @@ class Node:
         await trio.sleep(timer.seconds)
         await self._inbox_send.send(TimerFired(height, timer.name, timer.view))
 
-    def _dispatch(self, machine: RoundMachine, ctx: RoundContext, item: Any,
-                  times: RoundTimes) -> list:
-        if isinstance(item, Received):
-            env = item.envelope
-            if env.kind == "evidence":
-                self._on_evidence(env)
-                return []
-            if env.kind == "join":
-                self._on_join(env)
-                return []
-            if env.round > ctx.height:
-                if env.kind == "block":
-                    self.sync.hint_behind()  # a later block is certified: we are behind
-                self._hold_future(env)
-                return []
-            if env.kind in ("pre_prepare", "new_view"):
+    def _dispatch(self, item: Any, ctx: RoundContext, times: RoundTimes) -> list:
+        """Hand one inbox item to the round core, marking the round's stage times."""
+        match item:
+            case Received(env) if env.kind in ("pre_prepare", "new_view") and \
+                    env.round <= ctx.height:
                 times.mark("proposed")
-        elif isinstance(item, Trained) and item.height == ctx.height:
-            times.mark("trained")
-        return machine.feed(item)
-
-    def _hold_future(self, env: Envelope) -> None:
-        """Keep a message of a later round for then, unless its sender floods such messages."""
-        code = self._future.hold(env, env.encode())
-        if code is None:
-            return
-        self.rejections[code] += 1
-        if code == "future-flood":
-            self.router.penalize(env.sender, code)
-        # One line per sender and round: a flood must not become a flood of log lines.
-        if (env.round, env.sender) not in self._future_logged:
-            self._future_logged.add((env.round, env.sender))
-            log.warning("not holding %s messages of round %d from %s: %s", env.kind, env.round,
-                        env.sender[-8:], "more than a member sends in a round"
-                        if code == "future-flood" else "the buffer of later rounds is full")
-
-    def _on_evidence(self, env: Envelope) -> None:
-        """Keep a gossiped equivocation proof (from any round) for a future block."""
-        try:
-            first, second = env.payload
-            member = check_evidence(self.network_id, (first, second))
-        except (BlockError, TypeError, ValueError) as exc:
-            self.rejections["invalid-evidence"] += 1
-            log.warning("rejected evidence from %s: %s", env.sender[-8:], exc)
-            return
-        if member not in self.evidence:
-            self.evidence[member] = (first, second)
-            log.info("holding evidence against %s (from %s)", member[-8:], env.sender[-8:])
+            case Trained(height) if height == ctx.height:
+                times.mark("trained")
+        return self.core.feed(item)
 
     # large updates ---------------------------------------------------------------------------
     def _keep_blob(self, height: int, data: bytes) -> None:
         self._blobs_by_round[height].append(self.blobs.put(data).digest)
 
     def _forget_blobs_before(self, height: int) -> None:
-        self._unserved = {(h, t) for h, t in self._unserved if h >= height}
         for old in [h for h in self._blobs_by_round if h < height]:
             for digest in self._blobs_by_round.pop(old):
                 self.blobs.discard(digest)
@@ -702,7 +595,7 @@ class Node:
                     if providers == [announcer]:
                         # The trainer itself did not serve what it signed: if the round is
                         # decided without the bytes, that is withholding (see Withheld).
-                        self._unserved.add((height, action.provider))
+                        self.core.feed(ServeFailed(height, action.provider))
                     log.info("round %d: update blob %s of %s not fetched yet (%s)", height,
                              action.ref.digest.hex()[:12], action.provider[-8:], exc)
             if data is not None:
@@ -717,23 +610,6 @@ class Node:
                        "seconds": round(seconds, 3)})
         self._keep_blob(height, data)  # serve it on: peers not connected to the trainer
         await self._inbox_send.send(BlobArrived(height, action.ref.digest, data))
-
-    def _on_join(self, env: Envelope) -> None:
-        """Hold a non-member's join request (the newest per sender) for a block to admit."""
-        held = self.join_requests.get(env.sender)
-        if held is not None and held.round >= env.round:
-            return
-        if held is None and len(self.join_requests) >= MAX_HELD_JOINS:
-            return  # a flood of requests: the ones held are admitted first, then others
-        self.join_requests[env.sender] = env
-
-    def _held_joins(self, ctx: RoundContext) -> list[Envelope]:
-        """The join requests still worth holding at this round: senders not yet members,
-        requests not expired (chain.membership.check_join decides what a block may admit)."""
-        for sender, env in list(self.join_requests.items()):
-            if sender in ctx.members or env.round + JOIN_WINDOW < ctx.height:
-                del self.join_requests[sender]
-        return list(self.join_requests.values())
 
     async def _train(self, ctx: RoundContext, times: RoundTimes) -> None:
         g = self.genesis
@@ -774,12 +650,11 @@ class Node:
         assert model_hash == block.model_hash, "model bytes do not match the block's hash"
         self.store.append(action.committed)
         retain_checkpoints(self.store, self.models)
-        assert self._excluded is not None
-        convicted = recorded_misbehaviour(block, self.selection) - self._excluded
+        convicted = self.chain_state.convicts(action.committed)
+        self.chain_state.follow(self.store)
         if convicted:
             log.warning("height %d records misbehaviour of %s: excluded from committees",
                         block.height, ", ".join(sorted(p[-8:] for p in convicted)))
-            self._excluded |= convicted
         times.marks["store_seconds"] = time.monotonic() - stored_at
         times.mark("committed")
         accuracy = await trio.to_thread.run_sync(evaluate, self.spec, action.new_state,
