@@ -13,14 +13,17 @@ the checkpoint is held its bytes are checked against the block's model hash.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from chain.block import BlockError, CommittedBlock
 from chain.genesis import Genesis
 from chain.membership import join_requests
 from chain.position import ChainPosition
 from chain.round_rules import check_recorded_dp, outline_round
-from chain.store import BlockStore, ModelStore, StoreError
 from learning.tensors import state_from_bytes
+
+if TYPE_CHECKING:  # the checks are pure; only verify_store walks a store on disk (sqlite)
+    from chain.store import BlockStore, ModelStore
 
 #: Largest sample count a valid update carries (the round core refuses larger ones).
 MAX_SAMPLES = 2**40
@@ -108,6 +111,8 @@ class VerifyReport:
 def verify_store(genesis: Genesis, store: BlockStore, models: ModelStore | None = None
                  ) -> VerifyReport:
     """Verify a peer's whole chain from genesis, and every checkpoint it holds for it."""
+    from chain.store import StoreError  # here, not above: chain.verify imports no sqlite
+
     report = VerifyReport()
     verifier = ChainVerifier(genesis)
     heights = store.heights()

@@ -37,8 +37,8 @@ from chain.round_rules import (
     update_dp,
 )
 from gossip.envelope import MAX_ENVELOPE_BYTES, Envelope, decode_envelope
-from gossip.transfer import BlobRef, TransferError
-from learning.privacy import DpReport
+from gossip.blob_ref import BlobRef, TransferError
+from learning.dp_accounting import DpReport
 from learning.scoring import score_updates
 from learning.tensors import ModelState, decode_state, encode_state, state_bytes, state_from_bytes
 
