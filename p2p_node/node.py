@@ -23,8 +23,6 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.pubsub.pb import rpc_pb2
 
-from bft.byzantine import conflicting_proposal
-from bft.messages import KINDS as PBFT_KINDS
 from chain.genesis import Genesis
 from chain.membership import MembershipRules
 from chain.round_rules import RoundContext
@@ -48,6 +46,7 @@ from learning.privacy import (
 from learning.tensors import ModelState, state_bytes, state_from_bytes, state_hash
 from learning.training import evaluate, train_local
 from gossip.peer_scoring import report_verdict
+from p2p_node.attack_lab import misbehaviour_for, score_tamper_for
 from p2p_node.discovery import Discovery
 from p2p_node.round_core import (
     RELAYED_TOPICS,
@@ -176,6 +175,8 @@ class Node:
         self._privacy_spent: dict[int, tuple[float, float, int]] = {}
         self.privacy = self._load_privacy()
         self.attack: Attack | None = make_attack(config.attack)
+        #: the attack lab's committee misbehaviour (--byzantine), None for an honest peer
+        self.misbehaviour = misbehaviour_for(config.byzantine)
         self.train_data, self.test_data = self._load_data()
         self.chain_state.follow(self.store)  # a restarted peer knows who was admitted since
         self.admission = EnvelopeAdmission(self.network_id, frozenset(self.chain_state.members),
@@ -427,7 +428,8 @@ class Node:
         begun = self.core.begin(
             ctx, persisted={k: self.store.get_state(k) for k in PERSISTED_KEYS},
             addrs=tuple(str(a) for a in self.host.get_addrs()),
-            score_tamper=self._score_tamper())
+            score_tamper=score_tamper_for(self.attack,
+                                          frozenset(self.config.colluders) | {self.me}))
         machine = self.core.machine
         assert machine is not None
         for kind in machine.written_ahead:
@@ -473,22 +475,18 @@ class Node:
     async def _carry_out(self, machine: RoundMachine, ctx: RoundContext, actions: list,
                          times: RoundTimes, nursery: trio.Nursery) -> None:
         """Do what the round core decided, in its order (a `Persist` before what it protects)."""
+        if self.misbehaviour is not None:  # attack lab only (--byzantine)
+            actions = self.misbehaviour.outputs(actions)
         for action in actions:
             if isinstance(action, Persist):
                 self.store.put_state(action.key, action.value)
             elif isinstance(action, Publish):
                 if action.kind == "scores":
                     times.mark("collected")
-                if self.config.byzantine != "none" and await self._misbehave(ctx, action):
-                    continue
                 await self._publish(ctx, action.kind, action.payload, keep=action.repeat)
             elif isinstance(action, PublishSigned):
                 await self._publish_raw(action.envelope.kind, action.envelope.encode())
             elif isinstance(action, OfferBlob):
-                if self.config.byzantine == "withhold":
-                    log.warning("round %d: byzantine: serving none of our update's bytes",
-                                ctx.height)
-                    continue
                 self._keep_blob(ctx.height, action.data)
             elif isinstance(action, FetchBlob):
                 nursery.start_soon(self._fetch_update_blob, ctx.height, action)
@@ -526,25 +524,6 @@ class Node:
                                "trainer": action.trainer})
             elif isinstance(action, Commit):
                 await self._commit(ctx, action, times)
-
-    def _score_tamper(self) -> Callable[[dict[str, float]], dict[str, float]] | None:
-        """A lying committee member's rewrite of its distances (attack lab), if any."""
-        if self.attack is None or type(self.attack).poison_scores is Attack.poison_scores:
-            return None
-        colluders = frozenset(self.config.colluders) | {self.me}
-        attack = self.attack
-        return lambda distances: attack.poison_scores(distances, colluders)
-
-    async def _misbehave(self, ctx: RoundContext, action: Publish) -> bool:
-        """Attack lab: carry out `--byzantine`; True if the honest publish must be skipped."""
-        if self.config.byzantine == "silent":
-            return action.kind in PBFT_KINDS
-        if self.config.byzantine == "equivocate" and action.kind in ("pre_prepare", "new_view"):
-            await self._publish(ctx, action.kind, action.payload, keep=True)
-            await self._publish(ctx, action.kind, conflicting_proposal(action.payload), keep=True)
-            log.warning("round %d: byzantine: sent two conflicting %s", ctx.height, action.kind)
-            return True
-        return False
 
     async def _timer(self, height: int, timer: SetTimer) -> None:
         await trio.sleep(timer.seconds)
