@@ -46,6 +46,7 @@ from gossip.inbound_policy import (
     MAX_PENDING_MESSAGES,
     MESSAGE_WORKERS,
     NON_MEMBER_COST,
+    REFUSED_COST,
     BanList,
     LogThrottle,
     PeerBudgets,
@@ -294,7 +295,11 @@ class GuardedPubsub(Pubsub):
             else:
                 ok = validator.validator(forwarder, msg)
             if not ok:
-                return  # our validators log, count and penalise with their own reason
+                # Our validators log, count and penalise with their own reason; the budget
+                # charge makes a flood of refused messages cost more than honest traffic.
+                if forwarder != self.my_id:
+                    self.budgets.charge_messages(str(forwarder), REFUSED_COST, self._now())
+                return
         if scorer is not None:
             for topic in msg.topicIDs:
                 scorer.on_first_delivery(forwarder, topic)

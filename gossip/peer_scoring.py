@@ -38,7 +38,7 @@ PENALTIES: dict[str, float] = {
     # from the gossip admission check (gossip.validation codes)
     "oversize": 20.0, "undecodable": 20.0, "malformed": 20.0, "unsigned": 20.0,
     "forged-signature": 20.0, "wrong-topic": 20.0, "not-member": 20.0,
-    "not-admissible": 20.0, "origin-mismatch": 20.0,
+    "not-admissible": 20.0, "origin-mismatch": 20.0, "envelope-flood": 20.0,
     # from the pubsub boundary (gossip.guarded_pubsub), before any decoding: frames that do not
     # parse, forged pubsub signatures and bad origins are misbehaviour; going over the budget
     # is a small penalty per dropped message, so only a flood adds up; a message whose origin

@@ -6,13 +6,27 @@ the reason, so the driver can log it, count it and tell gossipsub to reject the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from collections import defaultdict
+from dataclasses import dataclass, field
 
 from gossip.envelope import MAX_ENVELOPE_BYTES, Envelope, EnvelopeError, decode_envelope
 
 #: How far ahead of our own round a message may be and still be kept for later: a peer a little
 #: ahead of us is normal (it committed first); one far ahead is either lying or we need to sync.
 FUTURE_ROUND_WINDOW = 2
+#: Distinct signed messages one member may have admitted (and so relayed) per round, per kind:
+#: an honest member signs one update and one score vector a round, and a few pBFT messages per
+#: view; two different updates or score vectors are let through so the round core holds the
+#: pair as evidence (equivocation); a third is a flood. Copies (rebroadcasts) do not count.
+#: Without this a member's well-signed, all-different updates for the next rounds were admitted,
+#: relayed by every peer and held: commits fell to a quarter while it lasted.
+DISTINCT_PER_ROUND = {"update": 2, "scores": 2}
+#: ... and of all round-scoped kinds together (pBFT messages over several views).
+DISTINCT_PER_ROUND_ALL = 32
+#: The kinds those limits apply to: a block, an equivocation proof or a join request may be
+#: forwarded for rounds long past, and are bounded elsewhere.
+_UNLIMITED_KINDS = ("block", "evidence", "join")
 
 
 @dataclass(frozen=True)
@@ -48,6 +62,10 @@ class EnvelopeAdmission:
     current_round: int = 0
     max_bytes: int = MAX_ENVELOPE_BYTES
     joiners: frozenset[str] | None = frozenset()
+    #: (round, sender) -> kind -> digests of the distinct messages admitted (rounds still open)
+    _distinct: dict[tuple[int, str], dict[str, set[bytes]]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(set)))
+    _pruned_at: int = -1
 
     def origin_allowed(self, origin: str, may_join: bool) -> bool:
         """Whether a message from `origin` is worth decoding: a member, or, where `may_join`
@@ -98,4 +116,24 @@ class EnvelopeAdmission:
         if env.round > self.current_round + FUTURE_ROUND_WINDOW:
             return Verdict(None, "future-round",
                            f"round {env.round} too far ahead of {self.current_round}", benign=True)
+        if env.kind not in _UNLIMITED_KINDS and not self._count_distinct(env, data):
+            return Verdict(None, "envelope-flood",
+                           f"more distinct {env.kind} messages of {env.sender[-8:]} for round "
+                           f"{env.round} than a member signs")
         return Verdict(env)
+
+    def _count_distinct(self, env: Envelope, data: bytes) -> bool:
+        """Count `env` among its sender's distinct messages of its round; False over a limit."""
+        if self._pruned_at != self.current_round:  # decided rounds: refused as stale now
+            for key in [k for k in self._distinct if k[0] < self.current_round]:
+                del self._distinct[key]
+            self._pruned_at = self.current_round
+        kinds = self._distinct[(env.round, env.sender)]
+        digest = hashlib.sha256(data).digest()
+        if digest in kinds[env.kind]:
+            return True  # a copy (a rebroadcast): costs nothing more downstream
+        if len(kinds[env.kind]) >= DISTINCT_PER_ROUND.get(env.kind, DISTINCT_PER_ROUND_ALL) or \
+                sum(len(d) for d in kinds.values()) >= DISTINCT_PER_ROUND_ALL:
+            return False
+        kinds[env.kind].add(digest)
+        return True

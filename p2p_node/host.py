@@ -62,9 +62,20 @@ def build_transport_host(signer: Signer, mdns: bool = False) -> IHost:
     noise = NoiseTransport(key_pair, noise_privkey=create_new_x25519_key_pair().private_key)
     limits = new_connection_limits_with_defaults().with_max_established_per_peer(
         MAX_CONNECTIONS_PER_PEER)
-    return new_host(key_pair=key_pair, sec_opt={NOISE_PROTOCOL_ID: noise},
+    host = new_host(key_pair=key_pair, sec_opt={NOISE_PROTOCOL_ID: noise},
                     muxer_preference="YAMUX", enable_mDNS=mdns,
                     resource_manager=new_resource_manager(connection_limits=limits))
+    # py-libp2p 0.8.1's auto-connector dials every peer in the peerstore to keep 50-200
+    # connections, and the peerstore takes the listen addresses any connected peer claims for
+    # itself (identify): a hostile peer could name a victim's address and have every peer dial
+    # it. Who is dialled is p2p_node/discovery.py's decision alone (members' signed records,
+    # bootstrap, mDNS), so the auto-connector never dials.
+    host.get_network().auto_connector.maybe_connect = _never_dial  # type: ignore[attr-defined]
+    return host
+
+
+async def _never_dial() -> None:
+    """Stands in for AutoConnector.maybe_connect (see build_transport_host)."""
 
 
 def build_host(signer: Signer, mdns: bool = False) -> tuple[IHost, GuardedPubsub,

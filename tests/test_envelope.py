@@ -80,3 +80,27 @@ def test_garbage_is_rejected_not_raised(data, code):
     assert not verdict.accepted and verdict.code == code
     with pytest.raises(EnvelopeError):
         decode_envelope(data)
+
+
+def test_a_member_gets_a_few_distinct_messages_a_round_admitted_and_copies_are_free():
+    """Two different updates pass (the round core keeps them as an equivocation proof), a third
+    is a flood; a copy of an admitted one is no new message; the next round starts afresh."""
+    signer = Signer(b"\x07" * 32)
+    admission = EnvelopeAdmission(NET, frozenset({signer.peer_id}), current_round=3)
+
+    def update(rnd: int, n: int) -> bytes:
+        return Envelope("update", NET, rnd, "", {"n": n}).signed_by(signer).encode()
+
+    first = update(3, 0)
+    assert admission.admit(first).accepted and admission.admit(update(3, 1)).accepted
+    flood = admission.admit(update(3, 2))
+    assert flood.code == "envelope-flood" and not flood.benign
+    assert admission.admit(first).accepted  # a rebroadcast copy
+    assert admission.admit(update(4, 0)).accepted  # another round, its own count
+    admission.current_round = 4
+    assert admission.admit(update(4, 1)).accepted and \
+        admission.admit(update(4, 2)).code == "envelope-flood"
+    scores = [Envelope("prepare", NET, 4, "", {"view": v}).signed_by(signer).encode()
+              for v in range(40)]
+    codes = [admission.admit(s).code for s in scores]
+    assert codes.count("") == 32 - 2 and set(codes[30:]) == {"envelope-flood"}

@@ -52,7 +52,10 @@ H = b"\x01" * 32
 CHAIN = build_chain(2)
 CHAIN_SIGNERS = CHAIN.signers
 LEADER = COMMITTEE[0]
-ADMISSION = EnvelopeAdmission(NET, frozenset(MEMBERS), current_round=0)
+def admission() -> EnvelopeAdmission:
+    """A fresh admission check per case: one shared would count every case's re-signed envelope
+    against its signer's per-round limit (gossip.validation.DISTINCT_PER_ROUND)."""
+    return EnvelopeAdmission(NET, frozenset(MEMBERS), current_round=0)
 
 
 def _block_value() -> bytes:
@@ -160,7 +163,7 @@ def signed_envelope_case(rng: random.Random) -> Callable[[], str]:
     machine = _machine_for(kind, rng)
 
     def case() -> str:
-        verdict = ADMISSION.admit(data)
+        verdict = admission().admit(data)
         if not verdict.accepted:
             return verdict.code
         assert verdict.envelope is not None
@@ -179,7 +182,7 @@ def raw_envelope_case(rng: random.Random) -> Callable[[], str]:
     data = splice_raw(rng, _wire_obj(env))
 
     def case() -> str:
-        verdict = ADMISSION.admit(data)
+        verdict = admission().admit(data)
         if verdict.accepted:
             assert verdict.envelope is not None
             _machine_for(kind, rng).on_envelope(verdict.envelope)

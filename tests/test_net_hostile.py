@@ -7,6 +7,7 @@ the member-origin check) and hostile peers from tests/hostile/hostile_peer.py.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from contextlib import asynccontextmanager
@@ -316,7 +317,8 @@ def test_fuzzed_rpc_frames_never_end_the_host(crash_log):
 
 @pytest.mark.slow
 def test_fuzz_campaign_twenty_minutes(crash_log):
-    end = time.monotonic() + 20 * 60
+    minutes = float(os.environ.get("HOSTILE_FUZZ_MINUTES", "20"))
+    end = time.monotonic() + minutes * 60
     total, seed = 0, 1000
     while time.monotonic() < end:
         result = trio.run(fuzz_campaign, seed, 5000)
@@ -324,3 +326,30 @@ def test_fuzz_campaign_twenty_minutes(crash_log):
         seed += 1
         assert not crash_log.crashes, crash_log.crashes
     print(f"slow fuzz campaign: {total} frames, 0 deaths")
+
+
+def test_no_peer_dials_an_address_because_its_peerstore_holds_it():
+    """py-libp2p's auto-connector would dial any peer in the peerstore (which identify fills
+    with whatever addresses a connected peer claims); ours never does."""
+    async def main() -> int:
+        dials = 0
+
+        async def count(stream) -> None:
+            nonlocal dials
+            dials += 1
+            await stream.aclose()
+
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        victim = multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{listeners[0].socket.getsockname()[1]}")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, count, listeners)
+            async with running_host(Signer(b"\x51" * 32), ["/ip4/127.0.0.1/tcp/0"]) as (
+                    host, _pubsub, _router):
+                claimed = ID.from_base58(Signer(b"\x52" * 32).peer_id)
+                host.get_peerstore().add_addrs(claimed, [victim], 3600)
+                await host.get_network().auto_connector.maybe_connect()
+                await trio.sleep(1)
+            nursery.cancel_scope.cancel()
+        return dials
+
+    assert trio.run(main) == 0

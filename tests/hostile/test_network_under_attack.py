@@ -13,6 +13,7 @@ criteria (30 s at >= 500 msg/s, >= 100 MiB of large messages) are in the slow ti
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 import trio
@@ -298,6 +299,7 @@ def run_campaign(net: HostileNetwork, phases) -> list[PhaseReport]:
     """Each phase in turn against one network; each row printed and appended to
     $HOSTILE_REPORT (if set) for the closing note's figures."""
     reports = []
+    time.sleep(60)  # a minute of rounds without attack first: the first phase's baseline
     for name, attack, seed in phases:
         report = net.phase(name, attack, seed=seed, baseline_seconds=60, after_blocks=3,
                            after_seconds=60, timeout=300)
