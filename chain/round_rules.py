@@ -24,7 +24,8 @@ from learning.cmfl import (
     finish_round,
     select_round,
 )
-from learning.privacy import DpPolicy, DpReport, noise_consistent
+from learning.dp_accounting import DpPolicy, DpReport
+from learning.dp_noise import noise_consistent
 from learning.tensors import ModelState, state_hash
 
 

@@ -13,58 +13,25 @@ the checkpoint is held its bytes are checked against the block's model hash.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from chain.block import BlockError, CommittedBlock
 from chain.genesis import Genesis
-from chain.membership import MembershipRules, Roster, join_requests
-from chain.round_rules import (
-    RoundContext,
-    check_recorded_dp,
-    outline_round,
-    recorded_misbehaviour,
-    trainers_for,
-)
-from chain.store import BlockStore, ModelStore, StoreError
-from learning.cmfl import RoundConfig
-from learning.dp_accounting import DpPolicy
+from chain.membership import join_requests
+from chain.position import ChainPosition
+from chain.round_rules import check_recorded_dp, outline_round
 from learning.tensors import state_from_bytes
+
+if TYPE_CHECKING:  # the checks are pure; only verify_store walks a store on disk (sqlite)
+    from chain.store import BlockStore, ModelStore
 
 #: Largest sample count a valid update carries (the round core refuses larger ones).
 MAX_SAMPLES = 2**40
 
 
-class ChainVerifier:
-    """Where a chain stands (next height, head hash, committee, convicted members), and the
-    check of the block that comes next. Feed blocks in order: `check`, then `advance`."""
-
-    def __init__(self, genesis: Genesis) -> None:
-        self.network_id = genesis.network_id
-        self.rules = MembershipRules.from_settings(genesis.membership, genesis.members)
-        #: the member set before the next block (genesis members, joins, departures)
-        self.roster = Roster.of_genesis(genesis.members)
-        self.selection = RoundConfig.from_selection(genesis.selection)
-        self.dp = DpPolicy.from_training(genesis.training)
-        #: height of the next block
-        self.height = 0
-        self.prev_hash = self.network_id
-        self.committee = tuple(sorted(genesis.committee))
-        self.excluded: frozenset[str] = frozenset()
-        #: model hash of the last block (None before the first)
-        self.head_model: bytes | None = None
-
-    @property
-    def members(self) -> tuple[str, ...]:
-        """The members the next round starts with."""
-        return self.roster.members
-
-    def context(self) -> RoundContext:
-        """The next round's context, minus its model (outline_round does not read it)."""
-        return RoundContext(
-            network_id=self.network_id, height=self.height, prev_hash=self.prev_hash,
-            members=self.members, committee=self.committee,
-            trainers=trainers_for(self.members, self.committee), base_state={},
-            base_hash=self.head_model or b"", selection=self.selection, excluded=self.excluded,
-            dp=self.dp, membership=self.rules, roster=self.roster)
+class ChainVerifier(ChainPosition):
+    """A chain position (chain.position) and the check of the block that comes next. Feed
+    blocks in order: `check`, then `advance`."""
 
     def check(self, committed: CommittedBlock) -> None:
         """Raise BlockError (naming the first problem) unless this is a valid next block."""
@@ -101,22 +68,6 @@ class ChainVerifier:
         if block.membership != outline.membership:
             raise BlockError("membership changes are not the admissions of the block's join "
                              "requests and the departures its chain implies")
-
-    def advance(self, committed: CommittedBlock) -> None:
-        """Move past a block already checked (or one of our own, re-derived when committed)."""
-        block = committed.block
-        self.excluded = self.excluded | frozenset(recorded_misbehaviour(block, self.selection))
-        self.roster = self.roster.after(block)
-        self.height = block.height + 1
-        self.prev_hash = block.hash()
-        self.committee = block.next_committee
-        self.head_model = block.model_hash
-
-    def follow(self, store: BlockStore) -> None:
-        """Advance, unchecked, over the blocks `store` holds beyond this position (our own
-        chain: every block in it was checked before it was appended)."""
-        while (committed := store.get(self.height)) is not None:
-            self.advance(committed)
 
 
 def check_model(committed: CommittedBlock, models: ModelStore) -> bool | None:
@@ -160,6 +111,8 @@ class VerifyReport:
 def verify_store(genesis: Genesis, store: BlockStore, models: ModelStore | None = None
                  ) -> VerifyReport:
     """Verify a peer's whole chain from genesis, and every checkpoint it holds for it."""
+    from chain.store import StoreError  # here, not above: chain.verify imports no sqlite
+
     report = VerifyReport()
     verifier = ChainVerifier(genesis)
     heights = store.heights()

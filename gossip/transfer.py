@@ -23,6 +23,8 @@ from typing import Any, Awaitable, Callable, Sequence, TypeVar
 import cbor2
 import trio
 
+# BlobRef and TransferError are gossip.blob_ref's (pure), re-exported: the transfer API.
+from gossip.blob_ref import DEFAULT_MAX_BLOB_BYTES, DIGEST_BYTES, BlobRef, TransferError  # noqa: F401
 from gossip.cbor_profile import CborProfileError, decode_canonical
 
 log = logging.getLogger("gossip.transfer")
@@ -31,53 +33,12 @@ T = TypeVar("T")
 PROTOCOL_ID = "/cmfl/blob/1"
 #: Largest chunk asked for or served: py-libp2p lost one 8 MiB stream message, never <= 6 MiB.
 MAX_CHUNK_BYTES = 4 * 1024 * 1024
-#: Largest blob we fetch unless the caller says otherwise; the reference's size is checked first.
-DEFAULT_MAX_BLOB_BYTES = 512 * 1024 * 1024
 #: A request or response header is a few dozen bytes; anything longer is not ours.
 MAX_HEADER_BYTES = 256
 #: Per-chunk deadline: 4 MiB at even 1 MiB/s fits; a stalled provider is dropped after this.
 DEFAULT_CHUNK_TIMEOUT = 30.0
 #: How long a server waits for a request before hanging up.
 REQUEST_TIMEOUT = 10.0
-DIGEST_BYTES = 32
-
-
-class TransferError(ValueError):
-    """A refused or failed transfer: `code` names the class, the text the detail."""
-
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(f"{code}: {detail}")
-        self.code = code
-
-
-@dataclass(frozen=True)
-class BlobRef:
-    """What a gossip announcement carries: the blob's SHA-256 and its size in bytes."""
-
-    digest: bytes
-    size: int
-
-    @classmethod
-    def of(cls, data: bytes) -> BlobRef:
-        return cls(hashlib.sha256(data).digest(), len(data))
-
-    def to_obj(self) -> dict[str, Any]:
-        """The CBOR-ready form embedded in a signed envelope payload."""
-        return {"h": self.digest, "z": self.size}
-
-    @classmethod
-    def from_obj(cls, o: Any, max_size: int = DEFAULT_MAX_BLOB_BYTES) -> BlobRef:
-        """Parse an untrusted reference; TransferError if malformed or over `max_size`."""
-        if not isinstance(o, dict) or set(o) != {"h", "z"}:
-            raise TransferError("malformed", "a blob reference is a map with keys h, z")
-        digest, size = o["h"], o["z"]
-        if not isinstance(digest, bytes) or len(digest) != DIGEST_BYTES:
-            raise TransferError("malformed", "blob digest is not 32 bytes")
-        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size < 2**63:
-            raise TransferError("malformed", "blob size is not a non-negative 63-bit integer")
-        if size > max_size:
-            raise TransferError("oversize", f"blob of {size} bytes > {max_size}")
-        return cls(digest, size)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 import torch
 
-from learning.privacy import noise_debiased_distance
+from learning.dp_noise import noise_debiased_distance
 from learning.tensors import ModelState
 
 RULES = ("sum", "median")
@@ -41,7 +41,7 @@ def score_updates(
 
     With `noise_variances` (per trainer, the per-coordinate variance of the DP noise its
     update declares; `reference_variance` the member's own), the distance is noise-debiased
-    (learning.privacy.noise_debiased_distance): plain distances rank a peer that skips its DP
+    (learning.dp_noise.noise_debiased_distance): plain distances rank a peer that skips its DP
     noise closest of all (docs/privacy.md), debiased ones do not."""
     if noise_variances is None:
         return {tid: model_distance(updates[tid], reference) for tid in sorted(updates)}

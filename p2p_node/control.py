@@ -68,7 +68,7 @@ class NodeStatus:
             "contained": dict(sorted(getattr(_pubsub(node), "contained", {}).items())),
             # evidence fed to gossip scoring, by reason, summed over peers
             "penalties": penalty_counts(node),
-            "evidence_held": len(node.evidence),
+            "evidence_held": len(node.core.evidence),
             "last_round_seconds": last.get("round_seconds"),
             "last_stages": last.get("stages"),
             "accuracy": last.get("accuracy"),

@@ -10,7 +10,7 @@ import hashlib
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,18 +23,9 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.pubsub.pb import rpc_pb2
 
-from bft.byzantine import conflicting_proposal
-from bft.messages import KINDS as PBFT_KINDS
 from chain.genesis import Genesis
-from chain.block import BlockError
-from chain.membership import JOIN_WINDOW, MembershipRules, admissible_joins, join_request
-from chain.round_rules import (
-    MAX_EVIDENCE_PER_BLOCK,
-    RoundContext,
-    check_evidence,
-    recorded_misbehaviour,
-    trainers_for,
-)
+from chain.membership import MembershipRules
+from chain.round_rules import RoundContext
 from chain.store import BlockStore, ModelStore, retain_checkpoints
 from chain.verify import ChainVerifier
 from gossip.envelope import MAX_ENVELOPE_BYTES, Envelope, decode_envelope
@@ -55,46 +46,51 @@ from learning.privacy import (
 from learning.tensors import ModelState, state_bytes, state_from_bytes, state_hash
 from learning.training import evaluate, train_local
 from gossip.peer_scoring import report_verdict
+from p2p_node.attack_lab import misbehaviour_for, score_tamper_for
 from p2p_node.discovery import Discovery
-from p2p_node.future_messages import FutureMessages
+from p2p_node.round_core import (
+    RELAYED_TOPICS,
+    TOPIC_KINDS,
+    Convicted,
+    RoundCore,
+    ServeFailed,
+    TwinSeen,
+    topic_of,
+)
 from p2p_node.host import HEARTBEAT_SECONDS, running_host
 from p2p_node.identity import load_identity
 from p2p_node.sync_service import CheckpointSource, SyncService
 from p2p_node.round_machine import (
+    PERSISTED_KEYS,
+    BlobArrived,
     Commit,
-    Evidence,
     FetchBlob,
+    HintBehind,
     OfferBlob,
+    Persist,
     Publish,
     PublishSigned,
+    Received,
     Rejected,
     RoundMachine,
+    RoundTimeouts,
     SetTimer,
+    TimerFired,
+    Trained,
     Withheld,
 )
 
 log = logging.getLogger("p2p_node")
 
-#: Which topic carries which kinds: updates are the bulk, blocks are for every peer, join
-#: requests are the only thing a non-member may send.
-TOPIC_KINDS = {"updates": ("update",), "committee": ("scores", *PBFT_KINDS),
-               "blocks": ("block", "evidence"), "membership": ("join",)}
-#: Topics where a peer republishes others' signed envelopes (pBFT relays to members behind);
-#: on the others every envelope is published by its own signer.
-RELAYED_TOPICS = ("committee",)
-#: Join requests held for future blocks, at most (one per sender, the newest).
-MAX_HELD_JOINS = 256
-#: Our messages of which we never sign two different ones in a round, even across restarts
-#: (`Node._write_ahead`): a second one would be evidence against us (check_evidence).
-WRITTEN_AHEAD_KINDS = ("update", "scores")
+@dataclass(frozen=True)
+class Synced:
+    """The sync watch fetched and verified blocks past our round (chain.sync result)."""
+
+    result: Any
 
 
 def topic_name(network_id: bytes, topic: str) -> str:
     return f"/cmfl/{network_id.hex()[:16]}/{topic}"
-
-
-def _topic_of(kind: str) -> str:
-    return next(t for t, kinds in TOPIC_KINDS.items() if kind in kinds)
 
 
 @dataclass
@@ -128,8 +124,9 @@ class NodeConfig:
     threads: int = 1
 
     @property
-    def base_view_timeout(self) -> float:
-        return self.view_timeout or self.collect_timeout + self.propose_timeout + 10.0
+    def timeouts(self) -> RoundTimeouts:
+        return RoundTimeouts(self.collect_timeout, self.propose_timeout, self.view_timeout)
+
 
     @property
     def genesis_file(self) -> Path:
@@ -167,7 +164,8 @@ class Node:
                              f"and its {self.membership.admission} admission policy does not "
                              "let it join")
         self.store, self.models = open_chain(config.data_dir)
-        #: where our own chain stands (its member set above all), advanced as blocks are stored
+        #: where our own chain stands (chain.position: members, committee, convicted members),
+        #: advanced as blocks are stored; the sync service starts its sessions from it too
         self.chain_state = ChainVerifier(self.genesis)
         self.spec = ModelSpec.from_dict(self.genesis.model)
         self.selection = RoundConfig.from_selection(self.genesis.selection)
@@ -177,30 +175,25 @@ class Node:
         self._privacy_spent: dict[int, tuple[float, float, int]] = {}
         self.privacy = self._load_privacy()
         self.attack: Attack | None = make_attack(config.attack)
+        #: the attack lab's committee misbehaviour (--byzantine), None for an honest peer
+        self.misbehaviour = misbehaviour_for(config.byzantine)
         self.train_data, self.test_data = self._load_data()
         self.chain_state.follow(self.store)  # a restarted peer knows who was admitted since
         self.admission = EnvelopeAdmission(self.network_id, frozenset(self.chain_state.members),
                                            joiners=self.membership.joiners())
-        #: signed join requests of non-members, by sender (the newest), for a block to admit
-        self.join_requests: dict[str, Envelope] = {}
+        #: the protocol state across rounds (evidence, joins, later rounds' messages) and the
+        #: current round's machine
+        self.core = RoundCore(self.network_id, self.me, self.membership, config.timeouts)
         self.discovery: Discovery | None = None
         self.on_event = on_event or (lambda e: None)
         self.rejections: dict[str, int] = defaultdict(int)
-        #: equivocation proofs held, by convicted member: any round's leader records them
-        self.evidence: dict[str, tuple[bytes, bytes]] = {}
-        self._excluded: set[str] | None = None
-        #: messages of rounds ahead of ours, replayed when we get there (bounded)
-        self._future = FutureMessages()
-        self._future_logged: set[tuple[int, str]] = set()
         self._own_messages: list[tuple[str, bytes]] = []
         #: large updates (ours and those we fetched), served to peers over /cmfl/blob/1;
         #: kept for this round and the one before (a lagging peer may still need them)
         self.blobs = BlobStore(max_bytes=1024 * 1024 * 1024)
         self._blobs_by_round: dict[int, list[bytes]] = defaultdict(list)
-        #: (round, trainer) pairs whose trainer failed to serve an update it announced
-        self._unserved: set[tuple[int, str]] = set()
         self._pubsub: Any = None
-        self._inbox_send, self._inbox = trio.open_memory_channel[tuple](100_000)
+        self._inbox_send, self._inbox = trio.open_memory_channel[Any](100_000)
         self.host: Any = None
         self.router: Any = None  # gossip.peer_scoring.ScoredGossipSub: penalize(peer, reason)
 
@@ -269,36 +262,18 @@ class Node:
             {h: list(v) for h, v in self._privacy_spent.items()}, canonical=True))
 
     def _context(self) -> RoundContext:
-        """The next round's context, from the genesis and the local chain."""
-        g = self.genesis
-        head = self.store.head()
+        """The next round's context: the chain's position (chain.position, shared with sync)
+        and the model it starts from."""
         self.chain_state.follow(self.store)
-        members = self.chain_state.members
-        if self._excluded is None:  # once per process: later blocks add to it in _commit
-            self._excluded = set()
-            for height in self.store.heights():
-                self._excluded |= recorded_misbehaviour(self.store.get(height).block,
-                                                        self.selection)
-        common = dict(network_id=self.network_id, members=members,
-                      selection=self.selection,
-                      excluded=frozenset(self._excluded), dp=self.dp,
-                      membership=self.membership, roster=self.chain_state.roster)
-        if head is None:
-            state = initial_state(self.spec, g.seed)
-            committee = tuple(sorted(g.committee))
-            return RoundContext(height=0, prev_hash=self.network_id, committee=committee,
-                                trainers=trainers_for(members, committee),
-                                base_state=state, base_hash=state_hash(state), **common)
-        height, head_hash = head
-        block = self.store.get(height).block
-        raw = self.models.get(block.model_hash)
+        position = self.chain_state.context()
+        if position.height == 0:
+            state = initial_state(self.spec, self.genesis.seed)
+            return replace(position, base_state=state, base_hash=state_hash(state))
+        raw = self.models.get(position.base_hash)
         if raw is None:
-            raise RuntimeError(f"model {block.model_hash.hex()[:12]} of block {height} missing")
-        committee = block.next_committee
-        return RoundContext(height=height + 1, prev_hash=head_hash, committee=committee,
-                            trainers=trainers_for(members, committee),
-                            base_state=state_from_bytes(raw), base_hash=block.model_hash,
-                            **common)
+            raise RuntimeError(f"model {position.base_hash.hex()[:12]} of block "
+                               f"{position.height - 1} missing")
+        return replace(position, base_state=state_from_bytes(raw))
 
     # gossip ------------------------------------------------------------------------------------
     def _validator(self, topic: str) -> Callable[[Any, rpc_pb2.Message], bool]:
@@ -330,7 +305,7 @@ class Node:
     async def _read_topic(self, subscription: Any) -> None:
         async for msg in subscription:
             # Already admitted by the validator (signature included); decoding again is cheap.
-            await self._inbox_send.send(("envelope", decode_envelope(msg.data)))
+            await self._inbox_send.send(Received(decode_envelope(msg.data)))
 
     async def _publish(self, ctx: RoundContext, kind: str, payload: Any, keep: bool) -> None:
         env = Envelope(kind, self.network_id, ctx.height, self.me, payload).signed_by(self.signer)
@@ -339,29 +314,12 @@ class Node:
             log.error("not publishing %s: %d bytes is over the %d-byte gossip limit",
                       kind, len(data), MAX_ENVELOPE_BYTES)
             return
-        if kind in WRITTEN_AHEAD_KINDS:
-            data = self._write_ahead(kind, ctx.height, data)
         if keep:
-            self._own_messages.append((_topic_of(kind), data))
+            self._own_messages.append((topic_of(kind), data))
         await self._publish_raw(kind, data)
 
-    def _write_ahead(self, kind: str, height: int, data: bytes) -> bytes:
-        """What we publish as our `kind` of round `height`: the message we signed before a
-        restart if there is one, else `data`, saved first. Training again after a restart need
-        not give the same bytes (threads, another CPU), and two different signed updates or
-        score vectors of one round are evidence against their signer (check_evidence)."""
-        raw = self.store.get_state(f"signed-{kind}")
-        if raw is not None:
-            held_height, held = cbor2.loads(raw)
-            if held_height == height:
-                if held != data:
-                    log.info("round %d: publishing the %s signed before a restart", height, kind)
-                return held
-        self.store.put_state(f"signed-{kind}", cbor2.dumps([height, data], canonical=True))
-        return data
-
     async def _publish_raw(self, kind: str, data: bytes) -> None:
-        await self._pubsub.publish(topic_name(self.network_id, _topic_of(kind)), data)
+        await self._pubsub.publish(topic_name(self.network_id, topic_of(kind)), data)
 
     async def _rebroadcast(self) -> None:
         """Repeat this round's own messages: gossip has no replay for peers whose mesh was late."""
@@ -421,6 +379,7 @@ class Node:
                                 mdns=self.config.mdns) as (host, pubsub, router):
             self.host, self._pubsub, self.router = host, pubsub, router
             self.sync = SyncService(host, self.genesis, self.store, self.models, me=self.me,
+                                    position=self.chain_state,
                                     penalize=router.penalize, on_event=self.on_event)
             self.sync.install(serve_checkpoints=False)
             # One server on /cmfl/blob/1 for both kinds of large payload: update blobs and
@@ -446,14 +405,13 @@ class Node:
                     signer=self._record_signer(), mdns=self.config.mdns,
                     penalize=router.penalize,
                     on_twin=lambda member, pair: self._inbox_send.send_nowait(
-                        ("twin", member, pair)))
+                        TwinSeen(member, pair)))
                 nursery.start_soon(self.discovery.run)
                 await self._wait_for_peers()
                 # A new or lagging peer first reaches the network's head (chain/sync.py).
-                if await self.sync.catch_up():
-                    self._excluded = None  # synced blocks may record misbehaviour
+                await self.sync.catch_up()  # the position follows the synced blocks
                 nursery.start_soon(self.sync.watch,
-                                   lambda result: self._inbox_send.send(("synced", result)))
+                                   lambda result: self._inbox_send.send(Synced(result)))
                 nursery.start_soon(self._rebroadcast)
                 while not self._done():
                     await self._run_round()
@@ -467,13 +425,15 @@ class Node:
 
     async def _run_round(self) -> None:
         ctx = self._context()
-        snapshot = self.store.get_state("pbft")
-        evidence = tuple(pair for member, pair in sorted(self.evidence.items())
-                         if member not in ctx.excluded)[:MAX_EVIDENCE_PER_BLOCK]
-        joins = admissible_joins(self.membership, ctx.current_roster, self.network_id, ctx.height,
-                                 [env.encode() for env in self._held_joins(ctx)])
-        machine = RoundMachine(ctx, self.me, cbor2.loads(snapshot) if snapshot else None,
-                               evidence=evidence, joins=joins, score_tamper=self._score_tamper())
+        begun = self.core.begin(
+            ctx, persisted={k: self.store.get_state(k) for k in PERSISTED_KEYS},
+            addrs=tuple(str(a) for a in self.host.get_addrs()),
+            score_tamper=score_tamper_for(self.attack,
+                                          frozenset(self.config.colluders) | {self.me}))
+        machine = self.core.machine
+        assert machine is not None
+        for kind in machine.written_ahead:
+            log.info("round %d: publishing the %s signed before a restart", ctx.height, kind)
         self.admission.current_round = ctx.height
         self.admission.members = frozenset(ctx.members)
         if self.discovery is not None:  # dial admitted members too (the founders stay dialled)
@@ -487,34 +447,24 @@ class Node:
         log.info("round %d: %s (%d committee, %d trainers)", ctx.height, role,
                  len(ctx.committee), len(ctx.trainers))
         self.on_event({"event": "round", "peer": self.me, "height": ctx.height, "role": role})
-        if self.me not in ctx.members:
-            # Not (or no longer) a member: ask to join, again each round (rebroadcast within it)
-            # until a block admits us; meanwhile we follow the rounds as an observer.
-            addrs = [str(a) for a in self.host.get_addrs()]
-            await self._publish(ctx, "join", join_request(self.network_id, ctx.height,
-                                                          addrs).payload, keep=True)
-            self.on_event({"event": "join-requested", "peer": self.me, "height": ctx.height})
         async with trio.open_nursery() as nursery:
             if machine.is_trainer or machine.is_committee:
                 nursery.start_soon(self._train, ctx, times)
-            nursery.start_soon(self._deadlines, ctx.height)
-            nursery.start_soon(self._stall_watch)
-            await self._carry_out(machine, ctx, machine.start(), times, nursery)
-            for env in self._future.release(ctx.height):
-                await self._inbox_send.send(("envelope", env))
+            await self._carry_out(machine, ctx, begun, times, nursery)
+            if self.me not in ctx.members:  # begin asked to join (a joiner follows as observer)
+                self.on_event({"event": "join-requested", "peer": self.me,
+                               "height": ctx.height})
+            for held in self.core.replay:  # messages that came before we reached this round
+                await self._inbox_send.send(held)
             async for item in self._inbox:
-                if item[0] == "synced":  # verified blocks past this round: store them, move on
-                    if self.sync.apply(item[1]):
-                        self._excluded = None
-                        nursery.cancel_scope.cancel()
-                        break
-                    continue
-                if item[0] == "twin":  # discovery holds two records of one seq by one member
-                    if item[1] not in self.evidence:
-                        await self._hold_evidence(ctx, item[1], "twin", item[2])
-                    continue
+                match item:
+                    case Synced(result):  # verified blocks past this round: store them, move on
+                        if self.sync.apply(result):
+                            nursery.cancel_scope.cancel()
+                            break
+                        continue
                 dispatched = time.monotonic()
-                actions = self._dispatch(machine, ctx, item, times)
+                actions = self._dispatch(item, ctx, times)
                 if any(isinstance(a, Publish) and a.kind == "scores" for a in actions):
                     times.marks["score_seconds"] = time.monotonic() - dispatched
                 await self._carry_out(machine, ctx, actions, times, nursery)
@@ -524,48 +474,44 @@ class Node:
 
     async def _carry_out(self, machine: RoundMachine, ctx: RoundContext, actions: list,
                          times: RoundTimes, nursery: trio.Nursery) -> None:
-        """Do what the round core decided, persisting its consensus state before speaking."""
-        if machine.consensus is not None and any(
-                isinstance(a, Publish) and a.kind in PBFT_KINDS for a in actions):
-            # Write-ahead: what we are about to sign is on disk first, so a restarted member
-            # never signs a conflicting message for the same view.
-            self.store.put_state("pbft", cbor2.dumps(machine.consensus.snapshot(),
-                                                     canonical=True))
+        """Do what the round core decided, in its order (a `Persist` before what it protects)."""
+        if self.misbehaviour is not None:  # attack lab only (--byzantine)
+            actions = self.misbehaviour.outputs(actions)
         for action in actions:
-            if isinstance(action, Publish):
-                if self.me not in ctx.members:
-                    continue  # a joiner's relayed block: peers take only join requests from it
+            if isinstance(action, Persist):
+                self.store.put_state(action.key, action.value)
+            elif isinstance(action, Publish):
                 if action.kind == "scores":
                     times.mark("collected")
-                if self.config.byzantine != "none" and await self._misbehave(ctx, action):
-                    continue
-                await self._publish(ctx, action.kind, action.payload,
-                                    keep=action.kind != "block")
+                await self._publish(ctx, action.kind, action.payload, keep=action.repeat)
             elif isinstance(action, PublishSigned):
                 await self._publish_raw(action.envelope.kind, action.envelope.encode())
             elif isinstance(action, OfferBlob):
-                if self.config.byzantine == "withhold":
-                    log.warning("round %d: byzantine: serving none of our update's bytes",
-                                ctx.height)
-                    continue
                 self._keep_blob(ctx.height, action.data)
             elif isinstance(action, FetchBlob):
                 nursery.start_soon(self._fetch_update_blob, ctx.height, action)
             elif isinstance(action, SetTimer):
-                nursery.start_soon(self._timer, ctx.height, action,
-                                   self.config.base_view_timeout * action.factor)
+                nursery.start_soon(self._timer, ctx.height, action)
+            elif isinstance(action, HintBehind):
+                self.sync.hint_behind()
             elif isinstance(action, Rejected):
-                self.rejections[f"invalid-{action.kind}"] += 1
-                log.warning("round %d: rejected %s from %s: %s", ctx.height, action.kind,
-                            action.sender[-8:], action.reason)
+                self.rejections[action.code or f"invalid-{action.kind}"] += 1
+                if action.logged:
+                    log.warning("round %d: rejected %s from %s: %s", ctx.height, action.kind,
+                                action.sender[-8:], action.reason)
                 if action.penalty and action.sender:
                     # Proof of misbehaviour by its signer (not lag): its gossip score drops.
                     self.router.penalize(action.sender, action.penalty)
-            elif isinstance(action, Evidence):
-                await self._hold_evidence(ctx, action.member, action.first.kind,
-                                          (action.first.encode(), action.second.encode()))
+            elif isinstance(action, Convicted):
+                log.warning("round %d: %s %s (%s): evidence kept and gossiped", ctx.height,
+                            action.member[-8:], "has a twin" if action.kind == "twin"
+                            else "equivocated", action.kind)
+                # Proven misbehaviour lowers its gossip score too (gossip/peer_scoring.py).
+                self.router.penalize(action.member, "equivocation")
+                self.on_event({"event": "evidence", "peer": self.me, "height": ctx.height,
+                               "member": action.member, "kind": action.kind})
             elif isinstance(action, Withheld):
-                if (ctx.height, action.trainer) not in self._unserved:
+                if not action.proven:
                     # Still in flight (a slow link, or the round was quick): not evidence.
                     log.info("round %d: decided before %s's update arrived", ctx.height,
                              action.trainer[-8:])
@@ -579,110 +525,25 @@ class Node:
             elif isinstance(action, Commit):
                 await self._commit(ctx, action, times)
 
-    async def _hold_evidence(self, ctx: RoundContext, member: str, kind: str,
-                             pair: tuple[bytes, bytes]) -> None:
-        """`member` signed two conflicting messages (or two processes sign as it: `twin`): keep
-        the proof for a block and gossip it, once."""
-        log.warning("round %d: %s %s (%s): evidence kept and gossiped", ctx.height,
-                    member[-8:], "has a twin" if kind == "twin" else "equivocated", kind)
-        # Proven misbehaviour lowers its gossip score too (gossip/peer_scoring.py).
-        self.router.penalize(member, "equivocation")
-        self.on_event({"event": "evidence", "peer": self.me, "height": ctx.height,
-                       "member": member, "kind": kind})
-        if self.evidence.setdefault(member, pair) == pair:
-            await self._publish(ctx, "evidence", list(pair), keep=False)
+    async def _timer(self, height: int, timer: SetTimer) -> None:
+        await trio.sleep(timer.seconds)
+        await self._inbox_send.send(TimerFired(height, timer.name, timer.view))
 
-    def _score_tamper(self) -> Callable[[dict[str, float]], dict[str, float]] | None:
-        """A lying committee member's rewrite of its distances (attack lab), if any."""
-        if self.attack is None or type(self.attack).poison_scores is Attack.poison_scores:
-            return None
-        colluders = frozenset(self.config.colluders) | {self.me}
-        attack = self.attack
-        return lambda distances: attack.poison_scores(distances, colluders)
-
-    async def _misbehave(self, ctx: RoundContext, action: Publish) -> bool:
-        """Attack lab: carry out `--byzantine`; True if the honest publish must be skipped."""
-        if self.config.byzantine == "silent":
-            return action.kind in PBFT_KINDS
-        if self.config.byzantine == "equivocate" and action.kind in ("pre_prepare", "new_view"):
-            await self._publish(ctx, action.kind, action.payload, keep=True)
-            await self._publish(ctx, action.kind, conflicting_proposal(action.payload), keep=True)
-            log.warning("round %d: byzantine: sent two conflicting %s", ctx.height, action.kind)
-            return True
-        return False
-
-    async def _timer(self, height: int, timer: SetTimer, seconds: float) -> None:
-        await trio.sleep(seconds)
-        await self._inbox_send.send(("timer", height, timer.name, timer.view))
-
-    def _dispatch(self, machine: RoundMachine, ctx: RoundContext, item: tuple,
-                  times: RoundTimes) -> list:
-        kind = item[0]
-        if kind == "envelope":
-            env: Envelope = item[1]
-            if env.kind == "evidence":
-                self._on_evidence(env)
-                return []
-            if env.kind == "join":
-                self._on_join(env)
-                return []
-            if env.round > ctx.height:
-                if env.kind == "block":
-                    self.sync.hint_behind()  # a later block is certified: we are behind
-                self._hold_future(env)
-                return []
-            if env.kind in ("pre_prepare", "new_view"):
+    def _dispatch(self, item: Any, ctx: RoundContext, times: RoundTimes) -> list:
+        """Hand one inbox item to the round core, marking the round's stage times."""
+        match item:
+            case Received(env) if env.kind in ("pre_prepare", "new_view") and \
+                    env.round <= ctx.height:
                 times.mark("proposed")
-            return machine.on_envelope(env)
-        if item[1] != ctx.height:
-            return []  # a worker or timer of a round already decided
-        if kind == "own_update":
-            times.mark("trained")
-            return machine.on_own_update(item[2], item[3], item[4])
-        if kind == "blob":
-            return machine.on_blob(item[2], item[3])
-        if kind == "collect_deadline":
-            return machine.on_collect_deadline()
-        if kind == "propose_deadline":
-            return machine.on_propose_deadline()
-        if kind == "timer":
-            return machine.on_timer(item[2], item[3])
-        raise AssertionError(kind)
-
-    def _hold_future(self, env: Envelope) -> None:
-        """Keep a message of a later round for then, unless its sender floods such messages."""
-        code = self._future.hold(env, env.encode())
-        if code is None:
-            return
-        self.rejections[code] += 1
-        if code == "future-flood":
-            self.router.penalize(env.sender, code)
-        # One line per sender and round: a flood must not become a flood of log lines.
-        if (env.round, env.sender) not in self._future_logged:
-            self._future_logged.add((env.round, env.sender))
-            log.warning("not holding %s messages of round %d from %s: %s", env.kind, env.round,
-                        env.sender[-8:], "more than a member sends in a round"
-                        if code == "future-flood" else "the buffer of later rounds is full")
-
-    def _on_evidence(self, env: Envelope) -> None:
-        """Keep a gossiped equivocation proof (from any round) for a future block."""
-        try:
-            first, second = env.payload
-            member = check_evidence(self.network_id, (first, second))
-        except (BlockError, TypeError, ValueError) as exc:
-            self.rejections["invalid-evidence"] += 1
-            log.warning("rejected evidence from %s: %s", env.sender[-8:], exc)
-            return
-        if member not in self.evidence:
-            self.evidence[member] = (first, second)
-            log.info("holding evidence against %s (from %s)", member[-8:], env.sender[-8:])
+            case Trained(height) if height == ctx.height:
+                times.mark("trained")
+        return self.core.feed(item)
 
     # large updates ---------------------------------------------------------------------------
     def _keep_blob(self, height: int, data: bytes) -> None:
         self._blobs_by_round[height].append(self.blobs.put(data).digest)
 
     def _forget_blobs_before(self, height: int) -> None:
-        self._unserved = {(h, t) for h, t in self._unserved if h >= height}
         for old in [h for h in self._blobs_by_round if h < height]:
             for digest in self._blobs_by_round.pop(old):
                 self.blobs.discard(digest)
@@ -692,7 +553,7 @@ class Node:
         already fetched it; retried until it arrives or the round ends (cancels this task)."""
         held = self.blobs.get(action.ref.digest)
         if held is not None:  # our own update, echoed back by gossip: no fetch
-            await self._inbox_send.send(("blob", height, action.ref.digest, held))
+            await self._inbox_send.send(BlobArrived(height, action.ref.digest, held))
             return
         delay = 0.5
         announcer = ID.from_base58(action.provider)
@@ -713,7 +574,7 @@ class Node:
                     if providers == [announcer]:
                         # The trainer itself did not serve what it signed: if the round is
                         # decided without the bytes, that is withholding (see Withheld).
-                        self._unserved.add((height, action.provider))
+                        self.core.feed(ServeFailed(height, action.provider))
                     log.info("round %d: update blob %s of %s not fetched yet (%s)", height,
                              action.ref.digest.hex()[:12], action.provider[-8:], exc)
             if data is not None:
@@ -727,24 +588,7 @@ class Node:
                        "trainer": action.provider, "bytes": len(data),
                        "seconds": round(seconds, 3)})
         self._keep_blob(height, data)  # serve it on: peers not connected to the trainer
-        await self._inbox_send.send(("blob", height, action.ref.digest, data))
-
-    def _on_join(self, env: Envelope) -> None:
-        """Hold a non-member's join request (the newest per sender) for a block to admit."""
-        held = self.join_requests.get(env.sender)
-        if held is not None and held.round >= env.round:
-            return
-        if held is None and len(self.join_requests) >= MAX_HELD_JOINS:
-            return  # a flood of requests: the ones held are admitted first, then others
-        self.join_requests[env.sender] = env
-
-    def _held_joins(self, ctx: RoundContext) -> list[Envelope]:
-        """The join requests still worth holding at this round: senders not yet members,
-        requests not expired (chain.membership.check_join decides what a block may admit)."""
-        for sender, env in list(self.join_requests.items()):
-            if sender in ctx.members or env.round + JOIN_WINDOW < ctx.height:
-                del self.join_requests[sender]
-        return list(self.join_requests.values())
+        await self._inbox_send.send(BlobArrived(height, action.ref.digest, data))
 
     async def _train(self, ctx: RoundContext, times: RoundTimes) -> None:
         g = self.genesis
@@ -776,22 +620,7 @@ class Node:
         times.marks["train_seconds"] = time.monotonic() - started
         if report is not None:
             self._spend_privacy(ctx.height, report)
-        await self._inbox_send.send(("own_update", ctx.height, state, samples, report))
-
-    async def _stall_watch(self) -> None:
-        """A round still open after a whole view timeout may be one whose certified block we
-        missed (a gossip message lost, and no later round yet to hint at it): ask peers' heads,
-        then again every view timeout. Cancelled with the round; a false alarm costs one round
-        of head requests."""
-        while True:
-            await trio.sleep(self.config.base_view_timeout)
-            self.sync.hint_behind()
-
-    async def _deadlines(self, height: int) -> None:
-        await trio.sleep(self.config.collect_timeout)
-        await self._inbox_send.send(("collect_deadline", height))
-        await trio.sleep(self.config.propose_timeout)
-        await self._inbox_send.send(("propose_deadline", height))
+        await self._inbox_send.send(Trained(ctx.height, state, samples, report))
 
     async def _commit(self, ctx: RoundContext, action: Commit, times: RoundTimes) -> None:
         block = action.committed.block
@@ -800,12 +629,11 @@ class Node:
         assert model_hash == block.model_hash, "model bytes do not match the block's hash"
         self.store.append(action.committed)
         retain_checkpoints(self.store, self.models)
-        assert self._excluded is not None
-        convicted = recorded_misbehaviour(block, self.selection) - self._excluded
+        convicted = self.chain_state.convicts(action.committed)
+        self.chain_state.follow(self.store)
         if convicted:
             log.warning("height %d records misbehaviour of %s: excluded from committees",
                         block.height, ", ".join(sorted(p[-8:] for p in convicted)))
-            self._excluded |= convicted
         times.marks["store_seconds"] = time.monotonic() - stored_at
         times.mark("committed")
         accuracy = await trio.to_thread.run_sync(evaluate, self.spec, action.new_state,

@@ -1,8 +1,10 @@
 """One round of the protocol as a peer lives it, as a pure state machine.
 
-Inputs: admitted envelopes (signature, network and round already checked), the peer's own
-finished training, and deadlines firing. Outputs: messages to publish, rejections to log, and at
-most one commit. No trio, no libp2p, no clock, no disk: the driver (p2p_node.node) does the I/O.
+Inputs (frozen dataclasses, fed through `RoundMachine.feed`): admitted envelopes (signature,
+network and round already checked), the peer's own finished training, fetched blobs, and timers
+firing. Outputs: messages to publish, records to persist before them, timers to arm, rejections
+to log, and at most one commit. No trio, no libp2p, no clock, no disk: the driver
+(p2p_node.node) does the I/O, sleeps for the timers the core asks for and feeds them back.
 
 Flow: trainers publish updates; each committee member scores every update against its own and
 publishes the signed score vector; once it holds enough vectors, every member derives the block
@@ -14,7 +16,9 @@ block's certificate. Every peer, member or not, re-derives the block before it c
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Union
+from typing import Any, Callable, Mapping, Union
+
+import cbor2
 
 import bft.pbft as pbft
 from bft.messages import KINDS as PBFT_KINDS
@@ -33,8 +37,8 @@ from chain.round_rules import (
     update_dp,
 )
 from gossip.envelope import MAX_ENVELOPE_BYTES, Envelope, decode_envelope
-from gossip.transfer import BlobRef, TransferError
-from learning.privacy import DpReport
+from gossip.blob_ref import BlobRef, TransferError
+from learning.dp_accounting import DpReport
 from learning.scoring import score_updates
 from learning.tensors import ModelState, decode_state, encode_state, state_bytes, state_from_bytes
 
@@ -43,12 +47,82 @@ from learning.tensors import ModelState, decode_state, encode_state, state_bytes
 INLINE_UPDATE_BYTES = MAX_ENVELOPE_BYTES - 4096
 
 
+#: The timers the round core arms besides pBFT's view timer (bft.pbft.VIEW_TIMER).
+COLLECT_TIMER, PROPOSE_TIMER, STALL_TIMER = "collect", "propose", "stall"
+#: Our messages of which we never sign two different ones in a round, even across restarts: a
+#: second one would be evidence against us (check_evidence). Written ahead under "signed-<kind>".
+WRITTEN_AHEAD_KINDS = ("update", "scores")
+#: The store records the core reads back at the start of a round (`persisted`), and writes
+#: through `Persist` actions.
+PERSISTED_KEYS = ("pbft", *(f"signed-{kind}" for kind in WRITTEN_AHEAD_KINDS))
+
+
+@dataclass(frozen=True)
+class RoundTimeouts:
+    """Seconds before each of the round's deadlines fires."""
+
+    #: stop waiting for updates and score what arrived
+    collect: float = 20.0
+    #: after `collect`: stop waiting for every member's score vector, build from a quorum
+    propose: float = 10.0
+    #: the pBFT view timeout before back-off; None: collect + propose + 10 s, so an honest
+    #: leader that waited out both deadlines still proposes in time. It is also the stall
+    #: watch's period (a round open that long may have missed its certified block).
+    view: float | None = None
+
+    @property
+    def base_view(self) -> float:
+        return self.view or self.collect + self.propose + 10.0
+
+
+# inputs ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Received:
+    """An admitted envelope (of any round: the core ignores other rounds')."""
+
+    envelope: Envelope
+
+
+@dataclass(frozen=True)
+class Trained:
+    """Local training of round `height` finished; `dp` is its DP report (None without DP)."""
+
+    height: int
+    state: ModelState
+    samples: int
+    dp: DpReport | None = None
+
+
+@dataclass(frozen=True)
+class BlobArrived:
+    """The bytes of an update announced by reference, fetched (hash already checked)."""
+
+    height: int
+    digest: bytes
+    data: bytes
+
+
+@dataclass(frozen=True)
+class TimerFired:
+    """The timer `name` for `view`, armed in round `height` by a SetTimer, fired."""
+
+    height: int
+    name: str
+    view: int
+
+
+Input = Union[Received, Trained, BlobArrived, TimerFired]
+
+
+# actions ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Publish:
-    """Sign and gossip this message."""
+    """Sign and gossip this message; with `repeat`, again every rebroadcast interval this round
+    (gossip has no replay for peers whose mesh formed late)."""
 
     kind: str
     payload: Any
+    repeat: bool = True
 
 
 @dataclass(frozen=True)
@@ -75,11 +149,26 @@ class FetchBlob:
 
 @dataclass(frozen=True)
 class SetTimer:
-    """Fire `on_timer(name, view)` after the driver's base view timeout * `factor`."""
+    """Feed back `TimerFired(height, name, view)` after `seconds` (the round's height)."""
 
     name: str
     view: int
-    factor: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Persist:
+    """Write `value` under the store record `key` durably, before the actions that follow it
+    (the publish it protects: a restarted peer must not sign a conflicting message)."""
+
+    key: str
+    value: bytes
+
+
+@dataclass(frozen=True)
+class HintBehind:
+    """The round has been open a whole view timeout: ask peers' heads, we may have missed its
+    certified block (a gossip message lost, and no later round yet to hint at it)."""
 
 
 @dataclass(frozen=True)
@@ -101,15 +190,21 @@ class Rejected:
     kind: str
     reason: str
     penalty: str | None = None
+    #: the rejection counter to count it under (default "invalid-<kind>")
+    code: str = ""
+    #: False for repeats the log need not show again (a flood must not flood the log)
+    logged: bool = True
 
 
 @dataclass(frozen=True)
 class Withheld:
     """`trainer` announced an update by reference, and the round was decided without its bytes
-    reaching us or the block. Evidence for its gossip score only if the driver also saw the
-    trainer fail to serve them (a fetch still in flight is just a slow link)."""
+    reaching us or the block. Evidence for its gossip score only if the trainer itself was also
+    seen failing to serve them (a fetch still in flight is just a slow link): `proven`, set by
+    p2p_node.round_core, which hears of the failed fetches."""
 
     trainer: str
+    proven: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,8 +215,8 @@ class Commit:
     new_state: ModelState
 
 
-Action = Union[Publish, PublishSigned, OfferBlob, FetchBlob, SetTimer, Evidence, Rejected,
-               Withheld, Commit]
+Action = Union[Publish, PublishSigned, OfferBlob, FetchBlob, SetTimer, Persist, HintBehind,
+               Evidence, Rejected, Withheld, Commit]
 
 
 @dataclass(frozen=True)
@@ -144,9 +239,25 @@ class RoundMachine:
                  evidence: tuple[tuple[bytes, bytes], ...] = (),
                  joins: tuple[bytes, ...] = (),
                  score_tamper: Callable[[dict[str, float]], dict[str, float]] | None = None,
+                 timeouts: RoundTimeouts = RoundTimeouts(),
+                 persisted: Mapping[str, bytes | None] | None = None,
                  ) -> None:
         self.ctx = ctx
         self.me = me
+        self.timeouts = timeouts
+        persisted = persisted or {}
+        if pbft_snapshot is None and persisted.get("pbft"):
+            pbft_snapshot = cbor2.loads(persisted["pbft"])
+        #: payloads of our update and score vector signed this round before a restart, by kind
+        self.written_ahead: dict[str, Any] = {}
+        for kind in WRITTEN_AHEAD_KINDS:
+            raw = persisted.get(f"signed-{kind}")
+            if raw:
+                held_height, held = cbor2.loads(raw)
+                if held_height == ctx.height:
+                    # Ed25519 signing is deterministic: the same payload signs to the same bytes.
+                    self.written_ahead[kind] = (decode_envelope(held).payload
+                                                if isinstance(held, bytes) else held)
         #: attack lab only: how a lying committee member rewrites its distances
         self.score_tamper = score_tamper
         #: equivocation proofs this peer holds, recorded in the block if it proposes
@@ -196,8 +307,46 @@ class RoundMachine:
 
     # inputs ------------------------------------------------------------------------------------
     def start(self) -> list[Action]:
-        """Begin the round: committee members arm their view timer."""
-        return self._from_consensus(self.consensus.start()) if self.consensus else []
+        """Begin the round: arm the collect deadline and the stall watch; committee members
+        arm their view timer."""
+        actions: list[Action] = [SetTimer(COLLECT_TIMER, 0, self.timeouts.collect),
+                                 SetTimer(STALL_TIMER, 0, self.timeouts.base_view)]
+        if self.consensus:
+            actions += self._write_ahead(self._from_consensus(self.consensus.start()))
+        return actions
+
+    def feed(self, event: Input) -> list[Action]:
+        """Take one input; returns what to do, `Persist` actions before what they protect."""
+        match event:
+            case Received(envelope):
+                return self._write_ahead(self.on_envelope(envelope))
+            case _ if event.height != self.ctx.height:
+                return []  # a worker or timer of a round already decided
+            case Trained(_, state, samples, dp):
+                return self._write_ahead(self.on_own_update(state, samples, dp))
+            case BlobArrived(_, digest, data):
+                return self._write_ahead(self.on_blob(digest, data))
+            case TimerFired(_, name, view):
+                return self._write_ahead(self.on_timer(name, view))
+        raise TypeError(f"not a round input: {event!r}")
+
+    def _write_ahead(self, actions: list[Action]) -> list[Action]:
+        """Put the records a restarted peer needs before the publishes that need them: the pBFT
+        state before any vote (never two conflicting votes in a view), and our update and score
+        vector before we sign them (never two of one kind in a round; after a restart the one
+        signed before is published again instead)."""
+        out: list[Action] = []
+        if self.consensus is not None and any(
+                isinstance(a, Publish) and a.kind in PBFT_KINDS for a in actions):
+            out.append(Persist("pbft", cbor2.dumps(self.consensus.snapshot(), canonical=True)))
+        for action in actions:
+            if isinstance(action, Publish) and action.kind in WRITTEN_AHEAD_KINDS:
+                payload = self.written_ahead.setdefault(action.kind, action.payload)
+                out.append(Persist(f"signed-{action.kind}", cbor2.dumps(
+                    [self.ctx.height, payload], canonical=True)))
+                action = Publish(action.kind, payload)
+            out.append(action)
+        return out
 
     def on_own_update(self, state: ModelState, samples: int,
                       dp: DpReport | None = None) -> list[Action]:
@@ -252,8 +401,17 @@ class RoundMachine:
         return self._progress()
 
     def on_timer(self, name: str, view: int) -> list[Action]:
-        """A consensus timer fired (the view deadline)."""
-        if self.committed or self.consensus is None:
+        """A timer the core armed fired: a deadline, the stall watch or pBFT's view timer."""
+        if self.committed:
+            return []
+        if name == COLLECT_TIMER:
+            return [SetTimer(PROPOSE_TIMER, 0, self.timeouts.propose),
+                    *self.on_collect_deadline()]
+        if name == PROPOSE_TIMER:
+            return self.on_propose_deadline()
+        if name == STALL_TIMER:
+            return [HintBehind(), SetTimer(STALL_TIMER, 0, self.timeouts.base_view)]
+        if self.consensus is None:
             return []
         return self._from_consensus(self.consensus.on_timer(name, view)) + self._progress()
 
@@ -415,7 +573,8 @@ class RoundMachine:
             elif isinstance(out, pbft.Relay):
                 actions += [PublishSigned(self._envelope_of(m)) for m in out.messages]
             elif isinstance(out, pbft.SetTimer):
-                actions.append(SetTimer(out.name, out.view, out.duration_factor))
+                actions.append(SetTimer(out.name, out.view,
+                                        self.timeouts.base_view * out.duration_factor))
             elif isinstance(out, pbft.Decided):
                 certificate = CommitCertificate(out.view, out.certificate)
                 self.certified = CommittedBlock(Block.decode(out.value), certificate)
@@ -523,4 +682,5 @@ class RoundMachine:
         recorded = {u.peer for u in self.certified.block.updates}
         withheld: list[Action] = [Withheld(p) for p in sorted(self.pending_blobs)
                                   if p not in recorded and p != self.me]
-        return withheld + [self.committed, Publish("block", self.certified.to_obj())]
+        return withheld + [self.committed,
+                           Publish("block", self.certified.to_obj(), repeat=False)]

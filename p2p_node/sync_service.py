@@ -17,7 +17,6 @@ from typing import Any, Awaitable, Callable
 
 import trio
 
-from chain.block import CommittedBlock
 from chain.genesis import Genesis
 from chain.store import DEFAULT_KEEP_CHECKPOINTS, BlockStore, ModelStore, retain_checkpoints
 from chain.sync import (
@@ -39,6 +38,7 @@ from chain.sync import (
     encode_request,
     encode_response,
 )
+from chain.position import ForkError, beyond_head
 from chain.verify import ChainVerifier
 from gossip.transfer import (
     BlobRef,
@@ -90,7 +90,8 @@ class SyncService:
                  me: str = "", penalize: Callable[[Any, str], None] | None = None,
                  on_event: Callable[[dict], None] | None = None,
                  request_timeout: float = REQUEST_TIMEOUT,
-                 keep_checkpoints: int = DEFAULT_KEEP_CHECKPOINTS) -> None:
+                 keep_checkpoints: int = DEFAULT_KEEP_CHECKPOINTS,
+                 position: ChainVerifier | None = None) -> None:
         self.host = host
         self.store, self.models = store, models
         self.me = me
@@ -98,7 +99,8 @@ class SyncService:
         self.on_event = on_event or (lambda e: None)
         self.request_timeout = request_timeout
         self.keep_checkpoints = keep_checkpoints
-        self._verifier = ChainVerifier(genesis)
+        #: our chain's position (the node's own, when it shares it): sessions start from a copy
+        self._verifier = position if position is not None else ChainVerifier(genesis)
         self._hint = trio.Event()
         #: refused requests we served, by code; peers dropped while syncing, by reason
         self.refused: dict[str, int] = {}
@@ -234,15 +236,11 @@ class SyncService:
         """Store a finished session's blocks beyond our head (the checkpoint first); the number
         of blocks added. Blocks we committed meanwhile must be the same ones (else: refused)."""
         head = self.store.head()
-        height = -1 if head is None else head[0]
-        for committed in result.blocks:
-            if committed.block.height <= height:
-                ours = self.store.get(committed.block.height)
-                if ours is None or ours.block.hash() != committed.block.hash():
-                    log.error("sync: certified block %d differs from ours: not applied",
-                              committed.block.height)
-                    return 0
-        new: list[CommittedBlock] = [c for c in result.blocks if c.block.height > height]
+        try:
+            new = beyond_head(self.store, -1 if head is None else head[0], result.blocks)
+        except ForkError as exc:
+            log.error("sync: %s: not applied", exc)
+            return 0
         if not new or result.model is None:
             return 0
         self.models.put(result.model)

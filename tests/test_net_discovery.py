@@ -1,6 +1,7 @@
 """Discovery between real hosts on loopback: peer exchange, redial after loss, mDNS."""
 
 import functools
+import os
 from contextlib import AsyncExitStack
 
 import pytest
@@ -99,6 +100,10 @@ def test_peers_knowing_one_peer_find_all_and_reconnect_after_loss():
 
 
 def test_mdns_finds_peers_with_no_address_given():
+    # Fails when discovery fails: a silent skip could never catch mDNS breaking. Hosts with no
+    # multicast (some CI containers) opt out explicitly.
+    if os.environ.get("CMFL_TEST_NO_MDNS") == "1":
+        pytest.skip("CMFL_TEST_NO_MDNS=1: mDNS test opted out")
     signers = [Signer(bytes([50 + i]) * 32) for i in range(3)]
     ids = [s.peer_id for s in signers]
 
@@ -120,8 +125,8 @@ def test_mdns_finds_peers_with_no_address_given():
                     return False
                 return True
 
-    if not trio.run(main):
-        pytest.skip("no mDNS answers here (multicast on loopback unavailable?)")
+    assert trio.run(main), ("mDNS found no peers within 25 s (where multicast on loopback is "
+                            "unavailable, set CMFL_TEST_NO_MDNS=1)")
 
 
 def test_a_hostile_peer_list_makes_no_honest_peer_dial_its_victim():

@@ -203,7 +203,7 @@ def test_a_network_without_dp_refuses_updates_that_declare_it():
     trainer = TRAINERS[0]
     machine = net.machines[trainer]
     real = machine.on_own_update
-    machine.on_own_update = lambda s, n: [dataclasses.replace(
+    machine.on_own_update = lambda s, n, dp=None: [dataclasses.replace(
         a, payload={**a.payload, "dp": POLICY.report(n).to_dict()}) for a in real(s, n)]
     net.run()
     net.expire("collect")

@@ -14,15 +14,19 @@ import p2p_node.round_machine as round_machine
 from gossip.transfer import BlobRef
 from learning.tensors import state_bytes
 from p2p_node.round_machine import (
+    BlobArrived,
     Commit,
     Evidence,
     FetchBlob,
     OfferBlob,
     Publish,
     PublishSigned,
+    Received,
     Rejected,
     RoundMachine,
     SetTimer,
+    TimerFired,
+    Trained,
     Withheld,
 )
 
@@ -102,8 +106,8 @@ class Network:
             if not self.queue:  # every gossiped message is in: the stream fetches complete
                 peer, fetch = self.fetches.pop(0)
                 if peer not in self.crashed and fetch.ref.digest not in self.withheld:
-                    self.emit(peer, self.machines[peer].on_blob(
-                        fetch.ref.digest, self.blobs[fetch.ref.digest]))
+                    self.emit(peer, self.machines[peer].feed(BlobArrived(
+                        0, fetch.ref.digest, self.blobs[fetch.ref.digest])))
                 continue
             recipients, data = self.queue.popleft()
             env = decode_envelope(data)
@@ -111,24 +115,24 @@ class Network:
                 continue
             for peer, machine in self.live().items():
                 if peer in recipients:
-                    self.emit(peer, machine.on_envelope(env))
+                    self.emit(peer, machine.feed(Received(env)))
 
     def run(self):
         for peer, machine in self.live().items():
             self.emit(peer, machine.start())
-            self.emit(peer, machine.on_own_update(update_of(peer), 10 + MEMBERS.index(peer)))
+            self.emit(peer, machine.feed(Trained(0, update_of(peer), 10 + MEMBERS.index(peer))))
         self.settle()
 
     def expire(self, step):
         """Let a deadline pass on every live peer ("collect", "propose" or the view timer)."""
         for peer, machine in self.live().items():
-            if step == "view":
-                pending = [t for p, t in self.timers if p == peer]
-                self.timers = [(p, t) for p, t in self.timers if p != peer]
+            if step == "view":  # pBFT's view timer (the deadlines are "collect", "propose")
+                pending = [t for p, t in self.timers if p == peer and t.name == "view"]
+                self.timers = [(p, t) for p, t in self.timers if p != peer or t.name != "view"]
                 for timer in pending:
-                    self.emit(peer, machine.on_timer(timer.name, timer.view))
+                    self.emit(peer, machine.feed(TimerFired(0, timer.name, timer.view)))
             else:
-                self.emit(peer, getattr(machine, f"on_{step}_deadline")())
+                self.emit(peer, machine.feed(TimerFired(0, step, 0)))
         self.settle()
 
 
