@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from learning.attacks import Attack, make_attack
+from learning.attacks import Attack, Omniscient, RoundView, make_attack
 from learning.baselines import BASELINES, aggregate_baseline
 from learning.cmfl import RoundConfig, finish_round, select_round
 from learning.data import Dataset, load_digits_split, shard_indices, subset
@@ -125,9 +125,11 @@ def _train(spec: RunSpec, base: ModelState, data: Dataset, seed: int,
 
 def _round_models(spec: RunSpec, rnd: int, base: ModelState, data: dict[str, Dataset],
                   attackers: frozenset[str], attack: Attack | None,
+                  committee: tuple[str, ...] = (),
                   ) -> tuple[dict[str, ModelState], dict[str, DpReport | None]]:
     """Every peer's model to send this round (trained, then poisoned by attackers) and the DP
-    report it declares (None without DP)."""
+    report it declares (None without DP). Omniscient attacks choose after every honest peer
+    has trained, knowing all of it and the committee (a rushing, full-knowledge adversary)."""
     ids = sorted(data)
     runs = {p: _train(spec, base, data[p], spec.seed * 1_000_003 + rnd * 1_009 + i,
                       spec.dp_attacker_noise or p not in attackers)
@@ -136,7 +138,11 @@ def _round_models(spec: RunSpec, rnd: int, base: ModelState, data: dict[str, Dat
     reports = {p: report for p, (_, report) in runs.items()}
     if attack is None or not attackers:
         return trained, reports
-    if attack.colluding:
+    if isinstance(attack, Omniscient):
+        attack = attack.observe_round(RoundView(
+            base, {p: trained[p] for p in ids if p not in attackers},
+            {p: trained[p] for p in ids if p in attackers}, tuple(committee)))
+    elif attack.colluding:
         # The omniscient colluders: every benign model of the round (see ALittleIsEnough).
         benign = [trained[p] for p in ids if p not in attackers]
         attack = attack.observe(benign, len(ids), len(attackers))
@@ -166,7 +172,7 @@ def run(spec: RunSpec) -> RunResult:
         excluded: set[str] = set()
         dp = spec.dp
         for rnd in range(spec.rounds):
-            sent, reports = _round_models(spec, rnd, state, data, attackers, attack)
+            sent, reports = _round_models(spec, rnd, state, data, attackers, attack, committee)
             trainers = [p for p in sorted(sent) if p not in committee]
             variances = None
             if dp is not None:
