@@ -32,6 +32,8 @@ OUT_DIR = Path(__file__).resolve().parent.parent / "docs" / "results"
 SPLITS = {"iid": ("iid", 0.5), "noniid": ("dirichlet", 0.5)}
 #: The rule the table argues for, compared against every baseline.
 OURS = "cmfl-auto"
+#: Issue 14's candidate default (learning.simulation.CMFL_RULES), reported beside OURS.
+CANDIDATE = "cmfl-robust"
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ ALL_ATTACKS = tuple(sorted(ATTACKS))
 #: The attacks of issue 14: omniscient colluders from the literature and against cmfl-auto.
 ADAPTIVE_ATTACKS = tuple(a for a in ALL_ATTACKS if a not in CLASSIC_ATTACKS)
 #: The rules compared in the adaptive campaign: ours, the previous default and the baselines.
-ADAPTIVE_RULES = tuple(dict.fromkeys((OURS, "cmfl-auto") + tuple(
+ADAPTIVE_RULES = tuple(dict.fromkeys((CANDIDATE, OURS) + tuple(
     r for r in RULE_NAMES if r not in CMFL_RULES)))
 PRESETS = {
     # The issue's bar: 20 peers, MLP 64-64-10 on digits, 2 local epochs (lr 0.1, batch 16),
@@ -239,39 +241,68 @@ def summarise(rows: list[dict], rules: tuple[str, ...], preset: str, command: st
                     xs = cells.get((split, fr, a, rule))
                     out.append(f"{_stats(xs)[0]:.3f} +- {_stats(xs)[1]:.3f}" if xs else "-")
                 lines.append(f"| {split} | {float(fr):.0%} | {a} | " + " | ".join(out) + " |")
-    if OURS in rules:
-        lines += ["", f"## Where `{OURS}` loses to a baseline", ""]
-        losses = []
+    cmfl = [r for r in rules if r in CMFL_RULES]
+    if cmfl and any(r.get("capture_rate") for r in rows):
+        f = pbft_f(5)
+        lines += ["", "## CMFL: attackers aggregated per round / capture rate", "",
+                  f"Mean number of attackers among the aggregated updates per round, then the "
+                  f"share of rounds whose committee of 5 held more than f = {f} attackers "
+                  "(mean over seeds).", "",
+                  "| split | attack | " + " | ".join(cmfl) + " |", "|---|---|" + "---|" * len(cmfl)]
+        per: dict[tuple, list[tuple[float, float]]] = defaultdict(list)
+        for r in rows:
+            if r["rule"] in CMFL_RULES and r.get("capture_rate"):
+                per[(r["split"], r["attack"], r["rule"])].append(
+                    (float(r["attackers_selected_per_round"]), float(r["capture_rate"])))
         for split in splits:
-            for fr in fractions:
-                for a in attacks + ["none"]:
-                    frac = "0.00" if a == "none" else fr
-                    ours = cells.get((split, frac, a, OURS))
-                    if not ours:
-                        continue
-                    for rule in rules:
-                        if rule in CMFL_RULES or not cells.get((split, frac, a, rule)):
-                            continue
-                        theirs = _stats(cells[(split, frac, a, rule)])[0]
-                        if theirs > _stats(ours)[0]:
-                            losses.append(f"- {split}, {float(frac):.0%}, {a}: {rule} "
-                                          f"{theirs:.3f} > {OURS} {_stats(ours)[0]:.3f}")
-                base_worst = [(worst[(split, fr, r)], r) for r in rules
-                              if r not in CMFL_RULES and (split, fr, r) in worst]
-                if (split, fr, OURS) in worst and base_worst:
-                    (bw, ba), br = max(base_worst)
-                    if bw > worst[(split, fr, OURS)][0]:
-                        losses.insert(0, f"- **worst case**, {split}, {float(fr):.0%}: {br} "
-                                         f"{bw:.3f} ({ba}) > {OURS} "
-                                         f"{worst[(split, fr, OURS)][0]:.3f}")
-        # a duplicate "none" line per fraction is noise
-        lines += list(dict.fromkeys(losses)) or ["- nowhere in this grid."]
+            for a in attacks:
+                out = []
+                for rule in cmfl:
+                    xs = per.get((split, a, rule))
+                    out.append(f"{statistics.fmean(x for x, _ in xs):.2f} / "
+                               f"{statistics.fmean(c for _, c in xs):.0%}" if xs else "-")
+                lines.append(f"| {split} | {a} | " + " | ".join(out) + " |")
+    for ours in (OURS, CANDIDATE):
+        if ours in rules:
+            lines += _losses(cells, worst, rules, splits, fractions, attacks, ours)
     lines += ["", "Rules: `cmfl-s1`/`cmfl-s2` are CMFL as published (distances summed over the "
               "committee, S1 lowest / S2 highest half, middle-rank election); `cmfl-auto` is "
-              "median scoring, evidence-based S1/S2 and the trusted election (docs/learning.md). "
+              "median scoring, evidence-based S1/S2 and the trusted election (docs/learning.md); "
+              "`cmfl-robust` is cmfl-auto with the floored typical distance and the clone test. "
               "Krum and Multi-Krum know the true number of attackers; trimmed mean cuts 20% "
               "per end.", ""]
     return "\n".join(lines)
+
+
+def _losses(cells: dict, worst: dict, rules: tuple[str, ...], splits: list[str],
+            fractions: list[str], attacks: list[str], ours: str) -> list[str]:
+    """The cells (and worst cases) where a baseline beats `ours`."""
+    losses = []
+    for split in splits:
+        for fr in fractions:
+            for a in attacks + ["none"]:
+                frac = "0.00" if a == "none" else fr
+                mine = cells.get((split, frac, a, ours))
+                if not mine:
+                    continue
+                for rule in rules:
+                    if rule in CMFL_RULES or not cells.get((split, frac, a, rule)):
+                        continue
+                    theirs = _stats(cells[(split, frac, a, rule)])[0]
+                    if theirs > _stats(mine)[0]:
+                        losses.append(f"- {split}, {float(frac):.0%}, {a}: {rule} "
+                                      f"{theirs:.3f} > {ours} {_stats(mine)[0]:.3f}")
+            base_worst = [(worst[(split, fr, r)], r) for r in rules
+                          if r not in CMFL_RULES and (split, fr, r) in worst]
+            if (split, fr, ours) in worst and base_worst:
+                (bw, ba), br = max(base_worst)
+                if bw > worst[(split, fr, ours)][0]:
+                    losses.insert(0, f"- **worst case**, {split}, {float(fr):.0%}: {br} "
+                                     f"{bw:.3f} ({ba}) > {ours} "
+                                     f"{worst[(split, fr, ours)][0]:.3f}")
+    # a duplicate "none" line per fraction is noise
+    return ["", f"## Where `{ours}` loses to a baseline", ""] + (
+        list(dict.fromkeys(losses)) or ["- nowhere in this grid."])
 
 
 def plot(rows: list[dict], rules: tuple[str, ...], path_prefix: Path) -> list[Path]:

@@ -460,7 +460,7 @@ class CmflCapture(Omniscient):
     rank: int = 0
     #: random spread around the copy, as a share of the honest std (0: exact copies)
     jitter: float = 0.0
-    #: > 0: colluder i of m aims at target * (1 - stagger * i), so no two score alike
+    #: > 0: colluder i of m aims at target * (1 + stagger * i), so no two score alike
     stagger: float = 0.0
 
     def _target(self, view: RoundView, colluders: set[str]) -> float:
@@ -469,18 +469,22 @@ class CmflCapture(Omniscient):
         return honest[min(self.rank, len(honest) - 1)] if honest else math.inf
 
     def craft(self, view: RoundView, own: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        if not view.committee:
+            # No committee to aim at (a baseline rule): min-max with the same perturbation.
+            return AgrMinMax(perturbation=self.perturbation).craft(view, own, rng)
         colluders = set(view.colluders)
         d = _deltas(view, sorted(view.honest))
         mean, p = d.mean(dim=0), _direction(d, self.perturbation)
         target = self._target(view, colluders)
         if self.stagger > 0:
-            target *= 1.0 - self.stagger * _colluder_index(view, own)
-        scale = float(d.std(dim=0, unbiased=False).norm()) if self.perturbation == "unit" else 1.0
+            target *= 1.0 + self.stagger * _colluder_index(view, own)
+        # gamma in units of the typical honest update norm, searched up to 40 of them
+        scale = float(d.norm(dim=1).mean()) if self.perturbation == "unit" else 1.0
 
         def ok(g: float) -> bool:
             return committee_score(view, mean + g * scale * p, colluders) <= target
 
-        mal = mean + _largest_gamma(ok, gamma=4.0) * scale * p
+        mal = mean + _largest_gamma(ok, gamma=20.0) * scale * p
         if self.jitter > 0:
             std = d.std(dim=0, unbiased=False)
             mal = mal + self.jitter * std * torch.from_numpy(rng.standard_normal(mal.numel()))
@@ -498,7 +502,7 @@ def _colluder_index(view: RoundView, own: torch.Tensor) -> int:
 
 @dataclass(frozen=True)
 class CmflCaptureStaggered(CmflCapture):
-    """cmfl_capture with the colluders' scores spread 5% apart (colluder i aims 5 i % below
+    """cmfl_capture with the colluders' scores spread 5% apart (colluder i aims 5 i % above
     the lowest honest score): the adaptive answer to a test of near-identical score vectors,
     at almost no cost in harm."""
 

@@ -15,7 +15,9 @@ from learning.attacks import Attack, Omniscient, RoundView, make_attack
 from learning.baselines import BASELINES, aggregate_baseline
 from learning.cmfl import RoundConfig, finish_round, select_round
 from learning.data import Dataset, load_digits_split, shard_indices, subset
-from learning.model import ModelSpec, initial_state
+import torch
+
+from learning.model import ModelSpec, build_model, initial_state, load_state
 from learning.privacy import DpPolicy, DpReport, noise_consistent, train_local_dp
 from learning.scoring import score_updates
 from learning.tensors import ModelState
@@ -26,6 +28,10 @@ CMFL_RULES: dict[str, RoundConfig] = {
     "cmfl-s1": RoundConfig(rule="S1", scoring="sum", election="middle"),
     "cmfl-s2": RoundConfig(rule="S2", scoring="sum", election="middle"),
     "cmfl-auto": RoundConfig(rule="auto", scoring="median", election="trusted"),
+    # issue 14's candidate: cmfl-auto whose typical distance a colluding minority at the
+    # bottom of the ranking cannot pull down, and which drops identical score vectors
+    "cmfl-robust": RoundConfig(rule="auto", scoring="median", election="trusted",
+                               typical="floored", clone_ratio=0.02),
 }
 RULE_NAMES = tuple(CMFL_RULES) + BASELINES
 
@@ -55,6 +61,9 @@ class RunSpec:
     dp_max_grad_norm: float = 1.0
     #: False: attackers skip the DP noise (train without it) but declare the honest parameters
     dp_attacker_noise: bool = True
+    #: members validate on their own data (design notes step 6): "" off, "own" scales each
+    #: distance by the update's loss over the member's own model's, "base" over the base's
+    validate: str = ""
 
     @property
     def dp(self) -> DpPolicy | None:
@@ -123,6 +132,24 @@ def _train(spec: RunSpec, base: ModelState, data: Dataset, seed: int,
                           dp.noise_multiplier, dp.max_grad_norm, dp.delta, dp.accountant)
 
 
+def local_loss(spec: ModelSpec, state: ModelState, data: Dataset) -> float:
+    """Mean cross-entropy of `state` on `data` (a member's validation of an update)."""
+    model = build_model(spec, seed=0)
+    load_state(model, state)
+    model.eval()
+    with torch.no_grad():
+        return float(torch.nn.functional.cross_entropy(model(data.x), data.y).item())
+
+
+def validated_distances(distances: dict[str, float], losses: dict[str, float],
+                        reference_loss: float) -> dict[str, float]:
+    """A member's distances scaled by how much worse each update does on the member's own
+    data than its reference (never scaled down): an update crafted to sit close to every
+    model but pointing the wrong way is close, yet fails the member's data."""
+    ref = max(reference_loss, 1e-12)
+    return {t: d * max(1.0, losses[t] / ref) for t, d in sorted(distances.items())}
+
+
 def _round_models(spec: RunSpec, rnd: int, base: ModelState, data: dict[str, Dataset],
                   attackers: frozenset[str], attack: Attack | None,
                   committee: tuple[str, ...] = (),
@@ -186,6 +213,11 @@ def run(spec: RunSpec) -> RunResult:
                 # The member's own model is its reference; on DP, debiased as the peers do.
                 vec = score_updates(sent[m], updates, variances,
                                     variances[m] if variances else 0.0)
+                if spec.validate:
+                    ref = sent[m] if spec.validate == "own" else state
+                    vec = validated_distances(
+                        vec, {t: local_loss(mspec, updates[t], data[m]) for t in vec},
+                        local_loss(mspec, ref, data[m]))
                 if attack is not None and m in attackers:
                     vec = attack.poison_scores(vec, attackers)
                 vectors[m] = vec
