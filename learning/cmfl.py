@@ -8,6 +8,7 @@ trainers' updates to aggregate; needed before the updates themselves are fetched
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -183,21 +184,23 @@ def find_outliers(combined: Mapping[str, float], ratio: float,
     return tuple(sorted(t for t in combined if not combined[t] <= limit))
 
 
-def find_clones(vectors: Mapping[str, Mapping[str, float]], scale: float,
-                ratio: float) -> tuple[str, ...]:
-    """Trainers whose distances to every member match another trainer's to within
-    `ratio * scale`: two peers training on their own data never send the same update, but
-    colluders sending one crafted update (or copying an honest peer) do, and then their score
-    vectors coincide. Exact comparisons of the signed distances, so every peer agrees."""
+def find_clones(vectors: Mapping[str, Mapping[str, float]], ratio: float) -> tuple[str, ...]:
+    """Trainers whose distance to every member matches another trainer's to within `ratio`
+    times that member's median reported distance: two peers training on their own data never
+    send the same update, but colluders sending one crafted update (or copying an honest
+    peer) do, and then their score vectors coincide. Each member's tolerance is its own, so a
+    member that inflates its distances widens only its own; exact comparisons of the signed
+    distances, so every peer agrees."""
     members = sorted(vectors)
-    trainers = sorted(set.intersection(*(set(vectors[m]) for m in members))) if members else []
-    tol = ratio * scale
-    if not tol > 0:
+    if not members or not ratio > 0:
         return ()
+    trainers = sorted(set.intersection(*(set(vectors[m]) for m in members)))
+    tol = {m: ratio * statistics.median(sorted(vectors[m][t] for t in trainers))
+           for m in members} if trainers else {}
     clones = set()
     for i, a in enumerate(trainers):
         for b in trainers[i + 1:]:
-            if all(abs(vectors[m][a] - vectors[m][b]) <= tol for m in members):
+            if all(abs(vectors[m][a] - vectors[m][b]) <= tol[m] for m in members):
                 clones.update((a, b))
     return tuple(sorted(clones))
 
@@ -219,8 +222,7 @@ def select_round(
                               dissenters=dissenters)
     clones: tuple[str, ...] = ()
     if config.clone_ratio > 0 and combined:
-        clones = find_clones(member_vectors, typical_distance(combined, "median"),
-                             config.clone_ratio)
+        clones = find_clones(member_vectors, config.clone_ratio)
     rest = {t: s for t, s in combined.items() if t not in clones}
     outliers = tuple(sorted(set(find_outliers(rest, config.outlier_ratio, config.typical))
                             | set(clones)))

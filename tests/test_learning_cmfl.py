@@ -196,8 +196,11 @@ def test_a_colluding_quarter_at_the_bottom_defines_the_lower_half_but_not_the_fl
 def test_clones_are_trainers_with_one_score_vector():
     vectors = {"m1": {"a": 1.0, "b": 1.4, "x": 0.8, "y": 0.8},
                "m2": {"a": 1.2, "b": 1.1, "x": 0.9, "y": 0.9001}}
-    assert find_clones(vectors, scale=1.0, ratio=0.02) == ("x", "y")
-    assert find_clones(vectors, scale=1.0, ratio=0.0) == ()
+    assert find_clones(vectors, ratio=0.02) == ("x", "y")
+    assert find_clones(vectors, ratio=0.0) == ()
+    # a member inflating every distance widens its own tolerance only
+    inflated = dict(vectors, m3={t: 50.0 + d for t, d in vectors["m1"].items()})
+    assert find_clones(inflated, ratio=0.02) == ("x", "y")
     cfg = RoundConfig(rule="auto", scoring="median", election="trusted", clone_ratio=0.02)
     sel = select_round(vectors, cfg)
     assert set(sel.outliers) >= {"x", "y"} and not {"x", "y"} & set(sel.selected)
