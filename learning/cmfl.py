@@ -21,7 +21,7 @@ from learning.tensors import ModelState
 
 RULES = ("S1", "S2", "auto")
 SCORINGS = ("sum", "median")
-ELECTIONS = ("middle", "trusted")
+ELECTIONS = ("middle", "trusted", "robust")
 TYPICALS = ("lower_half", "median", "floored")
 #: "floored": the lower-half median, but never below this share of the median of all
 FLOOR_SHARE = 0.85
@@ -37,7 +37,8 @@ class RoundConfig:
     fraction: float = 0.5
     #: sum (CMFL) or median over committee members (robust to lying members)
     scoring: str = "sum"
-    #: middle (CMFL) or trusted (middle of the trainers that passed this round's checks)
+    #: middle (CMFL), trusted (middle of the trainers that passed this round's checks) or
+    #: robust (middle of every scored trainer, barring clones and recorded misbehaviour)
     election: str = "middle"
     #: auto: a trainer is an outlier past this many times the typical honest distance
     outlier_ratio: float = 1.3
@@ -102,6 +103,8 @@ class RoundSelection:
     outliers: tuple[str, ...] = ()
     #: committee members whose score vector contradicts the others' (recorded misbehaviour)
     dissenters: tuple[str, ...] = ()
+    #: trainers whose score vectors coincide (find_clones; also among the outliers)
+    clones: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -235,7 +238,7 @@ def select_round(
     else:
         chosen = sorted(combined)
         applied = "S1+S2"
-    return RoundSelection(combined, tuple(chosen), applied, outliers, dissenters)
+    return RoundSelection(combined, tuple(chosen), applied, outliers, dissenters, clones)
 
 
 def elect_committee(
@@ -253,7 +256,11 @@ def elect_committee(
         if len(candidates) < size:
             return tuple(sorted(current_committee))
         return tuple(elect_middle(candidates, size))
-    barred = set(excluded) | set(selection.outliers)
+    # robust: colluders who sit just inside the outlier limit, at the bottom of the ranking,
+    # would fill the middle of the inliers; the middle of every scored trainer stays honest
+    # while they are fewer than a third of the trainers.
+    barred = set(excluded) | set(
+        selection.clones if config.election == "robust" else selection.outliers)
     candidates = {t: s for t, s in combined.items() if t not in barred}
     if len(candidates) < size:
         return tuple(sorted(current_committee))

@@ -30,7 +30,7 @@ CMFL_RULES: dict[str, RoundConfig] = {
     "cmfl-auto": RoundConfig(rule="auto", scoring="median", election="trusted"),
     # issue 14's candidate: cmfl-auto whose typical distance a colluding minority at the
     # bottom of the ranking cannot pull down, and which drops identical score vectors
-    "cmfl-robust": RoundConfig(rule="auto", scoring="median", election="trusted",
+    "cmfl-robust": RoundConfig(rule="auto", scoring="median", election="robust",
                                typical="floored", clone_ratio=0.02),
 }
 RULE_NAMES = tuple(CMFL_RULES) + BASELINES
@@ -225,7 +225,7 @@ def run(spec: RunSpec) -> RunResult:
             decision = finish_round(state, selection, updates, samples, spec.committee_size,
                                     committee, config,
                                     # plain CMFL (middle election) stays plain in the table
-                                    frozenset(excluded) if config.election == "trusted"
+                                    frozenset(excluded) if config.election != "middle"
                                     else frozenset())
             # Recorded misbehaviour: members whose vectors contradicted the committee's.
             excluded |= set(decision.dissenters)

@@ -204,3 +204,15 @@ def test_clones_are_trainers_with_one_score_vector():
     cfg = RoundConfig(rule="auto", scoring="median", election="trusted", clone_ratio=0.02)
     sel = select_round(vectors, cfg)
     assert set(sel.outliers) >= {"x", "y"} and not {"x", "y"} & set(sel.selected)
+
+
+def test_robust_election_seats_the_middle_of_every_trainer_but_no_clone():
+    # three copies just under the honest trainers, two honest outliers far away
+    vectors = {m: {"a": 1.0 + s, "b": 1.1 + s, "c": 1.2 + s, "d": 3.0 + s, "e": 3.1 + s,
+                   "x": 0.9 + s, "y": 0.9 + s, "z": 0.9 + s} for m, s in
+               (("m1", 0.0), ("m2", 0.05), ("m3", 0.1))}
+    for election, seated in (("trusted", ("a", "b", "c")), ("robust", ("b", "c", "d"))):
+        cfg = RoundConfig(rule="auto", scoring="median", election=election, clone_ratio=0.02)
+        sel = select_round(vectors, cfg)
+        assert sel.clones == ("x", "y", "z")
+        assert elect_committee(sel, 3, ("m1", "m2", "m3"), cfg) == seated
