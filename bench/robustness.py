@@ -268,7 +268,10 @@ def summarise(rows: list[dict], rules: tuple[str, ...], preset: str, command: st
     lines += ["", "Rules: `cmfl-s1`/`cmfl-s2` are CMFL as published (distances summed over the "
               "committee, S1 lowest / S2 highest half, middle-rank election); `cmfl-auto` is "
               "median scoring, evidence-based S1/S2 and the trusted election (docs/learning.md); "
-              "`cmfl-robust` is cmfl-auto with the floored typical distance and the clone test. "
+              "`cmfl-robust` is cmfl-auto with the floored typical distance, the clone test and the "
+              "robust election (docs/learning.md, issue 14). The `cmfl_*` attacks aim at a "
+              "committee; against a baseline (no committee) they fall back to min-max with the "
+              "unit perturbation, hence one number for all four. "
               "Krum and Multi-Krum know the true number of attackers; trimmed mean cuts 20% "
               "per end.", ""]
     return "\n".join(lines)
