@@ -200,6 +200,9 @@ def find_clones(vectors: Mapping[str, Mapping[str, float]], ratio: float) -> tup
     trainers = sorted(set.intersection(*(set(vectors[m]) for m in members)))
     tol = {m: ratio * statistics.median(sorted(vectors[m][t] for t in trainers))
            for m in members} if trainers else {}
+    # a member whose median is infinite (most updates unusable to it) tells clones apart
+    # only by exact equality
+    tol = {m: x if math.isfinite(x) else 0.0 for m, x in tol.items()}
     clones = set()
     for i, a in enumerate(trainers):
         for b in trainers[i + 1:]:
