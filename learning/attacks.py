@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
 import torch
 
+from learning.baselines import flatten_state, krum_scores, unflatten_state
 from learning.data import Dataset
+from learning.scoring import model_distance
 from learning.tensors import ModelState
 
 
@@ -193,10 +195,354 @@ class FalseScores(Attack):
         return {t: 0.0 if t in colluders else self.inflate * d for t, d in sorted(scores.items())}
 
 
+# --- Omniscient colluders (the literature's strongest threat model) --------------------------
+#
+# Every attack below sees the whole round before it sends: every honest peer's trained model
+# (by peer), the base model, which peers sit on the committee and what its colluders trained.
+# They all send after the honest peers (a rushing adversary), and those on the committee lie
+# in their score vectors in the way that cannot be told from honest skew (`_favour_colluders`).
+
+
+@dataclass(frozen=True)
+class RoundView:
+    """What omniscient colluders know when they choose their updates."""
+
+    base: ModelState
+    #: every honest peer's trained model this round (committee members' included), by peer
+    honest: dict[str, ModelState]
+    #: what each colluder trained on its own (possibly poisoned) data, by peer
+    colluders: dict[str, ModelState]
+    committee: tuple[str, ...] = ()
+
+    @property
+    def honest_trainers(self) -> list[str]:
+        """The honest peers whose updates the committee scores this round."""
+        return [p for p in sorted(self.honest) if p not in self.committee]
+
+
+def _favour_colluders(scores: dict[str, float], colluders: frozenset[str] | set[str]
+                      ) -> dict[str, float]:
+    """A lying member's vector: colluders at distance 0, honest trainers as measured. The
+    ranking of honest trainers is kept, so a rank test (find_dissenters) sees nothing odd."""
+    return {t: 0.0 if t in colluders else d for t, d in sorted(scores.items())}
+
+
+def _deltas(view: RoundView, ids: list[str]) -> torch.Tensor:
+    base = flatten_state(view.base)
+    return torch.stack([flatten_state(view.honest[p]) - base for p in ids])
+
+
+def _state(view: RoundView, delta: torch.Tensor) -> ModelState:
+    return unflatten_state(flatten_state(view.base) + delta, view.base)
+
+
+@dataclass(frozen=True)
+class Omniscient(Attack):
+    """Base of the omniscient colluding attacks: `observe_round` hands them the RoundView;
+    `craft` returns the update (a flat delta over base) every colluder sends."""
+
+    colluding: ClassVar[bool] = True
+    view: RoundView | None = None
+
+    def observe(self, honest: list[ModelState], n_peers: int, n_colluders: int) -> Attack:
+        """Without a full view (a real peer with no side channel) the attack cannot aim: it
+        sends what it trained."""
+        return self
+
+    def observe_round(self, view: RoundView) -> Attack:
+        """This attack knowing the whole round."""
+        return replace(self, view=view)
+
+    def craft(self, view: RoundView, own: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    def poison_update(
+        self, base: ModelState, trained: ModelState, rng: np.random.Generator
+    ) -> ModelState:
+        """The crafted update; the trained model when the round is unknown."""
+        if self.view is None or len(self.view.honest) < 2:
+            return trained
+        own = flatten_state(trained) - flatten_state(base)
+        return _state(self.view, self.craft(self.view, own, rng))
+
+    def poison_scores(
+        self, scores: dict[str, float], colluders: frozenset[str] | set[str]
+    ) -> dict[str, float]:
+        """Colluders reported closest; honest trainers as measured."""
+        return _favour_colluders(scores, colluders)
+
+
+def _direction(deltas: torch.Tensor, kind: str) -> torch.Tensor:
+    """Shejwalkar & Houmansadr's perturbation vectors (pointing against the honest mean)."""
+    mean = deltas.mean(dim=0)
+    if kind == "std":
+        return -deltas.std(dim=0, unbiased=False)
+    if kind == "unit":
+        return -mean / (mean.norm() + 1e-12)
+    if kind == "sign":
+        return -torch.sign(mean)
+    raise ValueError(f"unknown perturbation {kind!r}")
+
+
+def _largest_gamma(ok, gamma: float = 10.0, tau: float = 1e-4) -> float:
+    """Shejwalkar & Houmansadr's Algorithm 1: the largest gamma with ok(gamma), by halving."""
+    step, best = gamma / 2, 0.0
+    while step > tau:
+        if ok(gamma):
+            best = gamma
+            gamma += step
+        else:
+            gamma -= step
+        step /= 2
+    return best if ok(best) else 0.0
+
+
+@dataclass(frozen=True)
+class AgrMinMax(Omniscient):
+    """Min-max (Shejwalkar & Houmansadr, NDSS 2021): mean + gamma * p, gamma the largest
+    with the malicious update no farther from any honest update than the two farthest honest
+    updates are from each other: it stays inside the honest spread, as far out as it can."""
+
+    name: ClassVar[str] = "min_max"
+    perturbation: str = "std"
+
+    def craft(self, view: RoundView, own: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        d = _deltas(view, view.honest_trainers or sorted(view.honest))
+        mean, p = d.mean(dim=0), _direction(d, self.perturbation)
+        limit = float(torch.cdist(d, d).max())
+
+        def ok(g: float) -> bool:
+            return float((d - (mean + g * p)).norm(dim=1).max()) <= limit
+
+        return mean + _largest_gamma(ok) * p
+
+
+@dataclass(frozen=True)
+class AgrMinSum(Omniscient):
+    """Min-sum (Shejwalkar & Houmansadr, NDSS 2021): as min-max, but the sum of squared
+    distances to the honest updates may not exceed the largest such sum of an honest one."""
+
+    name: ClassVar[str] = "min_sum"
+    perturbation: str = "std"
+
+    def craft(self, view: RoundView, own: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        d = _deltas(view, view.honest_trainers or sorted(view.honest))
+        mean, p = d.mean(dim=0), _direction(d, self.perturbation)
+        limit = float((torch.cdist(d, d) ** 2).sum(dim=1).max())
+
+        def ok(g: float) -> bool:
+            return float(((d - (mean + g * p)).norm(dim=1) ** 2).sum()) <= limit
+
+        return mean + _largest_gamma(ok) * p
+
+
+@dataclass(frozen=True)
+class InnerProduct(Omniscient):
+    """Inner-product manipulation (Xie, Koyejo & Gupta, UAI 2019): every colluder sends
+    -epsilon times the honest mean, so the aggregate's inner product with the true gradient
+    turns negative; epsilon 0.5 passes Krum and distance filters (the paper's small-eps case)."""
+
+    name: ClassVar[str] = "ipm"
+    epsilon: float = 0.5
+
+    def craft(self, view: RoundView, own: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        return -self.epsilon * _deltas(view, sorted(view.honest)).mean(dim=0)
+
+
+@dataclass(frozen=True)
+class FangMedian(Omniscient):
+    """Fang et al. (USENIX Security 2020), full-knowledge attack on trimmed mean and median:
+    per coordinate, against the honest mean's sign s_j, a value just beyond the honest
+    extreme on the other side (drawn from [w/b, w] or [b w, w], b = 2), independently per
+    colluder."""
+
+    name: ClassVar[str] = "fang_median"
+    b: float = 2.0
+
+    def craft(self, view: RoundView, own: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        d = _deltas(view, sorted(view.honest))
+        s = torch.sign(d.mean(dim=0))
+        lo, hi = d.min(dim=0).values, d.max(dim=0).values
+        u = torch.from_numpy(rng.random(lo.numel())).to(torch.float64)
+        # s > 0: go below the honest minimum; s <= 0: above the honest maximum.
+        below = torch.where(lo > 0, lo / self.b + u * (lo - lo / self.b),
+                            self.b * lo + u * (lo - self.b * lo))
+        above = torch.where(hi > 0, hi + u * (self.b * hi - hi),
+                            hi / self.b + u * (hi - hi / self.b))
+        return torch.where(s > 0, below, above)
+
+
+@dataclass(frozen=True)
+class FangKrum(Omniscient):
+    """Fang et al. (USENIX Security 2020), full-knowledge attack on Krum: every colluder sends
+    base - lambda * s (s the sign of the honest mean), lambda halved from its upper bound until
+    Krum, seeing the honest updates and the m identical copies, picks a copy."""
+
+    name: ClassVar[str] = "fang_krum"
+    n_colluders: int = 6
+
+    def craft(self, view: RoundView, own: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        d = _deltas(view, view.honest_trainers or sorted(view.honest))
+        s = torch.sign(d.mean(dim=0))
+        m = max(len(view.colluders), 1)
+        n, k = len(d) + m, d.shape[1]
+        # The paper's upper bound on lambda from the honest updates' spread and the base.
+        pair = torch.cdist(d, d)
+        nearest = torch.sort(pair, dim=1).values[:, 1 : max(n - m - 1, 2)].sum(dim=1).min()
+        lam = float(nearest / ((n - 2 * m - 1) * math.sqrt(k)) if n - 2 * m - 1 > 0 else 1.0)
+        lam += float(d.norm(dim=1).max()) / math.sqrt(k)
+        while lam > 1e-5:
+            mal = -lam * s
+            vectors = list(d) + [mal] * m
+            scores = krum_scores(vectors, m)
+            if min(range(len(vectors)), key=lambda i: (scores[i], i)) >= len(d):
+                return mal
+            lam /= 2
+        return -lam * s
+
+
+@dataclass(frozen=True)
+class Mimic(Omniscient):
+    """Mimic (Karimireddy, He & Jaggi, ICLR 2022): every colluder sends a copy of one honest
+    trainer's update. Each copy is honest, so no filter can reject it; on non-IID data the
+    aggregate is dragged towards that one peer's classes. The target is fixed for the run
+    (the first honest trainer by id), as the paper fixes it after its warm-up."""
+
+    name: ClassVar[str] = "mimic"
+
+    def craft(self, view: RoundView, own: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        target = (view.honest_trainers or sorted(view.honest))[0]
+        return _deltas(view, [target])[0]
+
+
+@dataclass(frozen=True)
+class SybilFlip(Omniscient):
+    """Sybil copies (Fung et al., FoolsGold, 2020): the colluders pool their label-flipped
+    training and all send the same averaged update, so the flipped direction arrives m times
+    with none of the spread that honest updates have."""
+
+    name: ClassVar[str] = "sybil_flip"
+    num_classes: int = 10
+
+    def poison_data(self, data: Dataset, rng: np.random.Generator) -> Dataset:
+        """Flip every label."""
+        return Dataset(x=data.x, y=(self.num_classes - 1) - data.y)
+
+    def craft(self, view: RoundView, own: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        if not view.colluders:
+            return own
+        base = flatten_state(view.base)
+        return torch.stack([flatten_state(view.colluders[p]) - base
+                            for p in sorted(view.colluders)]).mean(dim=0)
+
+
+def committee_score(view: RoundView, delta: torch.Tensor, colluders: set[str]) -> float:
+    """What `combine_scores(..., "median")` gives an update: the median over the committee of
+    its distance (learning.scoring.model_distance, per layer) to each member's model, colluding
+    members reporting 0 (_favour_colluders)."""
+    state = _state(view, delta)
+    dists = [0.0 if m in colluders else model_distance(state, view.honest[m])
+             for m in view.committee if m in view.honest or m in colluders]
+    return statistics.median(sorted(dists)) if dists else 0.0
+
+
+@dataclass(frozen=True)
+class CmflCapture(Omniscient):
+    """Aimed at cmfl-auto's typical distance: the colluders send one identical update
+    mean + gamma * p (p against the honest mean, as min-max), gamma the largest that keeps the
+    copies' combined committee score at or below the `rank`-th lowest honest trainer's. Then
+    the copies fill the bottom of the ranking, the median of the lower half (the typical
+    honest distance) is theirs, and honest trainers 1.3 times farther become outliers, dropped
+    from the aggregate and from the election."""
+
+    name: ClassVar[str] = "cmfl_capture"
+    perturbation: str = "unit"
+    rank: int = 0
+    #: random spread around the copy, as a share of the honest std (0: exact copies)
+    jitter: float = 0.0
+    #: > 0: colluder i of m aims at target * (1 + stagger * i), so no two score alike
+    stagger: float = 0.0
+
+    def _target(self, view: RoundView, colluders: set[str]) -> float:
+        honest = sorted(committee_score(view, _deltas(view, [t])[0], colluders)
+                        for t in view.honest_trainers)
+        return honest[min(self.rank, len(honest) - 1)] if honest else math.inf
+
+    def craft(self, view: RoundView, own: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        if not view.committee:
+            # No committee to aim at (a baseline rule): min-max with the same perturbation.
+            return AgrMinMax(perturbation=self.perturbation).craft(view, own, rng)
+        colluders = set(view.colluders)
+        d = _deltas(view, sorted(view.honest))
+        mean, p = d.mean(dim=0), _direction(d, self.perturbation)
+        target = self._target(view, colluders)
+        if self.stagger > 0:
+            target *= 1.0 + self.stagger * _colluder_index(view, own)
+        # gamma in units of the typical honest update norm, searched up to 40 of them
+        scale = float(d.norm(dim=1).mean()) if self.perturbation == "unit" else 1.0
+
+        def ok(g: float) -> bool:
+            return committee_score(view, mean + g * scale * p, colluders) <= target
+
+        mal = mean + _largest_gamma(ok, gamma=20.0) * scale * p
+        if self.jitter > 0:
+            std = d.std(dim=0, unbiased=False)
+            mal = mal + self.jitter * std * torch.from_numpy(rng.standard_normal(mal.numel()))
+        return mal
+
+
+def _colluder_index(view: RoundView, own: torch.Tensor) -> int:
+    """Which colluder trained `own` (its position by id), 0 if none matches."""
+    base = flatten_state(view.base)
+    for i, p in enumerate(sorted(view.colluders)):
+        if torch.equal(flatten_state(view.colluders[p]) - base, own):
+            return i
+    return 0
+
+
+@dataclass(frozen=True)
+class CmflCaptureStaggered(CmflCapture):
+    """cmfl_capture with the colluders' scores spread 5% apart (colluder i aims 5 i % above
+    the lowest honest score): the adaptive answer to a test of near-identical score vectors,
+    at almost no cost in harm."""
+
+    name: ClassVar[str] = "cmfl_capture_staggered"
+    stagger: float = 0.05
+
+
+@dataclass(frozen=True)
+class CmflElect(CmflCapture):
+    """Aimed at the election: as cmfl_capture, but the copies sit at the honest trainers'
+    median score, where the middle-of-the-ranking election seats them (ties by id), each with
+    a small random spread so no two copies are identical."""
+
+    name: ClassVar[str] = "cmfl_elect"
+    jitter: float = 0.05
+
+    def _target(self, view: RoundView, colluders: set[str]) -> float:
+        honest = sorted(committee_score(view, _deltas(view, [t])[0], colluders)
+                        for t in view.honest_trainers)
+        return honest[len(honest) // 2] if honest else math.inf
+
+
+@dataclass(frozen=True)
+class CmflCaptureNoisy(CmflCapture):
+    """cmfl_capture with each copy spread by 5% of the honest std, so that no two colluders'
+    updates (or score vectors) are identical: the adaptive answer to a duplicate test."""
+
+    name: ClassVar[str] = "cmfl_capture_noisy"
+    jitter: float = 0.05
+
+
 ATTACKS: dict[str, type[Attack]] = {
     cls.name: cls
-    for cls in (SignFlip, GaussianNoise, Scaling, Zeros, LabelFlip, ALittleIsEnough, FalseScores)
+    for cls in (SignFlip, GaussianNoise, Scaling, Zeros, LabelFlip, ALittleIsEnough, FalseScores,
+                AgrMinMax, AgrMinSum, InnerProduct, FangMedian, FangKrum, Mimic, SybilFlip,
+                CmflCapture, CmflCaptureNoisy, CmflCaptureStaggered, CmflElect)
 }
+#: The attacks before issue 14 (docs/results/bar.csv was measured with exactly these).
+CLASSIC_ATTACKS = ("alie", "false_scores", "gaussian_noise", "label_flip", "scaling",
+                   "sign_flip", "zeros")
 
 
 def make_attack(name: str) -> Attack | None:

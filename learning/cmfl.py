@@ -8,6 +8,7 @@ trainers' updates to aggregate; needed before the updates themselves are fetched
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,10 @@ from learning.tensors import ModelState
 
 RULES = ("S1", "S2", "auto")
 SCORINGS = ("sum", "median")
-ELECTIONS = ("middle", "trusted")
+ELECTIONS = ("middle", "trusted", "robust")
+TYPICALS = ("lower_half", "median", "floored")
+#: "floored": the lower-half median, but never below this share of the median of all
+FLOOR_SHARE = 0.85
 
 
 @dataclass(frozen=True)
@@ -33,10 +37,17 @@ class RoundConfig:
     fraction: float = 0.5
     #: sum (CMFL) or median over committee members (robust to lying members)
     scoring: str = "sum"
-    #: middle (CMFL) or trusted (middle of the trainers that passed this round's checks)
+    #: middle (CMFL), trusted (middle of the trainers that passed this round's checks) or
+    #: robust (middle of every scored trainer, barring clones and recorded misbehaviour)
     election: str = "middle"
     #: auto: a trainer is an outlier past this many times the typical honest distance
     outlier_ratio: float = 1.3
+    #: auto: the typical honest distance, median of the lower half of the scores (breaks when
+    #: colluders fill a quarter of the trainers) or of all of them (breaks at a half)
+    typical: str = "lower_half"
+    #: auto: > 0 drops trainers whose score vectors match another trainer's to within this
+    #: share of the typical distance (identical updates from distinct data: colluders' copies)
+    clone_ratio: float = 0.0
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -49,6 +60,10 @@ class RoundConfig:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
         if not self.outlier_ratio > 1.0:
             raise ValueError(f"outlier_ratio must be > 1, got {self.outlier_ratio}")
+        if self.typical not in TYPICALS:
+            raise ValueError(f"typical must be one of {TYPICALS}, got {self.typical!r}")
+        if not 0.0 <= self.clone_ratio < 1.0:
+            raise ValueError(f"clone_ratio must be in [0, 1), got {self.clone_ratio}")
 
     @classmethod
     def from_selection(cls, selection: Mapping[str, Any]) -> RoundConfig:
@@ -58,12 +73,22 @@ class RoundConfig:
                    fraction=float(selection.get("fraction", d.fraction)),
                    scoring=str(selection.get("scoring", d.scoring)),
                    election=str(selection.get("election", d.election)),
-                   outlier_ratio=float(selection.get("outlier_ratio", d.outlier_ratio)))
+                   outlier_ratio=float(selection.get("outlier_ratio", d.outlier_ratio)),
+                   typical=str(selection.get("typical", d.typical)),
+                   clone_ratio=float(selection.get("clone_ratio", d.clone_ratio)))
 
     def to_selection(self) -> dict[str, Any]:
-        """The genesis `selection` dict for this config."""
-        return {"rule": self.rule, "fraction": self.fraction, "scoring": self.scoring,
-                "election": self.election, "outlier_ratio": self.outlier_ratio}
+        """The genesis `selection` dict for this config (the issue-14 keys only when set, so
+        existing genesis files and their hashes stay as they were)."""
+        out: dict[str, Any] = {"rule": self.rule, "fraction": self.fraction,
+                               "scoring": self.scoring, "election": self.election,
+                               "outlier_ratio": self.outlier_ratio}
+        d = RoundConfig()
+        if self.typical != d.typical:
+            out["typical"] = self.typical
+        if self.clone_ratio != d.clone_ratio:
+            out["clone_ratio"] = self.clone_ratio
+        return out
 
 
 @dataclass(frozen=True)
@@ -78,6 +103,8 @@ class RoundSelection:
     outliers: tuple[str, ...] = ()
     #: committee members whose score vector contradicts the others' (recorded misbehaviour)
     dissenters: tuple[str, ...] = ()
+    #: trainers whose score vectors coincide (find_clones; also among the outliers)
+    clones: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -107,7 +134,8 @@ def rank_agreement(vector: Mapping[str, float], consensus: Mapping[str, float]) 
 
 
 def find_dissenters(
-    vectors: Mapping[str, Mapping[str, float]], outlier_ratio: float = 1.3
+    vectors: Mapping[str, Mapping[str, float]], outlier_ratio: float = 1.3,
+    typical: str = "lower_half",
 ) -> tuple[str, ...]:
     """Members who rank the consensus outliers closer than the consensus inliers.
 
@@ -119,7 +147,7 @@ def find_dissenters(
     if len(vectors) < 3:
         return ()
     consensus = combine_scores([dict(vectors[m]) for m in sorted(vectors)], "median")
-    outliers = set(find_outliers(consensus, outlier_ratio))
+    outliers = set(find_outliers(consensus, outlier_ratio, typical))
     if not outliers or len(outliers) == len(consensus):
         return ()
     dissenters = []
@@ -133,19 +161,54 @@ def find_dissenters(
     return tuple(dissenters)
 
 
-def find_outliers(combined: Mapping[str, float], ratio: float) -> tuple[str, ...]:
-    """Trainers farther than `ratio` times the typical honest distance.
+def typical_distance(combined: Mapping[str, float], typical: str = "lower_half") -> float:
+    """The typical honest distance: the median of the lower half of the scores, or of all.
 
-    The typical distance is the median of the lower half of the scores: it stays honest while
-    attackers are fewer than three quarters of the trainers, or sit far away."""
+    Colluders who sit close to everyone (inside the honest spread) take the lowest ranks, so
+    the lower-half median is theirs once they fill a quarter of the trainers; the median of
+    all ranks stays between two honest scores while they are fewer than half."""
     ranked = rank_by_score(dict(combined))
-    if len(ranked) < 2:
+    pool = [combined[t] for t in ranked]
+    if typical == "floored":
+        return max(typical_distance(combined, "lower_half"),
+                   FLOOR_SHARE * typical_distance(combined, "median"))
+    if typical == "lower_half":
+        pool = pool[: max(len(pool) // 2, 1)]
+    return pool[len(pool) // 2] if len(pool) % 2 else (
+        pool[len(pool) // 2 - 1] + pool[len(pool) // 2]) / 2
+
+
+def find_outliers(combined: Mapping[str, float], ratio: float,
+                  typical: str = "lower_half") -> tuple[str, ...]:
+    """Trainers farther than `ratio` times the typical honest distance (typical_distance)."""
+    if len(combined) < 2:
         return ()
-    lower = [combined[t] for t in ranked[: max(len(ranked) // 2, 1)]]
-    typical = lower[len(lower) // 2] if len(lower) % 2 else (
-        lower[len(lower) // 2 - 1] + lower[len(lower) // 2]) / 2
-    limit = ratio * typical
-    return tuple(sorted(t for t in ranked if not combined[t] <= limit))
+    limit = ratio * typical_distance(combined, typical)
+    return tuple(sorted(t for t in combined if not combined[t] <= limit))
+
+
+def find_clones(vectors: Mapping[str, Mapping[str, float]], ratio: float) -> tuple[str, ...]:
+    """Trainers whose distance to every member matches another trainer's to within `ratio`
+    times that member's median reported distance: two peers training on their own data never
+    send the same update, but colluders sending one crafted update (or copying an honest
+    peer) do, and then their score vectors coincide. Each member's tolerance is its own, so a
+    member that inflates its distances widens only its own; exact comparisons of the signed
+    distances, so every peer agrees."""
+    members = sorted(vectors)
+    if not members or not ratio > 0:
+        return ()
+    trainers = sorted(set.intersection(*(set(vectors[m]) for m in members)))
+    tol = {m: ratio * statistics.median(sorted(vectors[m][t] for t in trainers))
+           for m in members} if trainers else {}
+    # a member whose median is infinite (most updates unusable to it) tells clones apart
+    # only by exact equality
+    tol = {m: x if math.isfinite(x) else 0.0 for m, x in tol.items()}
+    clones = set()
+    for i, a in enumerate(trainers):
+        for b in trainers[i + 1:]:
+            if all(abs(vectors[m][a] - vectors[m][b]) <= tol[m] for m in members):
+                clones.update((a, b))
+    return tuple(sorted(clones))
 
 
 def select_round(
@@ -154,7 +217,7 @@ def select_round(
     """Combine the committee's score vectors and choose the trainers to aggregate."""
     members = sorted(member_vectors)
     combined = combine_scores([dict(member_vectors[m]) for m in members], config.scoring)
-    dissenters = find_dissenters(member_vectors, config.outlier_ratio)
+    dissenters = find_dissenters(member_vectors, config.outlier_ratio, config.typical)
     n = len(combined)
     k = math.ceil(config.fraction * n) if n else 0
     if config.rule == "S1":
@@ -163,7 +226,12 @@ def select_round(
     if config.rule == "S2":
         return RoundSelection(combined, tuple(select_highest_distance(combined, k)), "S2",
                               dissenters=dissenters)
-    outliers = find_outliers(combined, config.outlier_ratio)
+    clones: tuple[str, ...] = ()
+    if config.clone_ratio > 0 and combined:
+        clones = find_clones(member_vectors, config.clone_ratio)
+    rest = {t: s for t, s in combined.items() if t not in clones}
+    outliers = tuple(sorted(set(find_outliers(rest, config.outlier_ratio, config.typical))
+                            | set(clones)))
     inliers = {t: s for t, s in combined.items() if t not in outliers}
     if outliers or dissenters:
         # Evidence of attack: drop the outliers, then aggregate the closest, as S1 does, but
@@ -173,7 +241,7 @@ def select_round(
     else:
         chosen = sorted(combined)
         applied = "S1+S2"
-    return RoundSelection(combined, tuple(chosen), applied, outliers, dissenters)
+    return RoundSelection(combined, tuple(chosen), applied, outliers, dissenters, clones)
 
 
 def elect_committee(
@@ -191,7 +259,11 @@ def elect_committee(
         if len(candidates) < size:
             return tuple(sorted(current_committee))
         return tuple(elect_middle(candidates, size))
-    barred = set(excluded) | set(selection.outliers)
+    # robust: colluders who sit just inside the outlier limit, at the bottom of the ranking,
+    # would fill the middle of the inliers; the middle of every scored trainer stays honest
+    # while they are fewer than a third of the trainers.
+    barred = set(excluded) | set(
+        selection.clones if config.election == "robust" else selection.outliers)
     candidates = {t: s for t, s in combined.items() if t not in barred}
     if len(candidates) < size:
         return tuple(sorted(current_committee))

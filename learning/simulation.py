@@ -11,11 +11,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from learning.attacks import Attack, make_attack
+from learning.attacks import Attack, Omniscient, RoundView, make_attack
 from learning.baselines import BASELINES, aggregate_baseline
 from learning.cmfl import RoundConfig, finish_round, select_round
 from learning.data import Dataset, load_digits_split, shard_indices, subset
-from learning.model import ModelSpec, initial_state
+import torch
+
+from learning.model import ModelSpec, build_model, initial_state, load_state
 from learning.privacy import DpPolicy, DpReport, noise_consistent, train_local_dp
 from learning.scoring import score_updates
 from learning.tensors import ModelState
@@ -26,6 +28,10 @@ CMFL_RULES: dict[str, RoundConfig] = {
     "cmfl-s1": RoundConfig(rule="S1", scoring="sum", election="middle"),
     "cmfl-s2": RoundConfig(rule="S2", scoring="sum", election="middle"),
     "cmfl-auto": RoundConfig(rule="auto", scoring="median", election="trusted"),
+    # issue 14's candidate: cmfl-auto whose typical distance a colluding minority at the
+    # bottom of the ranking cannot pull down, and which drops identical score vectors
+    "cmfl-robust": RoundConfig(rule="auto", scoring="median", election="robust",
+                               typical="floored", clone_ratio=0.02),
 }
 RULE_NAMES = tuple(CMFL_RULES) + BASELINES
 
@@ -55,6 +61,9 @@ class RunSpec:
     dp_max_grad_norm: float = 1.0
     #: False: attackers skip the DP noise (train without it) but declare the honest parameters
     dp_attacker_noise: bool = True
+    #: members validate on their own data (design notes step 6): "" off, "own" scales each
+    #: distance by the update's loss over the member's own model's, "base" over the base's
+    validate: str = ""
 
     @property
     def dp(self) -> DpPolicy | None:
@@ -123,11 +132,31 @@ def _train(spec: RunSpec, base: ModelState, data: Dataset, seed: int,
                           dp.noise_multiplier, dp.max_grad_norm, dp.delta, dp.accountant)
 
 
+def local_loss(spec: ModelSpec, state: ModelState, data: Dataset) -> float:
+    """Mean cross-entropy of `state` on `data` (a member's validation of an update)."""
+    model = build_model(spec, seed=0)
+    load_state(model, state)
+    model.eval()
+    with torch.no_grad():
+        return float(torch.nn.functional.cross_entropy(model(data.x), data.y).item())
+
+
+def validated_distances(distances: dict[str, float], losses: dict[str, float],
+                        reference_loss: float) -> dict[str, float]:
+    """A member's distances scaled by how much worse each update does on the member's own
+    data than its reference (never scaled down): an update crafted to sit close to every
+    model but pointing the wrong way is close, yet fails the member's data."""
+    ref = max(reference_loss, 1e-12)
+    return {t: d * max(1.0, losses[t] / ref) for t, d in sorted(distances.items())}
+
+
 def _round_models(spec: RunSpec, rnd: int, base: ModelState, data: dict[str, Dataset],
                   attackers: frozenset[str], attack: Attack | None,
+                  committee: tuple[str, ...] = (),
                   ) -> tuple[dict[str, ModelState], dict[str, DpReport | None]]:
     """Every peer's model to send this round (trained, then poisoned by attackers) and the DP
-    report it declares (None without DP)."""
+    report it declares (None without DP). Omniscient attacks choose after every honest peer
+    has trained, knowing all of it and the committee (a rushing, full-knowledge adversary)."""
     ids = sorted(data)
     runs = {p: _train(spec, base, data[p], spec.seed * 1_000_003 + rnd * 1_009 + i,
                       spec.dp_attacker_noise or p not in attackers)
@@ -136,7 +165,11 @@ def _round_models(spec: RunSpec, rnd: int, base: ModelState, data: dict[str, Dat
     reports = {p: report for p, (_, report) in runs.items()}
     if attack is None or not attackers:
         return trained, reports
-    if attack.colluding:
+    if isinstance(attack, Omniscient):
+        attack = attack.observe_round(RoundView(
+            base, {p: trained[p] for p in ids if p not in attackers},
+            {p: trained[p] for p in ids if p in attackers}, tuple(committee)))
+    elif attack.colluding:
         # The omniscient colluders: every benign model of the round (see ALittleIsEnough).
         benign = [trained[p] for p in ids if p not in attackers]
         attack = attack.observe(benign, len(ids), len(attackers))
@@ -166,7 +199,7 @@ def run(spec: RunSpec) -> RunResult:
         excluded: set[str] = set()
         dp = spec.dp
         for rnd in range(spec.rounds):
-            sent, reports = _round_models(spec, rnd, state, data, attackers, attack)
+            sent, reports = _round_models(spec, rnd, state, data, attackers, attack, committee)
             trainers = [p for p in sorted(sent) if p not in committee]
             variances = None
             if dp is not None:
@@ -180,6 +213,11 @@ def run(spec: RunSpec) -> RunResult:
                 # The member's own model is its reference; on DP, debiased as the peers do.
                 vec = score_updates(sent[m], updates, variances,
                                     variances[m] if variances else 0.0)
+                if spec.validate:
+                    ref = sent[m] if spec.validate == "own" else state
+                    vec = validated_distances(
+                        vec, {t: local_loss(mspec, updates[t], data[m]) for t in vec},
+                        local_loss(mspec, ref, data[m]))
                 if attack is not None and m in attackers:
                     vec = attack.poison_scores(vec, attackers)
                 vectors[m] = vec
@@ -187,7 +225,7 @@ def run(spec: RunSpec) -> RunResult:
             decision = finish_round(state, selection, updates, samples, spec.committee_size,
                                     committee, config,
                                     # plain CMFL (middle election) stays plain in the table
-                                    frozenset(excluded) if config.election == "trusted"
+                                    frozenset(excluded) if config.election != "middle"
                                     else frozenset())
             # Recorded misbehaviour: members whose vectors contradicted the committee's.
             excluded |= set(decision.dissenters)

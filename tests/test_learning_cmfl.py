@@ -9,10 +9,12 @@ from learning.cmfl import (
     decide_round,
     elect_committee,
     find_dissenters,
+    find_clones,
     find_outliers,
     finish_round,
     rank_agreement,
     select_round,
+    typical_distance,
 )
 from learning.election import elect_middle
 from learning.model import ModelSpec, initial_state
@@ -167,3 +169,50 @@ def test_no_one_is_a_dissenter_when_every_update_is_honest():
     for _ in range(50):
         vectors = {f"m{j}": {t: 1.0 + rng.random() * 0.05 for t in trainers} for j in range(4)}
         assert find_dissenters(vectors) == ()
+
+
+def test_issue14_keys_round_trip_and_stay_out_of_old_genesis_dicts():
+    assert set(RoundConfig(rule="auto").to_selection()) == {
+        "rule", "fraction", "scoring", "election", "outlier_ratio"}
+    cfg = RoundConfig(rule="auto", scoring="median", election="trusted", typical="floored",
+                      clone_ratio=0.02)
+    assert RoundConfig.from_selection(cfg.to_selection()) == cfg
+    for bad in ({"typical": "mean"}, {"clone_ratio": 1.0}, {"clone_ratio": -0.1}):
+        with pytest.raises(ValueError):
+            RoundConfig.from_selection(bad)
+
+
+def test_a_colluding_quarter_at_the_bottom_defines_the_lower_half_but_not_the_floor():
+    # 5 copies just under 12 honest trainers spread 1.0 .. 2.1
+    scores = {f"h{i:02d}": 1.0 + 0.1 * i for i in range(12)}
+    scores.update({f"x{i}": 0.9 for i in range(5)})
+    assert typical_distance(scores, "lower_half") == 0.9  # theirs
+    assert typical_distance(scores, "median") == pytest.approx(1.3)  # an honest one
+    assert typical_distance(scores, "floored") == pytest.approx(0.85 * 1.3)
+    assert len(find_outliers(scores, 1.3)) == 10  # 10 of 12 honest trainers cast out
+    assert len(find_outliers(scores, 1.3, "floored")) == 7
+
+
+def test_clones_are_trainers_with_one_score_vector():
+    vectors = {"m1": {"a": 1.0, "b": 1.4, "x": 0.8, "y": 0.8},
+               "m2": {"a": 1.2, "b": 1.1, "x": 0.9, "y": 0.9001}}
+    assert find_clones(vectors, ratio=0.02) == ("x", "y")
+    assert find_clones(vectors, ratio=0.0) == ()
+    # a member inflating every distance widens its own tolerance only
+    inflated = dict(vectors, m3={t: 50.0 + d for t, d in vectors["m1"].items()})
+    assert find_clones(inflated, ratio=0.02) == ("x", "y")
+    cfg = RoundConfig(rule="auto", scoring="median", election="trusted", clone_ratio=0.02)
+    sel = select_round(vectors, cfg)
+    assert set(sel.outliers) >= {"x", "y"} and not {"x", "y"} & set(sel.selected)
+
+
+def test_robust_election_seats_the_middle_of_every_trainer_but_no_clone():
+    # three copies just under the honest trainers, two honest outliers far away
+    vectors = {m: {"a": 1.0 + s, "b": 1.1 + s, "c": 1.2 + s, "d": 3.0 + s, "e": 3.1 + s,
+                   "x": 0.9 + s, "y": 0.9 + s, "z": 0.9 + s} for m, s in
+               (("m1", 0.0), ("m2", 0.05), ("m3", 0.1))}
+    for election, seated in (("trusted", ("a", "b", "c")), ("robust", ("b", "c", "d"))):
+        cfg = RoundConfig(rule="auto", scoring="median", election=election, clone_ratio=0.02)
+        sel = select_round(vectors, cfg)
+        assert sel.clones == ("x", "y", "z")
+        assert elect_committee(sel, 3, ("m1", "m2", "m3"), cfg) == seated

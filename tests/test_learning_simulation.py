@@ -23,3 +23,12 @@ def test_colluding_attack_and_every_baseline_run():
     for rule in ("cmfl-s1", "krum", "multikrum", "median", "trimmed_mean"):
         res = run(RunSpec(rule=rule, attack="alie", fraction=0.25, **TINY))
         assert len(res.accuracy) == 2 and all(0.0 <= a <= 1.0 for a in res.accuracy)
+
+
+def test_cmfl_robust_is_reproducible_and_drops_identical_copies():
+    spec = RunSpec(rule="cmfl-robust", attack="sybil_flip", fraction=0.25, **TINY)
+    res = run(spec)
+    assert res.accuracy == run(spec).accuracy
+    # both attackers train (neither is on the committee of seed 0) and send one update
+    if not set(genesis_committee(spec)) & choose_attackers(spec):
+        assert res.attackers_selected[0] == 0

@@ -7,6 +7,7 @@ import torch
 from learning.aggregation import aggregate_weighted
 from learning.attacks import (
     ATTACKS,
+    CLASSIC_ATTACKS,
     ALittleIsEnough,
     FalseScores,
     GaussianNoise,
@@ -125,8 +126,11 @@ def test_attacks_change_update_as_described(split):
 
 def test_make_attack_registry():
     assert make_attack("none") is None and make_attack("") is None
-    assert set(ATTACKS) == {"sign_flip", "gaussian_noise", "scaling", "zeros", "label_flip",
-                            "alie", "false_scores"}
+    assert set(CLASSIC_ATTACKS) == {"sign_flip", "gaussian_noise", "scaling", "zeros",
+                                    "label_flip", "alie", "false_scores"}
+    assert set(ATTACKS) == set(CLASSIC_ATTACKS) | {
+        "min_max", "min_sum", "ipm", "fang_median", "fang_krum", "mimic", "sybil_flip",
+        "cmfl_capture", "cmfl_capture_noisy", "cmfl_capture_staggered", "cmfl_elect"}
     for name, cls in ATTACKS.items():
         att = make_attack(name)
         assert isinstance(att, cls) and att.name == name
