@@ -24,6 +24,7 @@ from gossip.peer_keys import Signer
 from gossip.peer_scoring import GRAYLIST_THRESHOLD, report_verdict
 from gossip.validation import EnvelopeAdmission
 from p2p_node.host import running_host
+from tests.hostile.attacker import dial_counter
 from tests.hostile.hostile_peer import hostile_peer, pb_field_bytes, pb_field_varint, pb_varint
 from tests.hostile.killers import killer_frames
 
@@ -351,24 +352,13 @@ def test_no_peer_dials_an_address_because_its_peerstore_holds_it():
     """py-libp2p's auto-connector would dial any peer in the peerstore (which identify fills
     with whatever addresses a connected peer claims); ours never does."""
     async def main() -> int:
-        dials = 0
-
-        async def count(stream) -> None:
-            nonlocal dials
-            dials += 1
-            await stream.aclose()
-
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        victim = multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{listeners[0].socket.getsockname()[1]}")
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.serve_listeners, count, listeners)
+        async with dial_counter() as victim:
             async with running_host(Signer(b"\x51" * 32), ["/ip4/127.0.0.1/tcp/0"]) as (
                     host, _pubsub, _router):
                 claimed = ID.from_base58(Signer(b"\x52" * 32).peer_id)
-                host.get_peerstore().add_addrs(claimed, [victim], 3600)
+                host.get_peerstore().add_addrs(claimed, [multiaddr.Multiaddr(victim.addr)], 3600)
                 await host.get_network().auto_connector.maybe_connect()
                 await trio.sleep(1)
-            nursery.cancel_scope.cancel()
-        return dials
+            return victim.dials
 
     assert trio.run(main) == 0

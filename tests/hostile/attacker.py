@@ -76,3 +76,28 @@ async def attacker(seed: bytes | None = None) -> AsyncIterator[Attacker]:
     """A running hostile host on loopback; `seed` (32 bytes) fixes its key."""
     async with hostile_peer(seed or os.urandom(32), kind=Attacker) as hp:
         yield hp  # type: ignore[misc]
+
+
+class DialCount:
+    """A loopback TCP address nobody should dial, and how often somebody did."""
+
+    def __init__(self, addr: str) -> None:
+        self.addr = addr
+        self.dials = 0
+
+
+@asynccontextmanager
+async def dial_counter() -> AsyncIterator[DialCount]:
+    """A listener on loopback that counts the connections made to it while the block runs: the
+    "victim" of a reflection attack."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    counter = DialCount(f"/ip4/127.0.0.1/tcp/{listeners[0].socket.getsockname()[1]}")
+
+    async def count(stream) -> None:
+        counter.dials += 1
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, count, listeners)
+        yield counter
+        nursery.cancel_scope.cancel()

@@ -21,7 +21,7 @@ import trio
 from tests.hostile import payloads
 from tests.hostile.hostile_peer import pb_varint
 from tests.hostile.killers import killer_frames
-from tests.hostile.attacker import attacker
+from tests.hostile.attacker import attacker, dial_counter
 from tests.hostile.network import HostileNetwork, PhaseReport
 
 #: Honest member processes; the genesis names more members, which run no process: each is the
@@ -238,36 +238,24 @@ def test_a_peer_list_from_a_member_makes_no_peer_dial_an_unsigned_address(networ
     from p2p_node import discovery
 
     async def attack(hp, peers) -> int:
-        dials = 0
+        async with dial_counter() as victim:
+            forged = PeerRecord(network.network_id, network.members[OFFLINE], 2**40,
+                                (victim.addr,), os.urandom(64))
+            own = sign_record(hp.signer, network.network_id, 2**40, [victim.addr])
+            body = discovery.encode_peer_list([own.encode(), forged.encode()])
 
-        async def count(stream) -> None:
-            nonlocal dials
-            dials += 1
-            await stream.aclose()
+            async def serve(stream) -> None:
+                try:
+                    length = int.from_bytes(await read_exactly(stream, 4), "big")
+                    await read_exactly(stream, length)  # the asker's own record
+                    await stream.write(len(body).to_bytes(4, "big") + body)
+                    await stream.close()
+                except Exception:
+                    pass
 
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        port = listeners[0].socket.getsockname()[1]
-        victim = f"/ip4/127.0.0.1/tcp/{port}"
-        forged = PeerRecord(network.network_id, network.members[OFFLINE], 2**40, (victim,),
-                            os.urandom(64))
-        own = sign_record(hp.signer, network.network_id, 2**40, [victim])
-        body = discovery.encode_peer_list([own.encode(), forged.encode()])
-
-        async def serve(stream) -> None:
-            try:
-                length = int.from_bytes(await read_exactly(stream, 4), "big")
-                await read_exactly(stream, length)  # the asker's own record
-                await stream.write(len(body).to_bytes(4, "big") + body)
-                await stream.close()
-            except Exception:
-                pass
-
-        hp.host.set_stream_handler(discovery.PROTOCOL_ID, serve)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.serve_listeners, count, listeners)
+            hp.host.set_stream_handler(discovery.PROTOCOL_ID, serve)
             await trio.sleep(15)  # peers ask one connected peer every 2 s, in rotation
-            nursery.cancel_scope.cancel()
-        return dials
+            return victim.dials
 
     report = network.phase("peer-exchange-poisoning", attack,
                            seed=network.member_seed(key_of("peer-exchange-poisoning")))
