@@ -22,8 +22,11 @@ FUTURE_ROUND_WINDOW = 2
 #: Without this a member's well-signed, all-different updates for the next rounds were admitted,
 #: relayed by every peer and held: commits fell to a quarter while it lasted.
 DISTINCT_PER_ROUND = {"update": 2, "scores": 2}
-#: ... and of all round-scoped kinds together (pBFT messages over several views).
-DISTINCT_PER_ROUND_ALL = 32
+#: ... and of all round-scoped kinds together: pBFT sends up to 5 per view (pre-prepare, prepare,
+#: commit, view change, new view), so this leaves room for 25 views, far past what the view
+#: timer's doubling back-off reaches in a round; our own messages pass this check too, and a
+#: limit an honest member could reach would silence its view changes when they matter most.
+DISTINCT_PER_ROUND_ALL = 128
 #: The kinds those limits apply to: a block, an equivocation proof or a join request may be
 #: forwarded for rounds long past, and are bounded elsewhere.
 _UNLIMITED_KINDS = ("block", "evidence", "join")
