@@ -45,6 +45,9 @@ class Genesis:
     #: chain.membership settings: `admission` (closed, allowlist, open), `allow` (peer ids),
     #: `leave_after` (silent rounds; 0 never). Empty: the genesis members for ever.
     membership: dict[str, Any] = field(default_factory=dict)
+    #: the learning task (learning.task): {"name", "version", "hash"}; `model` holds its
+    #: settings. Empty: the original digits MLP of `model.layers` (learning.builtin_tasks).
+    task: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -54,6 +57,8 @@ class Genesis:
         # Only when set: a genesis written before membership existed keeps its network id.
         if self.membership:
             d["membership"] = self.membership
+        if self.task:  # likewise: a digits genesis from before tasks keeps its id
+            d["task"] = self.task
         return d
 
     @property
@@ -70,7 +75,8 @@ class Genesis:
                     model=dict(d.get("model", {"layers": [64, 64, 10]})),
                     training=dict(d["training"]), data=dict(d["data"]),
                     selection=dict(d["selection"]),
-                    membership=dict(d.get("membership", {})))
+                    membership=dict(d.get("membership", {})),
+                    task=dict(d.get("task", {})))
         except (KeyError, TypeError, ValueError) as exc:
             raise GenesisError(f"genesis is missing or has a bad field: {exc}") from None
         g.check()
@@ -97,6 +103,9 @@ class Genesis:
             DpPolicy.from_training(self.training)
         except (TypeError, ValueError) as exc:
             raise GenesisError(f"training.dp: {exc}") from None
+        if self.task and not all(isinstance(self.task.get(k), str) and self.task[k]
+                                 for k in ("name", "version", "hash")):
+            raise GenesisError("task: needs non-empty strings name, version and hash")
         if quorum_size(len(self.committee)) > len(self.committee):
             raise GenesisError("committee too small for a quorum")
         try:

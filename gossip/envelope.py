@@ -23,9 +23,10 @@ MAX_ENVELOPE_BYTES = 1024 * 1024 - 16 * 1024
 
 #: update and scores carry learning; the pBFT kinds (bft.messages.KINDS) agree on the block;
 #: block and evidence (an equivocation proof) concern every peer; join is a non-member's request
-#: to become one (chain.membership).
+#: to become one (chain.membership); metrics is a peer's federated evaluation of a committed
+#: block on its own held-out data (p2p_node.federated_eval).
 KINDS = ("update", "scores", "pre_prepare", "prepare", "commit", "view_change", "new_view",
-         "block", "evidence", "join")
+         "block", "evidence", "join", "metrics")
 
 
 class EnvelopeError(ValueError):

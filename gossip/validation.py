@@ -110,7 +110,8 @@ class EnvelopeAdmission:
         # request for a few rounds (chain.membership.JOIN_WINDOW decides which). A stale message
         # is dropped before its signature is checked: nothing is done with it either way, and a
         # flood of well-signed old messages would otherwise cost one Ed25519 check each.
-        if env.round < self.current_round and env.kind not in ("block", "evidence", "join"):
+        if env.round < self.current_round and env.kind not in ("block", "evidence", "join",
+                                                               "metrics"):
             return Verdict(None, "stale-round", f"round {env.round} < {self.current_round}",
                            benign=True)
         if not env.has_valid_signature():

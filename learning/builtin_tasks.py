@@ -48,7 +48,7 @@ class DigitsTask(Task):
         return train, test, None
 
 
-class DigitsCnnTask(DigitsTask):
+class DigitsCnnTask(Task):
     """The digits as 8x8 images through two convolutions with batch norm: Conv weights and
     batch-norm buffers (running mean/var, the integer num_batches_tracked) go through scoring,
     aggregation and the blob path."""
@@ -64,8 +64,7 @@ class DigitsCnnTask(DigitsTask):
             torch.nn.Conv2d(c, 2 * c, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
             torch.nn.Flatten(), torch.nn.Linear(2 * c * 16, 10))
 
-    model = Task.model
-    train_state = Task.train_state
+    demo_data = DigitsTask.demo_data
 
 
 # German Credit ----------------------------------------------------------------------------------

@@ -36,7 +36,10 @@ class ModelSpec:
 
 
 def build_model(spec: ModelSpec, seed: int) -> torch.nn.Module:
-    """Build the MLP with parameters initialised deterministically from seed."""
+    """Build the MLP with parameters initialised deterministically from seed. `spec` may
+    also be a learning.task.Task: its model (so DP training and inversion take any task)."""
+    if not isinstance(spec, ModelSpec):
+        return spec.model(seed)
     mods: list[torch.nn.Module] = []
     for i, (fan_in, fan_out) in enumerate(zip(spec.layers, spec.layers[1:])):
         if i > 0:

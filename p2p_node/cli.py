@@ -141,11 +141,22 @@ def _cmd_genesis_new(args: argparse.Namespace) -> int:
               "test_fraction": 0.2},
         selection={"rule": args.selection, "fraction": args.fraction, "scoring": args.scoring,
                    "election": args.election, "outlier_ratio": args.outlier_ratio},
-        membership=membership)
+        membership=membership, **_genesis_task(args.task))
     genesis.check()
     genesis.save(args.out)
     print(f"wrote {args.out}: network id {genesis.network_id.hex()}")
     return 0
+
+
+def _genesis_task(ref: str | None) -> dict[str, Any]:
+    """The genesis fields for --task: the task's pin and its settings (none: the digits MLP,
+    with no task field, as before tasks)."""
+    if ref is None:
+        return {}
+    from learning.task import load_task
+
+    task = load_task(ref)
+    return {"task": task.pin(), "model": dict(task.settings)}
 
 
 # run ---------------------------------------------------------------------------------------------
@@ -306,7 +317,8 @@ def _run(args: argparse.Namespace) -> int:
         byzantine=s["byzantine"], shard_index=s["shard_index"], num_shards=s["num_shards"],
         rounds=s["rounds"], collect_timeout=s["collect_timeout"],
         propose_timeout=s["propose_timeout"], view_timeout=s["view_timeout"],
-        start_wait=s["start_wait"], min_peers=s["min_peers"], threads=s["threads"])
+        start_wait=s["start_wait"], min_peers=s["min_peers"], threads=s["threads"],
+        task=s["task"], data=s["data"])
     events_file = args.data_dir / "events.jsonl"
     status = NodeStatus()
     metrics = None
@@ -592,6 +604,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the model and data split")
     p.add_argument("--partition", choices=["iid", "dirichlet"], default="iid")
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet alpha for non-IID data")
+    p.add_argument("--task", default=None, metavar="TASK",
+                   help="what the network trains (docs/tasks.md): a built-in (digits, cnn, "
+                        "credit), package.module:Class or path/to/task.py; pinned by name, "
+                        "version and source hash (default: the digits MLP, unpinned)")
     p.add_argument("--selection", choices=["S1", "S2", "auto"], default="auto",
                    help="S1: aggregate the lowest-distance updates (under attack); "
                         "S2: the highest (non-IID, no attack); auto (default): drop outliers "
@@ -668,6 +684,13 @@ def build_parser() -> argparse.ArgumentParser:
     _run_option(p, "min_peers", int, None, "peers that must be connected on our topics before "
                 "the first round (default: the number of --bootstrap addresses)")
     _run_option(p, "threads", _positive(int), 1, "torch threads for local training")
+    _run_option(p, "task", str, None, "where this peer finds the genesis's task: a built-in "
+                "name (digits, cnn, credit), package.module:Class or path/to/task.py "
+                "(default: the name the genesis pins); refused unless its hash is the pinned one",
+                metavar="TASK")
+    _run_option(p, "data", Path, None, "this peer's own data file, CSV or NPZ, read by the "
+                "task; never shipped (default: its shard of the task's bundled data set)",
+                metavar="PATH")
     _run_option(p, "metrics_port", _port, None, "serve Prometheus metrics on this port at "
                 "/metrics (default: off)", metavar="PORT")
     _run_option(p, "metrics_host", str, "127.0.0.1", "address the metrics server binds "

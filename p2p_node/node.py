@@ -34,8 +34,9 @@ from gossip.transfer import BlobServer, BlobSources, BlobStore, TransferError, f
 from gossip.validation import EnvelopeAdmission
 from learning.attacks import Attack, make_attack
 from learning.cmfl import RoundConfig
-from learning.data import Dataset, load_digits_split, shard
-from learning.model import ModelSpec, initial_state
+from learning.builtin_tasks import DigitsTask
+from learning.data import Dataset
+from learning.task import Task, TaskError, check_pinned, demo_shard, load_task, split_held_out
 from learning.privacy import (
     DpPolicy,
     DpReport,
@@ -44,7 +45,7 @@ from learning.privacy import (
     train_local_dp,
 )
 from learning.tensors import ModelState, state_bytes, state_from_bytes, state_hash
-from learning.training import evaluate, train_local
+from p2p_node.federated_eval import FederatedEvaluation, ReportError, report_payload
 from gossip.peer_scoring import report_verdict
 from p2p_node.attack_lab import misbehaviour_for, score_tamper_for
 from p2p_node.discovery import Discovery
@@ -122,6 +123,12 @@ class NodeConfig:
     min_peers: int | None = None
     linger: float = 5.0
     threads: int = 1
+    #: where this peer finds the genesis's task: a built-in name, module:Class or file.py
+    #: (default: the name the genesis pins)
+    task: str | None = None
+    #: this peer's own data file (CSV or NPZ, read by the task); default: its shard of the
+    #: task's bundled data set (the demo's convenience)
+    data: Path | None = None
 
     @property
     def timeouts(self) -> RoundTimeouts:
@@ -167,7 +174,9 @@ class Node:
         #: where our own chain stands (chain.position: members, committee, convicted members),
         #: advanced as blocks are stored; the sync service starts its sessions from it too
         self.chain_state = ChainVerifier(self.genesis)
-        self.spec = ModelSpec.from_dict(self.genesis.model)
+        self.task = self._load_task()
+        #: what DP training builds models from: the MLP's spec for digits (as before tasks)
+        self.spec: Any = self.task.spec if type(self.task) is DigitsTask else self.task
         self.selection = RoundConfig.from_selection(self.genesis.selection)
         #: the DP-SGD every peer trains with (genesis training.dp), None without DP
         self.dp = DpPolicy.from_training(self.genesis.training)
@@ -177,7 +186,10 @@ class Node:
         self.attack: Attack | None = make_attack(config.attack)
         #: the attack lab's committee misbehaviour (--byzantine), None for an honest peer
         self.misbehaviour = misbehaviour_for(config.byzantine)
-        self.train_data, self.test_data = self._load_data()
+        #: own training data, own held-out data (federated evaluation) and, in the demo, the
+        #: bundled data set's global test split (None with --data)
+        self.train_data, self.held_out, self.test_data = self._load_data()
+        self.federated = FederatedEvaluation(self.task.worse)
         self.chain_state.follow(self.store)  # a restarted peer knows who was admitted since
         self.admission = EnvelopeAdmission(self.network_id, frozenset(self.chain_state.members),
                                            joiners=self.membership.joiners())
@@ -198,9 +210,21 @@ class Node:
         self.router: Any = None  # gossip.peer_scoring.ScoredGossipSub: penalize(peer, reason)
 
     # set-up ------------------------------------------------------------------------------------
-    def _load_data(self) -> tuple[Dataset, Dataset]:
+    def _load_task(self) -> Task:
+        """The genesis's task, from --task or the name it pins; refused unless its source hash
+        is the one pinned."""
+        g, ref = self.genesis, self.config.task
+        if not g.task:  # a genesis from before tasks: the digits MLP
+            if ref not in (None, "digits"):
+                raise TaskError(f"the genesis pins no task (it trains the digits MLP), but "
+                                f"this peer was given --task {ref}")
+            return DigitsTask(g.model)
+        task = load_task(ref or g.task["name"], g.model)
+        check_pinned(task, g.task, f"this peer (task {ref or g.task['name']!r})")
+        return task
+
+    def _load_data(self) -> tuple[Dataset, Dataset, Dataset | None]:
         g, data = self.genesis, self.genesis.data
-        train, test = load_digits_split(g.seed, float(data.get("test_fraction", 0.2)))
         members = sorted(g.members)
         count = self.config.num_shards or len(members)
         if self.config.shard_index is not None:
@@ -210,12 +234,18 @@ class Node:
         else:
             # A joiner with no --shard-index shares a founder's shard, picked by its peer id.
             index = int.from_bytes(hashlib.sha256(self.me.encode()).digest()[:4], "big") % count
-        local = shard(train, count, index, g.seed, data.get("partition", "iid"),
-                      float(data.get("alpha", 0.5)))
+        if self.config.data is not None:
+            own = self.task.read_file(self.config.data)
+            local, held_out = split_held_out(own, g.seed ^ index)
+            test = None
+            log.info("data: %d own rows from %s (%d trained on, %d held out for federated "
+                     "evaluation)", len(own), self.config.data, len(local), len(held_out))
+        else:
+            local, held_out, test = demo_shard(self.task, g.seed, data, count, index)
         if self.attack is not None:
             local = self.attack.poison_data(local, np.random.default_rng([g.seed, index]))
         self.shard_index = index
-        return local, test
+        return local, held_out, test
 
     def _load_privacy(self) -> PrivacyAccountant | None:
         """This peer's privacy budget so far, from its store: it must survive restarts."""
@@ -267,7 +297,7 @@ class Node:
         self.chain_state.follow(self.store)
         position = self.chain_state.context()
         if position.height == 0:
-            state = initial_state(self.spec, self.genesis.seed)
+            state = self.task.initial_state(self.genesis.seed)
             return replace(position, base_state=state, base_hash=state_hash(state))
         raw = self.models.get(position.base_hash)
         if raw is None:
@@ -305,7 +335,11 @@ class Node:
     async def _read_topic(self, subscription: Any) -> None:
         async for msg in subscription:
             # Already admitted by the validator (signature included); decoding again is cheap.
-            await self._inbox_send.send(Received(decode_envelope(msg.data)))
+            env = decode_envelope(msg.data)
+            if env.kind == "metrics":  # a report, not a protocol input: the core never sees it
+                self._on_metrics(env)
+                continue
+            await self._inbox_send.send(Received(env))
 
     async def _publish(self, ctx: RoundContext, kind: str, payload: Any, keep: bool) -> None:
         env = Envelope(kind, self.network_id, ctx.height, self.me, payload).signed_by(self.signer)
@@ -600,8 +634,7 @@ class Node:
         def work() -> tuple[ModelState, int, DpReport | None]:
             report = None
             if dp is None:
-                trained = train_local(self.spec, ctx.base_state, self.train_data,
-                                      int(t["epochs"]), float(t["lr"]), int(t["batch_size"]), seed)
+                trained = self.task.train_state(ctx.base_state, self.train_data, t, seed)
             else:
                 trained, report = train_local_dp(
                     self.spec, ctx.base_state, self.train_data, dp.epochs, dp.lr, dp.batch_size,
@@ -636,8 +669,8 @@ class Node:
                         block.height, ", ".join(sorted(p[-8:] for p in convicted)))
         times.marks["store_seconds"] = time.monotonic() - stored_at
         times.mark("committed")
-        accuracy = await trio.to_thread.run_sync(evaluate, self.spec, action.new_state,
-                                                 self.test_data)
+        local, global_test = await trio.to_thread.run_sync(self._evaluate, action.new_state)
+        accuracy = None if global_test is None else global_test.get("accuracy")
         event = {
             "event": "committed", "peer": self.me, "height": block.height,
             "hash": block.hash().hex(), "view": action.committed.certificate.view,
@@ -646,12 +679,15 @@ class Node:
             "joined": [c.peer for c in block.membership if c.kind == "join"],
             "left": [c.peer for c in block.membership if c.kind == "leave"],
             "convicted": sorted(convicted),
-            "accuracy": round(accuracy, 4), "round_seconds": round(times.marks["committed"], 3),
+            "accuracy": None if accuracy is None else round(accuracy, 4),
+            "local_metrics": {k: round(v, 4) for k, v in local.items()},
+            "global_test": global_test and {k: round(v, 4) for k, v in global_test.items()},
+            "round_seconds": round(times.marks["committed"], 3),
             "stages": {k: round(v, 4) for k, v in times.marks.items()},
             "attack": self.config.attack,
         }
-        log.info("committed height %d %s acc=%.3f in %.2fs (selected %d of %d)", block.height,
-                 block.hash().hex()[:12], accuracy, times.marks["committed"],
+        log.info("committed height %d %s %s in %.2fs (selected %d of %d)", block.height,
+                 block.hash().hex()[:12], _metrics_text(local), times.marks["committed"],
                  len(block.selected), len(block.trainers))
         if self.privacy is not None and self.dp is not None:
             event["dp"] = self._privacy_spent_event(block.height)
@@ -663,7 +699,37 @@ class Node:
                      "admits" if change.kind == "join" else "records the departure of",
                      change.peer[-8:])
         self.on_event(event)
+        await self._report_metrics(block.height, block.hash(), local)
 
+    def _evaluate(self, state: ModelState) -> tuple[dict[str, float], dict[str, float] | None]:
+        """Metrics of a committed model on our own held-out data, and on the demo's global
+        test split if there is one."""
+        local = self.task.evaluate_state(state, self.held_out)
+        test = None if self.test_data is None else self.task.evaluate_state(state, self.test_data)
+        return local, test
+
+    # federated evaluation ------------------------------------------------------------------
+    async def _report_metrics(self, height: int, block_hash: bytes,
+                              metrics: dict[str, float]) -> None:
+        """Publish our signed evaluation of block `height` and count it ourselves."""
+        payload = report_payload(height, block_hash, len(self.held_out), metrics)
+        env = Envelope("metrics", self.network_id, height, self.me, payload).signed_by(
+            self.signer)
+        self._on_metrics(env)
+        try:
+            await self._publish_raw("metrics", env.encode())
+        except Exception as exc:  # no peer on the topic yet: the report is only ours
+            log.debug("metrics report of height %d not published: %s", height, exc)
+
+    def _on_metrics(self, env: Envelope) -> None:
+        try:
+            summary = self.federated.add(env.sender, env.payload)
+        except ReportError as exc:
+            self.rejections["invalid-metrics"] += 1
+            log.warning("rejected metrics report of %s: %s", env.sender[-8:], exc)
+            return
+        if summary is not None:
+            self.on_event({"event": "federated_metrics", "peer": self.me, **summary})
 
     def _privacy_spent_event(self, height: int) -> dict[str, Any]:
         """The privacy this peer spent: at `height` (0 if it did not train) and in total."""
@@ -674,6 +740,10 @@ class Node:
         return {"epsilon_round": eps_round, "epsilon_total": self.privacy.epsilon(self.dp.delta),
                 "delta": self.dp.delta, "noise_multiplier": self.dp.noise_multiplier,
                 "rounds_trained": len(self._privacy_spent)}
+
+
+def _metrics_text(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items())) or "no metrics"
 
 
 def chain_summary(data_dir: Path) -> dict[str, Any]:
