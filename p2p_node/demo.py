@@ -45,6 +45,8 @@ class DemoConfig:
     #: hidden layer widths of the MLP (64 inputs, 10 classes); wider layers make updates larger
     #: than one gossip message, which then travel as blob references (p2p_node/round_machine.py)
     hidden: tuple[int, ...] = (64,)
+    #: the built-in task to train (learning.task.BUILTIN_TASKS); digits keeps the unpinned MLP
+    task: str = "digits"
 
 
 @dataclass
@@ -174,6 +176,11 @@ def _run_network(cfg: DemoConfig, out: Path, n_attackers: int,
     extra: dict[str, Any] = {"selection": selection} if selection else {}
     if tuple(cfg.hidden) != (64,):
         extra["model"] = {"layers": [64, *cfg.hidden, 10]}
+    if cfg.task != "digits":
+        from learning.task import load_task
+
+        task = load_task(cfg.task)
+        extra.update(task=task.pin(), model=dict(task.settings))
     genesis = Genesis(name=f"demo-{name}", members=tuple(ids),
                       committee=tuple(ids[:cfg.committee_size]), seed=cfg.seed,
                       data={"dataset": "digits", "partition": cfg.partition, "alpha": 0.5,
@@ -187,7 +194,7 @@ def _run_network(cfg: DemoConfig, out: Path, n_attackers: int,
            if attackers else "no attackers")
     rule = "FedAvg (every update)" if selection else "CMFL selection"
     print(f"demo: {cfg.peers} peers ({who}), committee of {cfg.committee_size}, "
-          f"{cfg.rounds} rounds, digits ({cfg.partition}), {rule}")
+          f"{cfg.rounds} rounds, task {cfg.task} ({cfg.partition}), {rule}")
     print(f"demo: network id {genesis.network_id.hex()[:16]}, output in {out}/")
     procs = []
     for i, d in enumerate(dirs):
@@ -226,7 +233,8 @@ def _run_network(cfg: DemoConfig, out: Path, n_attackers: int,
                       f"{time.monotonic() - started:.0f}s; forming the gossip mesh and running "
                       "round 0", flush=True)
                 print(f"{'height':>6}  {'committee':<18} {'selected (of trainers)':<28} "
-                      f"{'accuracy':>8} {'round s':>8}", flush=True)
+                      f"{'global test acc':>15} {'round s':>8}  federated (own held-out data: "
+                      "mean / worst peer)", flush=True)
                 last_notice = time.monotonic()
             while shown in by_height and len(by_height[shown]) == cfg.peers:
                 result.rows.append(_row(shown, by_height[shown], ids, label, attackers))
@@ -281,9 +289,25 @@ def _row(height: int, events: list[dict], ids: list[str], label: dict[str, str],
            "selected": [label[p] for p in e["selected"]],
            "attackers_selected": sum(p in attackers for p in e["selected"]),
            "hashes_agree": len({x["hash"] for x in events}) == 1}
+    fed = _federated(events)
+    row["federated"] = fed
+    acc = "-" if e.get("accuracy") is None else f"{e['accuracy']:.3f}"
     print(f"{height:>6}  {committee:<18} {selected + f' ({trainers})':<28} "
-          f"{e['accuracy']:>8.3f} {row['round_seconds']:>8.2f}", flush=True)
+          f"{acc:>15} {row['round_seconds']:>8.2f}  "
+          + " ".join(f"{k} {v['mean']:.3f}/{v['worst']:.3f}" for k, v in fed.items()),
+          flush=True)
     return row
+
+
+def _federated(events: list[dict]) -> dict[str, dict[str, float]]:
+    """Mean and worst (lowest) over peers of each metric they measured on their own held-out
+    data (every metric of the built-in tasks is higher-is-better)."""
+    names = sorted({k for e in events for k in (e.get("local_metrics") or {})})
+    out = {}
+    for k in names:
+        vals = [e["local_metrics"][k] for e in events if k in (e.get("local_metrics") or {})]
+        out[k] = {"mean": sum(vals) / len(vals), "worst": min(vals)}
+    return out
 
 
 def _mark(name: str, attacker: bool) -> str:
