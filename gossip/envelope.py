@@ -10,9 +10,7 @@ import hashlib
 from dataclasses import dataclass, replace
 from typing import Any
 
-import cbor2
-
-from gossip.cbor_profile import CborProfileError, decode_canonical
+from gossip.cbor_profile import CborProfileError, decode_canonical, encode_canonical
 from gossip.peer_keys import Signer, verify_signature
 
 _DOMAIN = "cmfl-p2p/envelope/1"
@@ -26,6 +24,10 @@ MAX_ENVELOPE_BYTES = 1024 * 1024 - 16 * 1024
 #: to become one (chain.membership).
 KINDS = ("update", "scores", "pre_prepare", "prepare", "commit", "view_change", "new_view",
          "block", "evidence", "join")
+#: The only kinds whose payload may hold floats (docs/protocol.md): score distances, DP
+#: parameters of an update, and a block (its update references carry those DP parameters).
+#: Any other kind with a float in it is refused by the encoder.
+FLOAT_KINDS = ("update", "scores", "block")
 
 
 class EnvelopeError(ValueError):
@@ -49,10 +51,9 @@ class Envelope:
 
     def signing_bytes(self) -> bytes:
         """The canonical bytes the sender signs."""
-        return cbor2.dumps(
+        return encode_canonical(
             [_DOMAIN, self.kind, self.network_id, self.round, self.sender, self.payload],
-            canonical=True,
-        )
+            floats=self.kind in FLOAT_KINDS)
 
     def signed_by(self, signer: Signer) -> Envelope:
         """This envelope with `signer` as sender and its signature."""
@@ -65,11 +66,10 @@ class Envelope:
 
     def encode(self) -> bytes:
         """Canonical wire bytes."""
-        return cbor2.dumps(
+        return encode_canonical(
             {"k": self.kind, "n": self.network_id, "r": self.round, "s": self.sender,
              "p": self.payload, "sig": self.signature},
-            canonical=True,
-        )
+            floats=self.kind in FLOAT_KINDS)
 
     def digest(self) -> bytes:
         """SHA-256 of the wire bytes: the envelope's identity for dedup and references."""
