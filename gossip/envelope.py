@@ -10,7 +10,8 @@ import hashlib
 from dataclasses import dataclass, replace
 from typing import Any
 
-from gossip.cbor_profile import CborProfileError, decode_canonical, encode_canonical
+from gossip.cbor_profile import (CborEncodeError, CborProfileError, check_encodable,
+                                 decode_canonical, encode_canonical)
 from gossip.peer_keys import Signer, verify_signature
 
 _DOMAIN = "cmfl-p2p/envelope/1"
@@ -102,4 +103,11 @@ def decode_envelope(data: bytes, max_bytes: int = MAX_ENVELOPE_BYTES) -> Envelop
         raise EnvelopeError("malformed", "bad sender")
     if not isinstance(sig, bytes) or len(sig) != 64:
         raise EnvelopeError("unsigned", "no signature or a bad signature length")
+    if kind not in FLOAT_KINDS:
+        # The profile's floats are for score distances and DP parameters only: a float in any
+        # other payload is refused here, as our encoder refuses to write one.
+        try:
+            check_encodable(obj["p"], floats=False)
+        except CborEncodeError:
+            raise EnvelopeError("malformed", f"a float in a {kind} payload") from None
     return Envelope(kind, network_id, rnd, sender, obj["p"], sig)

@@ -104,3 +104,19 @@ def test_encoder_refuses_floats_where_the_protocol_has_none():
     with pytest.raises(CborEncodeError):
         env.signing_bytes()
     Envelope("scores", bytes(32), 1, "x", {"scores": [["t", bytes(32), 1.0]]}).encode()
+
+
+def test_decoder_refuses_a_float_in_a_payload_that_has_none():
+    import cbor2
+
+    from gossip.envelope import EnvelopeError
+    from gossip.peer_keys import Signer
+    signer = Signer(b"\x07" * 32)
+    payload = {"view": 1.0, "value_hash": bytes(32)}
+    signed = cbor2.dumps(["cmfl-p2p/envelope/1", "prepare", bytes(32), 1, signer.peer_id,
+                          payload], canonical=True)
+    wire = cbor2.dumps({"k": "prepare", "n": bytes(32), "r": 1, "s": signer.peer_id,
+                        "p": payload, "sig": signer.sign(signed)}, canonical=True)
+    with pytest.raises(EnvelopeError) as err:
+        decode_envelope(wire)
+    assert err.value.code == "malformed"
