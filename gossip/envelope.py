@@ -63,7 +63,11 @@ class Envelope:
 
     def has_valid_signature(self) -> bool:
         """True when the signature is the sender's over the canonical bytes."""
-        return verify_signature(self.sender, self.signing_bytes(), self.signature)
+        try:
+            signed = self.signing_bytes()
+        except CborEncodeError:
+            return False  # a value outside the profile was never signed by an honest peer
+        return verify_signature(self.sender, signed, self.signature)
 
     def encode(self) -> bytes:
         """Canonical wire bytes."""
