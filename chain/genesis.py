@@ -37,11 +37,14 @@ class Genesis:
     data: dict[str, Any] = field(
         default_factory=lambda: {"dataset": "digits", "partition": "iid", "alpha": 0.5,
                                  "test_fraction": 0.2})
-    #: learning.cmfl.RoundConfig settings; the default is the robust set-up measured in
-    #: docs/results (median scoring, evidence-based S1/S2, trusted election)
+    #: learning.cmfl.RoundConfig settings; the default is `cmfl-robust2` of docs/learning.md
+    #: (median scoring, evidence-based S1/S2 with the floored typical distance and the clone
+    #: test, robust election, near-parallel updates left out of the aggregate, declared sample
+    #: counts capped at their median). A genesis without the issue-14 keys keeps the old rule.
     selection: dict[str, Any] = field(
-        default_factory=lambda: RoundConfig(rule="auto", scoring="median",
-                                            election="trusted").to_selection())
+        default_factory=lambda: RoundConfig(rule="auto", scoring="median", election="robust",
+                                            typical="floored", clone_ratio=0.02,
+                                            max_cosine=0.9, sample_cap="median").to_selection())
     #: chain.membership settings: `admission` (closed, allowlist, open), `allow` (peer ids),
     #: `leave_after` (silent rounds; 0 never). Empty: the genesis members for ever.
     membership: dict[str, Any] = field(default_factory=dict)
