@@ -21,6 +21,10 @@ class GenesisError(ValueError):
     """A genesis file that cannot define a network; the text says why."""
 
 
+#: who signs commit certificates (Genesis.consensus)
+CONSENSUS_SETS = ("committee", "members")
+
+
 @dataclass(frozen=True)
 class Genesis:
     """Initial members, round-0 committee, model spec, seed and hyperparameters."""
@@ -48,6 +52,10 @@ class Genesis:
     #: chain.membership settings: `admission` (closed, allowlist, open), `allow` (peer ids),
     #: `leave_after` (silent rounds; 0 never). Empty: the genesis members for ever.
     membership: dict[str, Any] = field(default_factory=dict)
+    #: who must sign a block's commit certificate: "committee" (the round's elected committee)
+    #: or "members" (a quorum of the whole membership, so a captured committee cannot fork the
+    #: chain: docs/consensus.md, "Committee safety")
+    consensus: str = "committee"
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -57,6 +65,8 @@ class Genesis:
         # Only when set: a genesis written before membership existed keeps its network id.
         if self.membership:
             d["membership"] = self.membership
+        if self.consensus != "committee":
+            d["consensus"] = self.consensus
         return d
 
     @property
@@ -73,7 +83,8 @@ class Genesis:
                     model=dict(d.get("model", {"layers": [64, 64, 10]})),
                     training=dict(d["training"]), data=dict(d["data"]),
                     selection=dict(d["selection"]),
-                    membership=dict(d.get("membership", {})))
+                    membership=dict(d.get("membership", {})),
+                    consensus=str(d.get("consensus", "committee")))
         except (KeyError, TypeError, ValueError) as exc:
             raise GenesisError(f"genesis is missing or has a bad field: {exc}") from None
         g.check()
@@ -100,6 +111,9 @@ class Genesis:
             DpPolicy.from_training(self.training)
         except (TypeError, ValueError) as exc:
             raise GenesisError(f"training.dp: {exc}") from None
+        if self.consensus not in CONSENSUS_SETS:
+            raise GenesisError(f"consensus must be one of {CONSENSUS_SETS}, got "
+                               f"{self.consensus!r}")
         if quorum_size(len(self.committee)) > len(self.committee):
             raise GenesisError("committee too small for a quorum")
         try:

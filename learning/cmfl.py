@@ -269,23 +269,32 @@ def elect_committee(
     config: RoundConfig,
     excluded: frozenset[str] | set[str] = frozenset(),
 ) -> tuple[str, ...]:
-    """The next committee, sorted: CMFL's middle of the score ranking, among trusted trainers."""
+    """The next committee, sorted: CMFL's middle of the score ranking, among trusted trainers.
+
+    Recorded misbehaviour (`excluded`: equivocation proofs, twins, dissenters) bars a peer in
+    every mode and is never re-seated. With fewer trusted candidates than seats, the seats left
+    go to the current committee's members not excluded, then to the other scored trainers not
+    excluded, by rank; only when no one at all is left does the current committee stay."""
     combined = selection.combined
     if config.election == "middle":
-        # Recorded misbehaviour (equivocation proofs in blocks) bars a peer in either mode.
-        candidates = {t: s for t, s in combined.items() if t not in excluded}
-        if len(candidates) < size:
-            return tuple(sorted(current_committee))
-        return tuple(elect_middle(candidates, size))
-    # robust: colluders who sit just inside the outlier limit, at the bottom of the ranking,
-    # would fill the middle of the inliers; the middle of every scored trainer stays honest
-    # while they are fewer than a third of the trainers.
-    barred = set(excluded) | set(
-        selection.clones if config.election == "robust" else selection.outliers)
+        barred = set(excluded)
+    else:
+        # robust: colluders who sit just inside the outlier limit, at the bottom of the
+        # ranking, would fill the middle of the inliers; the middle of every scored trainer
+        # stays honest while they are fewer than a third of the trainers.
+        barred = set(excluded) | set(
+            selection.clones if config.election == "robust" else selection.outliers)
     candidates = {t: s for t, s in combined.items() if t not in barred}
-    if len(candidates) < size:
+    if len(candidates) >= size:
+        return tuple(elect_middle(candidates, size))
+    seated = list(elect_middle(candidates, size))
+    fill = [m for m in sorted(current_committee) if m not in excluded and m not in seated]
+    fill += [t for t in rank_by_score(combined) if t not in excluded and t not in seated
+             and t not in fill]
+    seated += fill[: size - len(seated)]
+    if not seated:
         return tuple(sorted(current_committee))
-    return tuple(elect_middle(candidates, size))
+    return tuple(sorted(seated))
 
 
 def finish_round(
