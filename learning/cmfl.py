@@ -272,9 +272,9 @@ def elect_committee(
     """The next committee, sorted: CMFL's middle of the score ranking, among trusted trainers.
 
     Recorded misbehaviour (`excluded`: equivocation proofs, twins, dissenters) bars a peer in
-    every mode and is never re-seated. With fewer trusted candidates than seats, the seats left
-    go to the current committee's members not excluded, then to the other scored trainers not
-    excluded, by rank; only when no one at all is left does the current committee stay."""
+    every mode and is never re-seated. With fewer trusted candidates than seats the current
+    committee stays, except that its excluded members' seats go to the trusted candidates, then
+    to the other scored trainers not excluded, by rank."""
     combined = selection.combined
     if config.election == "middle":
         barred = set(excluded)
@@ -287,8 +287,12 @@ def elect_committee(
     candidates = {t: s for t, s in combined.items() if t not in barred}
     if len(candidates) >= size:
         return tuple(elect_middle(candidates, size))
-    seated = list(elect_middle(candidates, size))
-    fill = [m for m in sorted(current_committee) if m not in excluded and m not in seated]
+    if not set(current_committee) & set(excluded):
+        return tuple(sorted(current_committee))
+    # a convicted member is never re-seated: its seat goes to the trusted candidates, then to
+    # the other scored trainers not excluded, by rank
+    seated = [m for m in sorted(current_committee) if m not in excluded]
+    fill = [t for t in elect_middle(candidates, len(candidates)) if t not in seated]
     fill += [t for t in rank_by_score(combined) if t not in excluded and t not in seated
              and t not in fill]
     seated += fill[: size - len(seated)]

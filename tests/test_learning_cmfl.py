@@ -93,8 +93,8 @@ def test_trusted_election_skips_outliers_and_recorded_misbehaviour():
     # lower half p0..p2 gives typical 1.0, limit 1.3: p2..p6 are outliers
     assert sel.outliers == ("p2", "p3", "p4", "p5", "p6")
     assert elect_committee(sel, 2, ("c1", "c2"), cfg) == ("p0", "p1")
-    # too few trusted candidates: the seats left go to the current committee
-    assert elect_committee(sel, 3, ("c1", "c2", "c3"), cfg) == ("c1", "p0", "p1")
+    # too few trusted candidates and no one convicted on the committee: it stays
+    assert elect_committee(sel, 3, ("c1", "c2", "c3"), cfg) == ("c1", "c2", "c3")
     flat = {f"p{i}": 1.0 + i / 100 for i in range(7)}
     sel = select_round({"m": flat}, cfg)
     assert elect_committee(sel, 3, (), cfg) == ("p2", "p3", "p4")
