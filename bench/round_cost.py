@@ -67,6 +67,14 @@ def main() -> int:
         print(f"  {stage:<7} {split[stage]:8.3f}  {100 * split[stage] / split['round']:5.1f}%")
     print(f"  {'round':<7} {split['round']:8.3f}")
     print(f"ratio round / local training alone: {split['round'] / split['train']:.1f}x")
+    moved = [e["bytes"] for e in events
+             if e["event"] == "committed" and e["height"] > 0 and "bytes" in e]
+    if moved:
+        print("payload bytes per peer per round (mean over peers and rounds 1+; KiB):")
+        for key in ("gossip_in", "gossip_published", "blob_in", "blob_out", "in", "out"):
+            print(f"  {key:<17} {statistics.fmean(m[key] for m in moved) / 1024:10.1f}")
+        peers_heard = statistics.fmean(len(m["by_peer"]) for m in moved)
+        print(f"  (each peer received from {peers_heard:.1f} distinct peers a round)")
     fetched = [e for e in events if e["event"] == "blob_fetched" and e["height"] > 0]
     if fetched:
         size = statistics.fmean(e["bytes"] for e in fetched)

@@ -21,6 +21,10 @@ class GenesisError(ValueError):
     """A genesis file that cannot define a network; the text says why."""
 
 
+#: who signs commit certificates (Genesis.consensus)
+CONSENSUS_SETS = ("committee", "members")
+
+
 @dataclass(frozen=True)
 class Genesis:
     """Initial members, round-0 committee, model spec, seed and hyperparameters."""
@@ -37,17 +41,24 @@ class Genesis:
     data: dict[str, Any] = field(
         default_factory=lambda: {"dataset": "digits", "partition": "iid", "alpha": 0.5,
                                  "test_fraction": 0.2})
-    #: learning.cmfl.RoundConfig settings; the default is the robust set-up measured in
-    #: docs/results (median scoring, evidence-based S1/S2, trusted election)
+    #: learning.cmfl.RoundConfig settings; the default is `cmfl-robust2` of docs/learning.md
+    #: (median scoring, evidence-based S1/S2 with the floored typical distance and the clone
+    #: test, robust election, near-parallel updates left out of the aggregate, declared sample
+    #: counts capped at their median). A genesis without the issue-14 keys keeps the old rule.
     selection: dict[str, Any] = field(
-        default_factory=lambda: RoundConfig(rule="auto", scoring="median",
-                                            election="trusted").to_selection())
+        default_factory=lambda: RoundConfig(rule="auto", scoring="median", election="robust",
+                                            typical="floored", clone_ratio=0.02,
+                                            max_cosine=0.9, sample_cap="median").to_selection())
     #: chain.membership settings: `admission` (closed, allowlist, open), `allow` (peer ids),
     #: `leave_after` (silent rounds; 0 never). Empty: the genesis members for ever.
     membership: dict[str, Any] = field(default_factory=dict)
     #: the learning task (learning.task): {"name", "version", "hash"}; `model` holds its
     #: settings. Empty: the original digits MLP of `model.layers` (learning.builtin_tasks).
     task: dict[str, Any] = field(default_factory=dict)
+    #: who must sign a block's commit certificate: "committee" (the round's elected committee)
+    #: or "members" (a quorum of the whole membership, so a captured committee cannot fork the
+    #: chain: docs/consensus.md, "Committee safety")
+    consensus: str = "committee"
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -59,6 +70,8 @@ class Genesis:
             d["membership"] = self.membership
         if self.task:  # likewise: a digits genesis from before tasks keeps its id
             d["task"] = self.task
+        if self.consensus != "committee":
+            d["consensus"] = self.consensus
         return d
 
     @property
@@ -76,7 +89,8 @@ class Genesis:
                     training=dict(d["training"]), data=dict(d["data"]),
                     selection=dict(d["selection"]),
                     membership=dict(d.get("membership", {})),
-                    task=dict(d.get("task", {})))
+                    task=dict(d.get("task", {})),
+                    consensus=str(d.get("consensus", "committee")))
         except (KeyError, TypeError, ValueError) as exc:
             raise GenesisError(f"genesis is missing or has a bad field: {exc}") from None
         g.check()
@@ -106,6 +120,9 @@ class Genesis:
         if self.task and not all(isinstance(self.task.get(k), str) and self.task[k]
                                  for k in ("name", "version", "hash")):
             raise GenesisError("task: needs non-empty strings name, version and hash")
+        if self.consensus not in CONSENSUS_SETS:
+            raise GenesisError(f"consensus must be one of {CONSENSUS_SETS}, got "
+                               f"{self.consensus!r}")
         if quorum_size(len(self.committee)) > len(self.committee):
             raise GenesisError("committee too small for a quorum")
         try:

@@ -39,6 +39,8 @@ class ChainPosition:
         self.roster = Roster.of_genesis(genesis.members)
         self.selection = RoundConfig.from_selection(genesis.selection)
         self.dp = DpPolicy.from_training(genesis.training)
+        #: whether the whole membership, not the committee, signs certificates
+        self.members_sign = genesis.consensus == "members"
         #: height of the next block
         self.height = 0
         self.prev_hash = self.network_id
@@ -61,7 +63,8 @@ class ChainPosition:
             members=self.members, committee=self.committee,
             trainers=trainers_for(self.members, self.committee), base_state={},
             base_hash=self.head_model or b"", selection=self.selection, excluded=self.excluded,
-            dp=self.dp, membership=self.rules, roster=self.roster)
+            dp=self.dp, membership=self.rules, roster=self.roster,
+            validators=self.members if self.members_sign else ())
 
     def convicts(self, committed: CommittedBlock) -> set[str]:
         """The members this block convicts for the first time (before `advance` over it)."""

@@ -50,6 +50,14 @@ class RoundContext:
     #: the genesis membership rules, and the chain's roster (None: `members`, none silent)
     membership: MembershipRules = MembershipRules()
     roster: Roster | None = None
+    #: who signs this round's commit certificate when it is not the committee (genesis
+    #: `consensus = "members"`: the whole membership), empty for the committee
+    validators: tuple[str, ...] = ()
+
+    @property
+    def consensus_members(self) -> tuple[str, ...]:
+        """The members running pBFT on this round's block and signing its certificate."""
+        return self.validators or self.committee
 
     @property
     def current_roster(self) -> Roster:
@@ -59,10 +67,11 @@ class RoundContext:
     @property
     def leader(self) -> str:
         """The member who proposes this round's block."""
-        return self.committee[self.height % len(self.committee)]
+        return self.consensus_members[self.height % len(self.consensus_members)]
 
     @property
     def quorum(self) -> int:
+        """Score vectors a block needs: a quorum of the committee."""
         return quorum_size(len(self.committee))
 
 

@@ -2,7 +2,7 @@
 
 A block is valid in its place when it links to the previous block, its certificate holds a
 quorum of valid signatures of the committee the previous block elected (the genesis committee at
-height 0), and everything its signed score vectors decide re-derives: selection, the update
+height 0; of the whole membership on a genesis with `consensus = "members"`), and everything its signed score vectors decide re-derives: selection, the update
 digests, evidence, the next committee and the membership changes (each admission's signed join
 request re-checked, each departure re-derived from the chain: `chain.round_rules.outline_round`,
 the proposer's own code). Only the new model cannot be re-derived: the updates it aggregates are not stored. It is
@@ -48,7 +48,7 @@ class ChainVerifier(ChainPosition):
             raise BlockError("committee is not the one the previous block elected")
         if block.trainers != ctx.trainers:
             raise BlockError("trainers are not the members off the committee")
-        committed.certificate.verify(block, ctx.committee)
+        committed.certificate.verify(block, ctx.consensus_members)
         if block.score_vectors != tuple(sorted(block.score_vectors)):
             raise BlockError("score vectors are not in canonical order")
         outline = outline_round(ctx, list(block.score_vectors), block.evidence,

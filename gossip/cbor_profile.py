@@ -203,3 +203,49 @@ def _fits(fmt: struct.Struct, value: float) -> bool:
         return fmt.unpack(fmt.pack(value))[0] == value
     except OverflowError:
         return False
+
+
+class CborEncodeError(ValueError):
+    """A value the profile cannot carry (so our encoder refuses to send it)."""
+
+
+def check_encodable(obj: Any, *, floats: bool = True, max_depth: int = DEFAULT_MAX_DEPTH) -> None:
+    """Raise CborEncodeError unless `obj` is inside the profile: int in -2**64..2**64-1, bytes,
+    str, list/tuple, dict with str keys, bool, None, and (if `floats`) finite floats."""
+
+    def walk(v: Any, depth: int) -> None:
+        if v is None or isinstance(v, (bool, bytes, str)):
+            return
+        if isinstance(v, int):
+            if not -2**64 <= v < 2**64:
+                raise CborEncodeError("integer outside the CBOR head's range (no bignums)")
+            return
+        if isinstance(v, float):
+            if not floats:
+                raise CborEncodeError("a float where the protocol specifies none")
+            if not math.isfinite(v):
+                raise CborEncodeError("NaN or infinity")
+            return
+        if depth >= max_depth:
+            raise CborEncodeError(f"containers nested more than {max_depth} deep")
+        if isinstance(v, (list, tuple)):
+            for x in v:
+                walk(x, depth + 1)
+            return
+        if isinstance(v, dict):
+            for k, x in v.items():
+                if not isinstance(k, str):
+                    raise CborEncodeError(f"map key of type {type(k).__name__} (text only)")
+                walk(x, depth + 1)
+            return
+        raise CborEncodeError(f"type {type(v).__name__} is outside the profile")
+
+    walk(obj, 0)
+
+
+def encode_canonical(obj: Any, *, floats: bool = True) -> bytes:
+    """The canonical profile CBOR of `obj`; CborEncodeError if it is outside the profile."""
+    import cbor2  # the encoder (deterministic with canonical=True); decoding is ours above
+
+    check_encodable(obj, floats=floats)
+    return cbor2.dumps(obj, canonical=True)

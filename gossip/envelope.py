@@ -10,9 +10,8 @@ import hashlib
 from dataclasses import dataclass, replace
 from typing import Any
 
-import cbor2
-
-from gossip.cbor_profile import CborProfileError, decode_canonical
+from gossip.cbor_profile import (CborEncodeError, CborProfileError, check_encodable,
+                                 decode_canonical, encode_canonical)
 from gossip.peer_keys import Signer, verify_signature
 
 _DOMAIN = "cmfl-p2p/envelope/1"
@@ -27,6 +26,11 @@ MAX_ENVELOPE_BYTES = 1024 * 1024 - 16 * 1024
 #: block on its own held-out data (p2p_node.federated_eval).
 KINDS = ("update", "scores", "pre_prepare", "prepare", "commit", "view_change", "new_view",
          "block", "evidence", "join", "metrics")
+#: The only kinds whose payload may hold floats (docs/protocol.md): score distances, DP
+#: parameters of an update, a block (its update references carry those DP parameters), and
+#: metrics (a peer's evaluation values).
+#: Any other kind with a float in it is refused by the encoder.
+FLOAT_KINDS = ("update", "scores", "block", "metrics")
 
 
 class EnvelopeError(ValueError):
@@ -50,10 +54,9 @@ class Envelope:
 
     def signing_bytes(self) -> bytes:
         """The canonical bytes the sender signs."""
-        return cbor2.dumps(
+        return encode_canonical(
             [_DOMAIN, self.kind, self.network_id, self.round, self.sender, self.payload],
-            canonical=True,
-        )
+            floats=self.kind in FLOAT_KINDS)
 
     def signed_by(self, signer: Signer) -> Envelope:
         """This envelope with `signer` as sender and its signature."""
@@ -62,15 +65,18 @@ class Envelope:
 
     def has_valid_signature(self) -> bool:
         """True when the signature is the sender's over the canonical bytes."""
-        return verify_signature(self.sender, self.signing_bytes(), self.signature)
+        try:
+            signed = self.signing_bytes()
+        except CborEncodeError:
+            return False  # a value outside the profile was never signed by an honest peer
+        return verify_signature(self.sender, signed, self.signature)
 
     def encode(self) -> bytes:
         """Canonical wire bytes."""
-        return cbor2.dumps(
+        return encode_canonical(
             {"k": self.kind, "n": self.network_id, "r": self.round, "s": self.sender,
              "p": self.payload, "sig": self.signature},
-            canonical=True,
-        )
+            floats=self.kind in FLOAT_KINDS)
 
     def digest(self) -> bytes:
         """SHA-256 of the wire bytes: the envelope's identity for dedup and references."""
@@ -103,4 +109,11 @@ def decode_envelope(data: bytes, max_bytes: int = MAX_ENVELOPE_BYTES) -> Envelop
         raise EnvelopeError("malformed", "bad sender")
     if not isinstance(sig, bytes) or len(sig) != 64:
         raise EnvelopeError("unsigned", "no signature or a bad signature length")
+    if kind not in FLOAT_KINDS:
+        # The profile's floats are for score distances and DP parameters only: a float in any
+        # other payload is refused here, as our encoder refuses to write one.
+        try:
+            check_encodable(obj["p"], floats=False)
+        except CborEncodeError:
+            raise EnvelopeError("malformed", f"a float in a {kind} payload") from None
     return Envelope(kind, network_id, rnd, sender, obj["p"], sig)

@@ -184,8 +184,11 @@ class BlobServer:
     it could not get from the announcement's holder anyway. Bad requests are counted and logged.
     """
 
-    def __init__(self, store: BlobStore, request_timeout: float = REQUEST_TIMEOUT) -> None:
+    def __init__(self, store: Any, request_timeout: float = REQUEST_TIMEOUT,
+                 on_served: Callable[[str, int], None] | None = None) -> None:
         self.store = store
+        #: told (peer ID, bytes) after each chunk served: the peer's byte accounting
+        self.on_served = on_served
         self.request_timeout = request_timeout
         self.refused: dict[str, int] = {}
         self.served_bytes = 0
@@ -196,7 +199,8 @@ class BlobServer:
         host.set_stream_handler(TProtocol(PROTOCOL_ID), self.handle)
 
     async def handle(self, stream: Any) -> None:
-        peer = str(stream.muxed_conn.peer_id)[-8:] if hasattr(stream, "muxed_conn") else "?"
+        peer_id = str(stream.muxed_conn.peer_id) if hasattr(stream, "muxed_conn") else "?"
+        peer = peer_id[-8:]
         try:
             with trio.fail_after(self.request_timeout):
                 request = decode_chunk_request(await read_frame(stream))
@@ -209,6 +213,8 @@ class BlobServer:
                 await stream.write(frame(encode_chunk_header(request.length)))
                 await stream.write(blob[request.offset:request.offset + request.length])
                 self.served_bytes += request.length
+                if self.on_served is not None:
+                    self.on_served(peer_id, request.length)
         except TransferError as exc:
             self.refused[exc.code] = self.refused.get(exc.code, 0) + 1
             log.warning("refused blob request from %s: %s", peer, exc)

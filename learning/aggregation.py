@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import statistics
+
+import numpy as np
 import torch
 
 from learning.tensors import ModelState
@@ -35,3 +39,44 @@ def aggregate_weighted(
             delta = updated[tid][k].to(torch.float32) - base[k].to(torch.float32)
             new[k] = new[k] + w * delta
     return new
+
+
+def cap_samples(samples: dict[str, int]) -> dict[str, int]:
+    """Declared sample counts capped at their lower median: a peer that declares a huge count
+    weighs no more than a typical one (the counts are only declared, never checked), while
+    honest peers with fewer samples keep their smaller weight."""
+    if not samples:
+        return {}
+    cap = statistics.median_low(sorted(samples.values()))
+    return {t: min(n, cap) for t, n in sorted(samples.items())}
+
+
+def _flat_delta(base: ModelState, state: ModelState) -> np.ndarray:
+    return np.concatenate([(state[k].to(torch.float64) - base[k].to(torch.float64))
+                           .reshape(-1).numpy() for k in sorted(base)])
+
+
+def _exact_dot(a: np.ndarray, b: np.ndarray) -> float:
+    # math.fsum is exactly rounded: the same bytes on every peer whatever the BLAS.
+    return math.fsum((a * b).tolist())
+
+
+def find_collinear(base: ModelState, updates: dict[str, ModelState],
+                   max_cosine: float) -> tuple[str, ...]:
+    """Trainers whose update (delta over base) has cosine similarity above `max_cosine` with
+    another trainer's: peers training on their own data never send (near-)parallel updates,
+    colluders sending one crafted direction at different lengths (staggered copies), copies
+    of one honest peer (mimicry) and sybils do. Both members of such a pair are listed."""
+    if not max_cosine < 1.0 or len(updates) < 2:
+        return ()
+    ids = sorted(updates)
+    deltas = {t: _flat_delta(base, updates[t]) for t in ids}
+    norms = {t: math.sqrt(_exact_dot(d, d)) for t, d in deltas.items()}
+    out: set[str] = set()
+    for i, a in enumerate(ids):
+        for b in ids[i + 1:]:
+            if norms[a] == 0.0 or norms[b] == 0.0:
+                continue
+            if _exact_dot(deltas[a], deltas[b]) > max_cosine * norms[a] * norms[b]:
+                out.update((a, b))
+    return tuple(sorted(out))

@@ -31,6 +31,9 @@ class Attack:
     name: ClassVar[str] = "none"
     #: True if the attack needs the round's honest models (see ALittleIsEnough.observe).
     colluding: ClassVar[bool] = False
+    #: attackers declare this many times their true sample count (the harness and peers
+    #: weigh updates by the declared count; nothing can check it)
+    sample_factor: ClassVar[int] = 1
 
     def observe(self, honest: list[ModelState], n_peers: int, n_colluders: int) -> Attack:
         """This attack knowing the round's `honest` models (only colluding attacks care)."""
@@ -534,11 +537,55 @@ class CmflCaptureNoisy(CmflCapture):
     jitter: float = 0.05
 
 
+@dataclass(frozen=True)
+class CmflCaptureSpread(CmflCaptureStaggered):
+    """Aimed at the collinearity test (learning.aggregation.find_collinear): staggered copies,
+    each plus its own random direction sized so that two copies' cosine similarity is about
+    `cosine` (just under a 0.9 limit); the gamma search counts the added distance, so the
+    copies still score at or just above the lowest honest trainer."""
+
+    name: ClassVar[str] = "cmfl_capture_spread"
+    cosine: float = 0.85
+
+    def craft(self, view: RoundView, own: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        if not view.committee:
+            return AgrMinMax(perturbation=self.perturbation).craft(view, own, rng)
+        colluders = set(view.colluders)
+        d = _deltas(view, sorted(view.honest))
+        mean, p = d.mean(dim=0), _direction(d, self.perturbation)
+        target = self._target(view, colluders) * (
+            1.0 + self.stagger * _colluder_index(view, own))
+        scale = float(d.norm(dim=1).mean()) if self.perturbation == "unit" else 1.0
+        noise = torch.from_numpy(rng.standard_normal(mean.numel())).to(mean.dtype)
+        noise = noise / (noise.norm() + 1e-12)
+        share = math.sqrt((1.0 - self.cosine) / self.cosine)
+
+        def mal(g: float) -> torch.Tensor:
+            core = mean + g * scale * p
+            return core + share * float(core.norm()) * noise
+
+        def ok(g: float) -> bool:
+            return committee_score(view, mal(g), colluders) <= target
+
+        return mal(_largest_gamma(ok, gamma=20.0))
+
+
+@dataclass(frozen=True)
+class CmflCaptureHeavy(CmflCaptureSpread):
+    """cmfl_capture_spread whose colluders declare 50 times their sample count (a count is
+    declared in the signed update and checked by no one), so whatever of theirs is aggregated
+    outweighs the honest updates."""
+
+    name: ClassVar[str] = "cmfl_capture_heavy"
+    sample_factor: ClassVar[int] = 50
+
+
 ATTACKS: dict[str, type[Attack]] = {
     cls.name: cls
     for cls in (SignFlip, GaussianNoise, Scaling, Zeros, LabelFlip, ALittleIsEnough, FalseScores,
                 AgrMinMax, AgrMinSum, InnerProduct, FangMedian, FangKrum, Mimic, SybilFlip,
-                CmflCapture, CmflCaptureNoisy, CmflCaptureStaggered, CmflElect)
+                CmflCapture, CmflCaptureNoisy, CmflCaptureStaggered, CmflElect,
+                CmflCaptureSpread, CmflCaptureHeavy)
 }
 #: The attacks before issue 14 (docs/results/bar.csv was measured with exactly these).
 CLASSIC_ATTACKS = ("alie", "false_scores", "gaussian_noise", "label_flip", "scaling",

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from learning.aggregation import aggregate_weighted
+from learning.aggregation import aggregate_weighted, cap_samples, find_collinear
 from learning.election import elect_middle
 from learning.scoring import combine_scores
 from learning.selection import rank_by_score, select_highest_distance, select_lowest_distance
@@ -48,6 +48,12 @@ class RoundConfig:
     #: auto: > 0 drops trainers whose score vectors match another trainer's to within this
     #: share of the typical distance (identical updates from distinct data: colluders' copies)
     clone_ratio: float = 0.0
+    #: < 1: the aggregate leaves out selected updates whose cosine similarity with another
+    #: selected update exceeds this (learning.aggregation.find_collinear: staggered copies)
+    max_cosine: float = 1.0
+    #: "median": declared sample counts are capped at the selected updates' lower median
+    #: before weighting (learning.aggregation.cap_samples); "": weighted as declared
+    sample_cap: str = ""
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -64,6 +70,10 @@ class RoundConfig:
             raise ValueError(f"typical must be one of {TYPICALS}, got {self.typical!r}")
         if not 0.0 <= self.clone_ratio < 1.0:
             raise ValueError(f"clone_ratio must be in [0, 1), got {self.clone_ratio}")
+        if not 0.0 < self.max_cosine <= 1.0:
+            raise ValueError(f"max_cosine must be in (0, 1], got {self.max_cosine}")
+        if self.sample_cap not in ("", "median"):
+            raise ValueError(f"sample_cap must be '' or 'median', got {self.sample_cap!r}")
 
     @classmethod
     def from_selection(cls, selection: Mapping[str, Any]) -> RoundConfig:
@@ -75,7 +85,9 @@ class RoundConfig:
                    election=str(selection.get("election", d.election)),
                    outlier_ratio=float(selection.get("outlier_ratio", d.outlier_ratio)),
                    typical=str(selection.get("typical", d.typical)),
-                   clone_ratio=float(selection.get("clone_ratio", d.clone_ratio)))
+                   clone_ratio=float(selection.get("clone_ratio", d.clone_ratio)),
+                   max_cosine=float(selection.get("max_cosine", d.max_cosine)),
+                   sample_cap=str(selection.get("sample_cap", d.sample_cap)))
 
     def to_selection(self) -> dict[str, Any]:
         """The genesis `selection` dict for this config (the issue-14 keys only when set, so
@@ -88,6 +100,10 @@ class RoundConfig:
             out["typical"] = self.typical
         if self.clone_ratio != d.clone_ratio:
             out["clone_ratio"] = self.clone_ratio
+        if self.max_cosine != d.max_cosine:
+            out["max_cosine"] = self.max_cosine
+        if self.sample_cap != d.sample_cap:
+            out["sample_cap"] = self.sample_cap
         return out
 
 
@@ -118,6 +134,8 @@ class RoundDecision:
     applied: str = "S1"
     outliers: tuple[str, ...] = ()
     dissenters: tuple[str, ...] = field(default_factory=tuple)
+    #: the selected trainers whose updates went into the aggregate (selected minus collinear)
+    aggregated: tuple[str, ...] = ()
 
 
 def rank_agreement(vector: Mapping[str, float], consensus: Mapping[str, float]) -> float:
@@ -251,23 +269,36 @@ def elect_committee(
     config: RoundConfig,
     excluded: frozenset[str] | set[str] = frozenset(),
 ) -> tuple[str, ...]:
-    """The next committee, sorted: CMFL's middle of the score ranking, among trusted trainers."""
+    """The next committee, sorted: CMFL's middle of the score ranking, among trusted trainers.
+
+    Recorded misbehaviour (`excluded`: equivocation proofs, twins, dissenters) bars a peer in
+    every mode and is never re-seated. With fewer trusted candidates than seats the current
+    committee stays, except that its excluded members' seats go to the trusted candidates, then
+    to the other scored trainers not excluded, by rank."""
     combined = selection.combined
     if config.election == "middle":
-        # Recorded misbehaviour (equivocation proofs in blocks) bars a peer in either mode.
-        candidates = {t: s for t, s in combined.items() if t not in excluded}
-        if len(candidates) < size:
-            return tuple(sorted(current_committee))
-        return tuple(elect_middle(candidates, size))
-    # robust: colluders who sit just inside the outlier limit, at the bottom of the ranking,
-    # would fill the middle of the inliers; the middle of every scored trainer stays honest
-    # while they are fewer than a third of the trainers.
-    barred = set(excluded) | set(
-        selection.clones if config.election == "robust" else selection.outliers)
+        barred = set(excluded)
+    else:
+        # robust: colluders who sit just inside the outlier limit, at the bottom of the
+        # ranking, would fill the middle of the inliers; the middle of every scored trainer
+        # stays honest while they are fewer than a third of the trainers.
+        barred = set(excluded) | set(
+            selection.clones if config.election == "robust" else selection.outliers)
     candidates = {t: s for t, s in combined.items() if t not in barred}
-    if len(candidates) < size:
+    if len(candidates) >= size:
+        return tuple(elect_middle(candidates, size))
+    if not set(current_committee) & set(excluded):
         return tuple(sorted(current_committee))
-    return tuple(elect_middle(candidates, size))
+    # a convicted member is never re-seated: its seat goes to the trusted candidates, then to
+    # the other scored trainers not excluded, by rank
+    seated = [m for m in sorted(current_committee) if m not in excluded]
+    fill = [t for t in elect_middle(candidates, len(candidates)) if t not in seated]
+    fill += [t for t in rank_by_score(combined) if t not in excluded and t not in seated
+             and t not in fill]
+    seated += fill[: size - len(seated)]
+    if not seated:
+        return tuple(sorted(current_committee))
+    return tuple(sorted(seated))
 
 
 def finish_round(
@@ -280,15 +311,24 @@ def finish_round(
     config: RoundConfig,
     excluded: frozenset[str] | set[str] = frozenset(),
 ) -> RoundDecision:
-    """Aggregate the selected updates (sample-weighted, bit-reproducible) and elect."""
+    """Aggregate the selected updates (sample-weighted, bit-reproducible) and elect.
+
+    With config.max_cosine < 1 the selected updates that are near-parallel to another selected
+    one are left out of the aggregate; with config.sample_cap the declared counts are capped."""
     missing = [t for t in selection.selected if t not in updates or t not in samples]
     if missing:
         raise KeyError(f"selected trainers without an update: {missing}")
-    new_state = aggregate_weighted(base_state, {t: updates[t] for t in selection.selected},
-                                   {t: samples[t] for t in selection.selected})
+    chosen = {t: updates[t] for t in selection.selected}
+    collinear = set(find_collinear(base_state, chosen, config.max_cosine))
+    aggregated = tuple(t for t in selection.selected if t not in collinear)
+    weights = {t: samples[t] for t in aggregated}
+    if config.sample_cap == "median":
+        weights = cap_samples(weights)
+    new_state = aggregate_weighted(base_state, {t: chosen[t] for t in aggregated}, weights)
     committee = elect_committee(selection, committee_size, current_committee, config, excluded)
     return RoundDecision(selection.combined, selection.selected, new_state, committee,
-                         selection.applied, selection.outliers, selection.dissenters)
+                         selection.applied, selection.outliers, selection.dissenters,
+                         aggregated)
 
 
 def decide_round(

@@ -32,6 +32,10 @@ CMFL_RULES: dict[str, RoundConfig] = {
     # bottom of the ranking cannot pull down, and which drops identical score vectors
     "cmfl-robust": RoundConfig(rule="auto", scoring="median", election="robust",
                                typical="floored", clone_ratio=0.02),
+    # cmfl-robust whose aggregate leaves out near-parallel updates and caps declared counts
+    "cmfl-robust2": RoundConfig(rule="auto", scoring="median", election="robust",
+                                typical="floored", clone_ratio=0.02, max_cosine=0.9,
+                                sample_cap="median"),
 }
 RULE_NAMES = tuple(CMFL_RULES) + BASELINES
 
@@ -190,7 +194,9 @@ def run(spec: RunSpec) -> RunResult:
     attackers = choose_attackers(spec)
     attack = make_attack(spec.attack)
     data = _local_data(spec, train, attackers, attack)
-    samples = {p: len(d) for p, d in data.items()}
+    # declared counts: attackers may inflate theirs (Attack.sample_factor); nothing checks them
+    factor = attack.sample_factor if attack is not None else 1
+    samples = {p: len(d) * (factor if p in attackers else 1) for p, d in data.items()}
     state = initial_state(mspec, spec.seed)
     result = RunResult(spec)
     if spec.rule in CMFL_RULES:
@@ -229,7 +235,7 @@ def run(spec: RunSpec) -> RunResult:
                                     else frozenset())
             # Recorded misbehaviour: members whose vectors contradicted the committee's.
             excluded |= set(decision.dissenters)
-            result.attackers_selected.append(len(set(decision.selected) & attackers))
+            result.attackers_selected.append(len(set(decision.aggregated) & attackers))
             result.attackers_on_committee.append(len(set(committee) & attackers))
             result.applied.append(decision.applied)
             state, committee = decision.new_state, decision.next_committee

@@ -13,6 +13,8 @@ from typing import Any, Iterator
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from p2p_node.traffic import KINDS as TRAFFIC_KINDS
+
 #: Round-time buckets in seconds: a loopback round takes ~3 s, a stalled one hits timeouts.
 ROUND_BUCKETS = (0.5, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89)
 
@@ -72,6 +74,13 @@ class NodeMetrics:
                               registry=self.registry)
         self.evidence = Counter("cmfl_equivocations_seen", "equivocations this peer detected",
                                 registry=self.registry)
+        self.bytes = Counter(
+            "cmfl_bytes", "payload bytes moved, by kind (gossip, blob) and direction (in; "
+            "published: handed to gossipsub once, before its fan-out; out: blob bytes served); "
+            "framing and encryption not included", ["kind", "direction"],
+            registry=self.registry)
+        self.round_bytes = Gauge("cmfl_round_bytes", "last committed round: payload bytes "
+                                 "in and out", ["direction"], registry=self.registry)
         self.epsilon_total = Gauge("cmfl_dp_epsilon_total", "privacy this peer has spent in "
                                    "total (DP-SGD epsilon at the genesis delta; DP networks only)",
                                    registry=self.registry)
@@ -86,6 +95,12 @@ class NodeMetrics:
             self.round_seconds.observe(event["round_seconds"])
             for stage, seconds in event.get("stages", {}).items():
                 self.stage_seconds.labels(stage).set(seconds)
+            moved = event.get("bytes")
+            if moved:
+                for kind, direction in TRAFFIC_KINDS:
+                    self.bytes.labels(kind, direction).inc(moved[f"{kind}_{direction}"])
+                self.round_bytes.labels("in").set(moved["in"])
+                self.round_bytes.labels("out").set(moved["out"])
             if event.get("accuracy") is not None:
                 self.accuracy.set(event["accuracy"])
             if "dp" in event:

@@ -61,6 +61,7 @@ from p2p_node.round_core import (
 from p2p_node.host import HEARTBEAT_SECONDS, running_host
 from p2p_node.identity import load_identity
 from p2p_node.sync_service import CheckpointSource, SyncService
+from p2p_node.traffic import TrafficLedger
 from p2p_node.round_machine import (
     PERSISTED_KEYS,
     BlobArrived,
@@ -199,6 +200,8 @@ class Node:
         self.discovery: Discovery | None = None
         self.on_event = on_event or (lambda e: None)
         self.rejections: dict[str, int] = defaultdict(int)
+        #: bytes moved this round and in total (p2p_node/traffic.py says what is counted)
+        self.traffic = TrafficLedger()
         self._own_messages: list[tuple[str, bytes]] = []
         #: large updates (ours and those we fetched), served to peers over /cmfl/blob/1;
         #: kept for this round and the one before (a lagging peer may still need them)
@@ -310,6 +313,7 @@ class Node:
         kinds = TOPIC_KINDS[topic]
 
         def validate(forwarder: Any, msg: rpc_pb2.Message) -> bool:
+            self.traffic.add("gossip", "in", len(msg.data), str(forwarder))
             origin = None if topic in RELAYED_TOPICS else ID(msg.from_id).to_base58()
             verdict = self.admission.admit(msg.data, kinds, origin=origin)
             report_verdict(self.router, forwarder, verdict)  # misbehaviour lowers its score
@@ -353,6 +357,7 @@ class Node:
         await self._publish_raw(kind, data)
 
     async def _publish_raw(self, kind: str, data: bytes) -> None:
+        self.traffic.add("gossip", "published", len(data))
         await self._pubsub.publish(topic_name(self.network_id, topic_of(kind)), data)
 
     async def _rebroadcast(self) -> None:
@@ -360,6 +365,7 @@ class Node:
         while True:
             await trio.sleep(self.config.rebroadcast_interval)
             for topic, data in list(self._own_messages):
+                self.traffic.add("gossip", "published", len(data))
                 await self._pubsub.publish(topic_name(self.network_id, topic), data)
 
     async def _connect_bootstrap(self, addr: str) -> None:
@@ -418,7 +424,9 @@ class Node:
             self.sync.install(serve_checkpoints=False)
             # One server on /cmfl/blob/1 for both kinds of large payload: update blobs and
             # model checkpoints (for syncing peers).
-            BlobServer(BlobSources(self.blobs, CheckpointSource(self.models))).install(host)
+            BlobServer(BlobSources(self.blobs, CheckpointSource(self.models)),
+                       on_served=lambda peer, n: self.traffic.add("blob", "out", n, peer)
+                       ).install(host)
             addrs = [str(a) for a in host.get_addrs()]
             (self.config.data_dir / "listen_addrs").write_text("\n".join(addrs) + "\n")
             log.info("peer %s listening on %s", self.me, ", ".join(addrs))
@@ -616,6 +624,7 @@ class Node:
             await trio.sleep(delay)
             delay = min(2 * delay, 4.0)
         seconds = time.monotonic() - started
+        self.traffic.add("blob", "in", len(data), action.provider)
         log.debug("round %d: fetched %d-byte update of %s in %.2fs", height, len(data),
                   action.provider[-8:], seconds)
         self.on_event({"event": "blob_fetched", "peer": self.me, "height": height,
@@ -685,10 +694,12 @@ class Node:
             "round_seconds": round(times.marks["committed"], 3),
             "stages": {k: round(v, 4) for k, v in times.marks.items()},
             "attack": self.config.attack,
+            "bytes": self.traffic.take_round(),
         }
-        log.info("committed height %d %s %s in %.2fs (selected %d of %d)", block.height,
-                 block.hash().hex()[:12], _metrics_text(local), times.marks["committed"],
-                 len(block.selected), len(block.trainers))
+        log.info("committed height %d %s %s in %.2fs (selected %d of %d; %d bytes in, "
+                 "%d out)", block.height, block.hash().hex()[:12], _metrics_text(local),
+                 times.marks["committed"], len(block.selected), len(block.trainers),
+                 event["bytes"]["in"], event["bytes"]["out"])
         if self.privacy is not None and self.dp is not None:
             event["dp"] = self._privacy_spent_event(block.height)
             log.info("privacy: epsilon %.3g this round, %.3g in total (delta %g, %d rounds "

@@ -290,8 +290,8 @@ class RoundMachine:
         self._pending_validity: dict[bytes, Block] = {}
         self.committed: Commit | None = None
         self.consensus: pbft.PbftCore | None = None
-        if self.is_committee:
-            args = (ctx.committee, me, self._validate_value, self._verify_message)
+        if self.is_validator:
+            args = (ctx.consensus_members, me, self._validate_value, self._verify_message)
             self.consensus = (pbft.PbftCore.from_snapshot(pbft_snapshot, *args)
                               if pbft_snapshot and pbft_snapshot.get("height") == ctx.height
                               else pbft.PbftCore(ctx.height, *args))
@@ -300,6 +300,12 @@ class RoundMachine:
     @property
     def is_committee(self) -> bool:
         return self.me in self.ctx.committee
+
+    @property
+    def is_validator(self) -> bool:
+        """Whether this peer runs pBFT on the block: a committee member, or every member when
+        the genesis has the whole membership sign certificates."""
+        return self.me in self.ctx.consensus_members
 
     @property
     def is_trainer(self) -> bool:
@@ -528,7 +534,7 @@ class RoundMachine:
 
     def _on_consensus(self, env: Envelope) -> list[Action]:
         if self.consensus is None:
-            return []  # not on the committee: the certified block will come as a `block`
+            return []  # not a validator: the certified block will come as a `block`
         try:
             message = decode_message(env.kind, env.round, env.sender, env.payload, env.signature)
         except MessageError as exc:
@@ -540,7 +546,7 @@ class RoundMachine:
         block = committed.block
         if block.height != self.ctx.height or block.prev_hash != self.ctx.prev_hash:
             return [Rejected(env.sender, "block", "block does not extend our head")]
-        committed.certificate.verify(block, self.ctx.committee)
+        committed.certificate.verify(block, self.ctx.consensus_members)
         self.certified = self.certified or committed
         return []
 

@@ -1,6 +1,6 @@
 """The robustness campaign's grid and report, without running a campaign."""
 
-from bench.robustness import ADAPTIVE_ATTACKS, PRESETS, grid, pbft_f, summarise
+from bench.robustness import ADAPTIVE_ATTACKS, CANDIDATE, PRESETS, grid, pbft_f, summarise
 from learning.attacks import CLASSIC_ATTACKS
 
 
@@ -16,8 +16,8 @@ def test_bar_keeps_its_grid_and_robustness_runs_every_attack():
 def test_report_has_worst_cases_and_capture_rates():
     row = dict(fraction="0.30", split="noniid", seed=0, rounds=40, attack="ipm",
                attackers_selected_per_round="1.00", capture_rate="0.250")
-    rows = [dict(row, rule="cmfl-robust", final_accuracy="0.8"),
+    rows = [dict(row, rule=CANDIDATE, final_accuracy="0.8"),
             dict(row, rule="fedavg", final_accuracy="0.9", capture_rate="")]
-    md = summarise(rows, ("cmfl-robust", "fedavg"), "robustness", "cmd", None)
+    md = summarise(rows, (CANDIDATE, "fedavg"), "robustness", "cmd", None)
     assert "**0.800** (ipm)" in md and "1.00 / 25%" in md
-    assert "worst case**, noniid, 30%: fedavg 0.900 (ipm) > cmfl-robust 0.800" in md
+    assert f"worst case**, noniid, 30%: fedavg 0.900 (ipm) > {CANDIDATE} 0.800" in md

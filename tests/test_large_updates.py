@@ -36,6 +36,14 @@ def test_updates_over_8_mib_reach_the_committee_and_the_round_commits(tmp_path):
     assert {(e["peer"], e["trainer"]) for e in fetched} == {
         (p, t) for p in cluster.ids for t in trainers if p != t}
     assert {e["bytes"] for e in fetched} == {update_bytes}
+    # The round's byte accounting saw those fetches: each peer took in every other trainer's
+    # update, and the trainers served them (a serve may land in the server's next round).
+    round0 = {e["peer"]: e["bytes"] for e in log.events
+              if e["event"] == "committed" and e["height"] == 0}
+    for peer, moved in round0.items():
+        assert moved["blob_in"] == update_bytes * len(trainers - {peer})
+        assert moved["gossip_in"] > 0 and moved["gossip_published"] > 0
+    assert sum(round0[t]["blob_out"] for t in trainers) >= update_bytes
 
 
 def test_a_trainer_that_withholds_its_announced_bytes_is_left_out_and_scored_down(tmp_path):

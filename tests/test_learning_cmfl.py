@@ -93,7 +93,8 @@ def test_trusted_election_skips_outliers_and_recorded_misbehaviour():
     # lower half p0..p2 gives typical 1.0, limit 1.3: p2..p6 are outliers
     assert sel.outliers == ("p2", "p3", "p4", "p5", "p6")
     assert elect_committee(sel, 2, ("c1", "c2"), cfg) == ("p0", "p1")
-    assert elect_committee(sel, 3, ("c1", "c2", "c3"), cfg) == ("c1", "c2", "c3")  # too few
+    # too few trusted candidates and no one convicted on the committee: it stays
+    assert elect_committee(sel, 3, ("c1", "c2", "c3"), cfg) == ("c1", "c2", "c3")
     flat = {f"p{i}": 1.0 + i / 100 for i in range(7)}
     sel = select_round({"m": flat}, cfg)
     assert elect_committee(sel, 3, (), cfg) == ("p2", "p3", "p4")
@@ -216,3 +217,21 @@ def test_robust_election_seats_the_middle_of_every_trainer_but_no_clone():
         sel = select_round(vectors, cfg)
         assert sel.clones == ("x", "y", "z")
         assert elect_committee(sel, 3, ("m1", "m2", "m3"), cfg) == seated
+
+
+def test_a_convicted_member_is_never_re_seated_when_trusted_candidates_are_short():
+    # issue 13: with fewer trusted candidates than seats the old rule kept the whole current
+    # committee, a convicted leader included
+    scores = {f"p{i}": float(i) for i in range(7)}
+    for election in ("trusted", "robust", "middle"):
+        cfg = RoundConfig(rule="auto", election=election)
+        sel = select_round({"m": scores}, cfg)
+        for size in (3, 5, 8, 12):
+            seated = elect_committee(sel, size, ("leader", "c2", "c3"), cfg,
+                                     excluded={"leader", "p0"})
+            assert "leader" not in seated and "p0" not in seated, (election, size)
+            assert len(seated) == min(size, 8), (election, size)  # 6 trainers + c2, c3
+    # nobody left but the convicted: the committee stays (no one better to seat)
+    sel = select_round({"m": {"x": 1.0}}, RoundConfig(rule="auto", election="trusted"))
+    assert elect_committee(sel, 2, ("a", "b"), RoundConfig(election="trusted"),
+                           excluded={"x", "a", "b"}) == ("a", "b")
