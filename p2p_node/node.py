@@ -710,7 +710,10 @@ class Node:
                      "admits" if change.kind == "join" else "records the departure of",
                      change.peer[-8:])
         self.on_event(event)
-        await self._report_metrics(block.height, block.hash(), local)
+        # Only a member of round `height` reports on it (a peer this block admits is not yet
+        # one, and its report would be refused as not-member).
+        if self.me in block.trainers:
+            await self._report_metrics(block.height, block.hash(), local)
 
     def _evaluate(self, state: ModelState) -> tuple[dict[str, float], dict[str, float] | None]:
         """Metrics of a committed model on our own held-out data, and on the demo's global
