@@ -50,9 +50,18 @@ class FederatedEvaluation:
         self.reports: dict[int, dict[str, tuple[bytes, int, dict[str, float]]]] = \
             defaultdict(dict)
 
-    def add(self, peer: str, payload: Any) -> dict[str, Any] | None:
-        """Record a report; the height's new summary, or None if it repeats one we hold."""
+    def add(self, peer: str, payload: Any, *, envelope_round: int | None = None,
+            current_round: int | None = None) -> dict[str, Any] | None:
+        """Record a report; the height's new summary, or None if it repeats one we hold.
+
+        A report must be about its envelope's round and within the kept heights below the
+        current round: else one member could evict every honest report with a far height, or
+        fill memory with old ones."""
         height, block, samples, metrics = decode_report(payload)
+        if envelope_round is not None and height != envelope_round:
+            raise ReportError("report height differs from its envelope's round")
+        if current_round is not None and not current_round - KEPT_HEIGHTS <= height <= current_round:
+            raise ReportError("report height outside the kept window")
         if peer in self.reports[height]:
             return None
         self.reports[height][peer] = (block, samples, metrics)

@@ -737,7 +737,8 @@ class Node:
 
     def _on_metrics(self, env: Envelope) -> None:
         try:
-            summary = self.federated.add(env.sender, env.payload)
+            summary = self.federated.add(env.sender, env.payload, envelope_round=env.round,
+                                           current_round=self.admission.current_round)
         except ReportError as exc:
             self.rejections["invalid-metrics"] += 1
             log.warning("rejected metrics report of %s: %s", env.sender[-8:], exc)

@@ -151,3 +151,20 @@ def test_committed_event_without_accuracy_feeds_metrics_and_status():
     status = NodeStatus()
     status.on_event(event)
     assert status.last_commit["accuracy"] is None
+
+
+def test_a_report_off_its_round_or_outside_the_window_is_refused():
+    from p2p_node.federated_eval import KEPT_HEIGHTS, FederatedEvaluation, ReportError, report_payload
+    fed = FederatedEvaluation(lambda k, a, b: a < b)
+    block = bytes(32)
+    fed.add("p1", report_payload(20, block, 10, {"accuracy": 0.9}), envelope_round=20,
+            current_round=21)
+    for height, env_round in ((10**9, 10**9), (21 - KEPT_HEIGHTS - 1, 21 - KEPT_HEIGHTS - 1),
+                              (19, 20)):
+        try:
+            fed.add("p2", report_payload(height, block, 10, {"accuracy": 0.1}),
+                    envelope_round=env_round, current_round=21)
+        except ReportError:
+            continue
+        raise AssertionError(f"height {height} (envelope round {env_round}) was accepted")
+    assert list(fed.reports) == [20] and list(fed.reports[20]) == ["p1"]
