@@ -18,15 +18,25 @@ import socket
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
 import multiaddr
 
-from bft.byzantine import BEHAVIOURS
 from chain.store import StoreError
-from p2p_node.config import DEFAULT_CONFIG_FILE, ConfigError, Option, config_template, resolve
+from p2p_node.config import (
+    DEFAULT_CONFIG_FILE,
+    ConfigError,
+    LazyNames,
+    NodeConfig,
+    Option,
+    attack_names,
+    config_template,
+    positive,
+    resolve,
+    run_options,
+)
 from p2p_node.control import ControlError, query, socket_path
 from p2p_node.identity import KEY_FILE, IdentityError, load_identity, load_or_create_identity
 from p2p_node.logs import setup_logging
@@ -59,31 +69,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
-
-
-class LazyNames(Collection[str]):
-    """Choices whose module is heavy (torch): read only when checked or listed in `--help`."""
-
-    def __init__(self, load: Callable[[], list[str]]) -> None:
-        self._load = load
-
-    def _names(self) -> list[str]:
-        return self._load()
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._names()
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names())
-
-    def __len__(self) -> int:
-        return len(self._names())
-
-
-def _attack_names() -> list[str]:
-    from learning.attacks import ATTACKS
-
-    return list(ATTACKS)
 
 
 # init / id ---------------------------------------------------------------------------------------
@@ -160,54 +145,21 @@ def _genesis_task(ref: str | None) -> dict[str, Any]:
 
 
 # run ---------------------------------------------------------------------------------------------
-#: Every setting of `run` that a config file or P2P_NODE_* variable may also set, by name.
-RUN_OPTIONS: dict[str, Option] = {}
+#: Every setting of `run` (flag, config key, P2P_NODE_* variable), by NodeConfig field: declared
+#: once, on NodeConfig (p2p_node.config `setting`).
+RUN_OPTIONS: dict[str, Option] = run_options()
 
 
-def _run_option(p: argparse.ArgumentParser, name: str, parse: Callable[[str], Any],
-                default: Any, help: str, repeated: bool = False,
-                choices: Collection[Any] | None = None, metavar: str | None = None) -> None:
-    """Declare one `run` flag and register it as a config/environment setting."""
-    option = Option(name, parse, repeated, default, choices,
-                    help.replace("%(choices)s", "see `p2p-node run --help`"))
-    if metavar is None and parse is not str:
-        metavar = "SECONDS" if name.endswith(("timeout", "wait")) else "N"
-    RUN_OPTIONS[name] = option
-    if default is not None and default != []:
-        shown = ", ".join(default) if repeated else default
-        help = f"{help} (default: {shown})"
-    p.add_argument(option.flag, type=parse, default=None, choices=choices, metavar=metavar,
-                   action="append" if repeated else "store", help=help + f"; env {option.env}")
-
-
-def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        value = kind(text)
-        if value <= 0:
-            raise ValueError(text)
-        return value
-    parse.__name__ = f"positive {kind.__name__}"  # argparse names the type in its error
-    return parse
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise ValueError(text)
-    return value
-
-
-_non_negative_float.__name__ = "non-negative float"
-
-
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 < value < 65536:
-        raise ValueError(text)
-    return value
-
-
-_port.__name__ = "port"
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """The `run` flags, one per RUN_OPTIONS entry, each saying its default and variable."""
+    for option in RUN_OPTIONS.values():
+        help = option.help
+        if option.default is not None and option.default != []:
+            help = f"{help} (default: {option.shown(option.default)})"
+        p.add_argument(option.flag, dest=option.dest, type=option.parse, default=None,
+                       choices=option.choices, metavar=option.metavar,
+                       action="append" if option.repeated else "store",
+                       help=help + f"; env {option.env}")
 
 
 def _check_addresses(listen: list[str], bootstrap: list[str]) -> None:
@@ -246,12 +198,13 @@ def _check_port_free(host: str, port: int, family: int, what: str) -> None:
             raise CLIError(f"{what}: cannot listen: {exc.strerror}") from None
 
 
-def _run_settings(args: argparse.Namespace) -> dict[str, Any]:
+def _run_config(args: argparse.Namespace) -> NodeConfig:
+    """The node's settings: each from its flag, P2P_NODE_* variable, config file or default."""
     config_file = args.config
     if config_file is None and (args.data_dir / DEFAULT_CONFIG_FILE).exists():
         config_file = args.data_dir / DEFAULT_CONFIG_FILE
     flags = {name: getattr(args, name) for name in RUN_OPTIONS}
-    return resolve(flags, RUN_OPTIONS, config_file)
+    return NodeConfig(data_dir=args.data_dir, **resolve(flags, RUN_OPTIONS, config_file))
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -297,32 +250,23 @@ def _check_data_dir(data_dir: Path) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     _check_data_dir(args.data_dir)
-    s = _run_settings(args)
-    genesis_file = s["genesis"] or args.data_dir / "genesis.json"
-    if not genesis_file.exists():  # the one genesis error worth reporting before the slow imports
-        raise CLIError(f"genesis file not found: {genesis_file} (give --genesis FILE)")
-    _check_addresses(s["listen"], s["bootstrap"])
-    if s["metrics_port"] is not None:
-        _check_port_free(s["metrics_host"], s["metrics_port"], socket.AF_INET, "--metrics-port")
+    config = _run_config(args)
+    if not config.genesis_file.exists():  # the one genesis error worth reporting early
+        raise CLIError(f"genesis file not found: {config.genesis_file} (give --genesis FILE)")
+    _check_addresses(config.listen, config.bootstrap)
+    if config.metrics_port is not None:
+        _check_port_free(config.metrics_host, config.metrics_port, socket.AF_INET,
+                         "--metrics-port")
 
     import trio
 
     from p2p_node.control import NodeStatus
-    from p2p_node.node import Node, NodeConfig
+    from p2p_node.node import Node
 
-    config = NodeConfig(
-        data_dir=args.data_dir, genesis_path=s["genesis"], listen=s["listen"],
-        bootstrap=s["bootstrap"], mdns=s["mdns"] == "on", attack=s["attack"],
-        colluders=s["colluder"],
-        byzantine=s["byzantine"], shard_index=s["shard_index"], num_shards=s["num_shards"],
-        rounds=s["rounds"], collect_timeout=s["collect_timeout"],
-        propose_timeout=s["propose_timeout"], view_timeout=s["view_timeout"],
-        start_wait=s["start_wait"], min_peers=s["min_peers"], threads=s["threads"],
-        task=s["task"], data=s["data"])
     events_file = args.data_dir / "events.jsonl"
     status = NodeStatus()
     metrics = None
-    if s["metrics_port"] is not None:
+    if config.metrics_port is not None:
         from p2p_node.metrics import NodeMetrics
 
         metrics = NodeMetrics()
@@ -340,10 +284,10 @@ def _run(args: argparse.Namespace) -> int:
     _check_models(node)
     if metrics is not None:
         try:
-            metrics.serve(s["metrics_port"], s["metrics_host"])
+            metrics.serve(config.metrics_port, config.metrics_host)
         except OSError as exc:
-            raise CLIError(f"--metrics-port {s['metrics_port']}: {exc.strerror}") from None
-        log.info("metrics on http://%s:%d/metrics", s["metrics_host"], s["metrics_port"])
+            raise CLIError(f"--metrics-port {config.metrics_port}: {exc.strerror}") from None
+        log.info("metrics on http://%s:%d/metrics", config.metrics_host, config.metrics_port)
     try:
         trio.run(_serve, node, status, metrics)
     except BaseExceptionGroup as group:
@@ -600,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--member", action="append", default=[], help="a member's peer ID")
     p.add_argument("--member-dir", action="append", default=[],
                    help="a member's data directory (its ID is read from its key)")
-    p.add_argument("--committee-size", type=_positive(int), default=4,
+    p.add_argument("--committee-size", type=positive(int), default=4,
                    help="round-0 committee: the first N members (n >= 3f+1; default 4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the model and data split")
     p.add_argument("--partition", choices=["iid", "dirichlet"], default="iid")
@@ -647,55 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path,
                    help=f"TOML settings file (default: DATA_DIR/{DEFAULT_CONFIG_FILE} if it "
                         "exists)")
-    _run_option(p, "genesis", Path, None, "genesis file (default DATA_DIR/genesis.json)",
-                metavar="FILE")
-    _run_option(p, "listen", str, ["/ip4/0.0.0.0/tcp/0"], "multiaddr to listen on (repeatable)",
-                repeated=True, metavar="MULTIADDR")
-    _run_option(p, "bootstrap", str, [], "multiaddr of a running peer, ending in /p2p/ID "
-                "(repeatable); the run fails if none is reachable within --start-wait",
-                repeated=True, metavar="MULTIADDR")
-    _run_option(p, "mdns", str, "off", "find peers on the LAN by mDNS: on or off",
-                choices=["on", "off"])
-    _run_option(p, "attack", str, "none", "simulate a malicious peer with this attack: "
-                "%(choices)s", choices=LazyNames(lambda: ["none", *_attack_names()]),
-                metavar="ATTACK")
-    _run_option(p, "colluder", str, [], "peer ID of a fellow attacker (colluding attacks such "
-                "as false_scores: a lying committee member reports its colluders at distance "
-                "0; repeatable)", repeated=True, metavar="PEER_ID")
-    _run_option(p, "byzantine", str, "none", "misbehaviour beyond the update: equivocate (as "
-                "leader, propose two blocks), silent (send no consensus messages) or withhold "
-                "(as trainer, announce a large update and serve none of its bytes)",
-                choices=BEHAVIOURS)
-    _run_option(p, "rounds", _positive(int), None, "stop once the chain has this many blocks "
-                "(default: run until stopped)")
-    _run_option(p, "shard_index", int, None, "which data shard is this peer's "
-                "(default: its position among the sorted genesis members; a joiner's is "
-                "picked by its peer id)")
-    _run_option(p, "num_shards", _positive(int), None, "shards the data is split into "
-                "(default: number of genesis members)")
-    _run_option(p, "collect_timeout", _positive(float), 20.0,
-                "seconds a committee member waits for updates before scoring")
-    _run_option(p, "propose_timeout", _positive(float), 10.0,
-                "further seconds the leader waits for every score vector")
-    _run_option(p, "view_timeout", _positive(float), None,
-                "pBFT view timeout in seconds, doubled on each view change "
-                "(default: collect + propose timeouts + 10)")
-    _run_option(p, "start_wait", _non_negative_float, 60.0,
-                "seconds to wait for the other members before the first round")
-    _run_option(p, "min_peers", int, None, "peers that must be connected on our topics before "
-                "the first round (default: the number of --bootstrap addresses)")
-    _run_option(p, "threads", _positive(int), 1, "torch threads for local training")
-    _run_option(p, "task", str, None, "where this peer finds the genesis's task: a built-in "
-                "name (digits, cnn, credit), package.module:Class or path/to/task.py "
-                "(default: the name the genesis pins); refused unless its hash is the pinned one",
-                metavar="TASK")
-    _run_option(p, "data", Path, None, "this peer's own data file, CSV or NPZ, read by the "
-                "task; never shipped (default: its shard of the task's bundled data set)",
-                metavar="PATH")
-    _run_option(p, "metrics_port", _port, None, "serve Prometheus metrics on this port at "
-                "/metrics (default: off)", metavar="PORT")
-    _run_option(p, "metrics_host", str, "127.0.0.1", "address the metrics server binds "
-                "(0.0.0.0 to let another machine scrape it)", metavar="ADDR")
+    add_run_options(p)
     p.set_defaults(func=_cmd_run)
 
     p = command("status", "ask a running peer for its height, head, round, role, peers and "
@@ -744,15 +640,15 @@ def build_parser() -> argparse.ArgumentParser:
                 "directory and node.log to OUT. Exit 0 if every peer committed the same chain.")
     p.add_argument("--out", type=Path, default=Path("demo-out"),
                    help="folder for peers' data, logs, results and plots (default demo-out)")
-    p.add_argument("--peers", type=_positive(int), default=10,
+    p.add_argument("--peers", type=positive(int), default=10,
                    help="number of peer processes (default 10)")
     p.add_argument("--attackers", type=int, default=2, help="how many peers attack (default 2)")
     p.add_argument("--attack", default="sign_flip", metavar="ATTACK",
-                   choices=LazyNames(_attack_names),
+                   choices=LazyNames(attack_names),
                    help="the attackers' attack: %(choices)s (default sign_flip)")
-    p.add_argument("--rounds", type=_positive(int), default=8,
+    p.add_argument("--rounds", type=positive(int), default=8,
                    help="rounds (blocks) to run (default 8)")
-    p.add_argument("--committee-size", type=_positive(int), default=4,
+    p.add_argument("--committee-size", type=positive(int), default=4,
                    help="committee size, 3f+1 (default 4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the model and data (default 0)")
     p.add_argument("--partition", choices=["iid", "dirichlet"], default="iid",

@@ -47,7 +47,8 @@ from learning.privacy import (
 from learning.tensors import ModelState, state_bytes, state_from_bytes, state_hash
 from p2p_node.federated_eval import FederatedEvaluation, ReportError, report_payload
 from gossip.peer_scoring import report_verdict
-from p2p_node.attack_lab import misbehaviour_for, score_tamper_for
+from p2p_node.attack_lab import attack_filter
+from p2p_node.config import NodeConfig
 from p2p_node.discovery import Discovery
 from p2p_node.round_core import (
     RELAYED_TOPICS,
@@ -75,7 +76,6 @@ from p2p_node.round_machine import (
     Received,
     Rejected,
     RoundMachine,
-    RoundTimeouts,
     SetTimer,
     TimerFired,
     Trained,
@@ -93,52 +93,6 @@ class Synced:
 
 def topic_name(network_id: bytes, topic: str) -> str:
     return f"/cmfl/{network_id.hex()[:16]}/{topic}"
-
-
-@dataclass
-class NodeConfig:
-    """Everything `p2p-node run` takes."""
-
-    data_dir: Path
-    genesis_path: Path | None = None
-    listen: list[str] = field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/0"])
-    bootstrap: list[str] = field(default_factory=list)
-    #: find LAN peers by mDNS (peer exchange and redialling run always: p2p_node/discovery.py)
-    mdns: bool = False
-    attack: str = "none"
-    #: peer IDs colluding with this attacker (colluding attacks: false_scores, alie)
-    colluders: list[str] = field(default_factory=list)
-    #: committee misbehaviour for the attack lab: none, equivocate (as leader), silent
-    byzantine: str = "none"
-    shard_index: int | None = None
-    num_shards: int | None = None
-    rounds: int | None = None
-    collect_timeout: float = 20.0
-    propose_timeout: float = 10.0
-    #: pBFT view timeout before back-off (default: collect + propose + 10 s, so an honest
-    #: leader that waited out both deadlines still proposes in time)
-    view_timeout: float | None = None
-    rebroadcast_interval: float = 3.0
-    start_wait: float = 60.0
-    #: peers that must share our topics before the first round (default: the bootstrap count)
-    min_peers: int | None = None
-    linger: float = 5.0
-    threads: int = 1
-    #: where this peer finds the genesis's task: a built-in name, module:Class or file.py
-    #: (default: the name the genesis pins)
-    task: str | None = None
-    #: this peer's own data file (CSV or NPZ, read by the task); default: its shard of the
-    #: task's bundled data set (the demo's convenience)
-    data: Path | None = None
-
-    @property
-    def timeouts(self) -> RoundTimeouts:
-        return RoundTimeouts(self.collect_timeout, self.propose_timeout, self.view_timeout)
-
-
-    @property
-    def genesis_file(self) -> Path:
-        return self.genesis_path or self.data_dir / "genesis.json"
 
 
 @dataclass
@@ -185,8 +139,10 @@ class Node:
         self._privacy_spent: dict[int, tuple[float, float, int]] = {}
         self.privacy = self._load_privacy()
         self.attack: Attack | None = make_attack(config.attack)
-        #: the attack lab's committee misbehaviour (--byzantine), None for an honest peer
-        self.misbehaviour = misbehaviour_for(config.byzantine)
+        #: the attack lab's filter over the core's actions (--byzantine, a score-lying
+        #: --attack), None for an honest peer
+        self.misbehaviour = attack_filter(config.byzantine, self.attack,
+                                          frozenset(config.colluders) | {self.me})
         #: own training data, own held-out data (federated evaluation) and, in the demo, the
         #: bundled data set's global test split (None with --data)
         self.train_data, self.held_out, self.test_data = self._load_data()
@@ -469,9 +425,7 @@ class Node:
         ctx = self._context()
         begun = self.core.begin(
             ctx, persisted={k: self.store.get_state(k) for k in PERSISTED_KEYS},
-            addrs=tuple(str(a) for a in self.host.get_addrs()),
-            score_tamper=score_tamper_for(self.attack,
-                                          frozenset(self.config.colluders) | {self.me}))
+            addrs=tuple(str(a) for a in self.host.get_addrs()))
         machine = self.core.machine
         assert machine is not None
         for kind in machine.written_ahead:
@@ -517,7 +471,7 @@ class Node:
     async def _carry_out(self, machine: RoundMachine, ctx: RoundContext, actions: list,
                          times: RoundTimes, nursery: trio.Nursery) -> None:
         """Do what the round core decided, in its order (a `Persist` before what it protects)."""
-        if self.misbehaviour is not None:  # attack lab only (--byzantine)
+        if self.misbehaviour is not None:  # attack lab only (--byzantine, a lying --attack)
             actions = self.misbehaviour.outputs(actions)
         for action in actions:
             if isinstance(action, Persist):
