@@ -16,7 +16,7 @@ block's certificate. Every peer, member or not, re-derives the block before it c
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Union
+from typing import Any, Mapping, Union
 
 import cbor2
 
@@ -238,7 +238,6 @@ class RoundMachine:
                  pbft_snapshot: dict[str, Any] | None = None,
                  evidence: tuple[tuple[bytes, bytes], ...] = (),
                  joins: tuple[bytes, ...] = (),
-                 score_tamper: Callable[[dict[str, float]], dict[str, float]] | None = None,
                  timeouts: RoundTimeouts = RoundTimeouts(),
                  persisted: Mapping[str, bytes | None] | None = None,
                  ) -> None:
@@ -258,8 +257,6 @@ class RoundMachine:
                     # Ed25519 signing is deterministic: the same payload signs to the same bytes.
                     self.written_ahead[kind] = (decode_envelope(held).payload
                                                 if isinstance(held, bytes) else held)
-        #: attack lab only: how a lying committee member rewrites its distances
-        self.score_tamper = score_tamper
         #: equivocation proofs this peer holds, recorded in the block if it proposes
         self.evidence = evidence
         #: whom they convict (checked when received): not waited for, like `ctx.excluded`
@@ -621,8 +618,6 @@ class RoundMachine:
         distances = score_updates(self.own_reference,
                                   {t: u.state for t, u in self.updates.items()},
                                   variances, self.own_noise_variance)
-        if self.score_tamper is not None:
-            distances = self.score_tamper(distances)
         return [Publish("scores", scores_payload(
             {t: (self.updates[t].digest, d) for t, d in distances.items()}))]
 
