@@ -143,6 +143,8 @@ def test_killing_the_leader_mid_round_still_commits_after_a_view_change(tmp_path
 
 
 @pytest.mark.slow  # passes alone (5/5, 26 s) but timed out in a full-suite run: see the note
+# (2026-12-02, load 14-20 on 2 cores: timed out alone too, round 0 not even decided in
+# 400 s with 9 peers; with 6, updates lost and peer-exchange redials churned connections)
 def test_an_equivocating_leader_is_caught_recorded_and_never_elected_again(tmp_path):
     cluster = Cluster(tmp_path, size=9)
     leader = sorted(cluster.genesis.committee)[0]  # leads view 0 of height 0
