@@ -149,3 +149,18 @@ def find_misaligned(base: ModelState, updates: dict[str, ModelState]) -> tuple[s
     centre = coordinate_median([deltas[t] for t in ids])
     out = tuple(t for t in ids if not _exact_dot(deltas[t], centre) > 0.0)
     return () if len(out) == len(ids) else out
+
+
+def find_far(base: ModelState, updates: dict[str, ModelState], ratio: float) -> tuple[str, ...]:
+    """Trainers whose update (delta over base) lies farther than `ratio` times the median
+    distance from the coordinate-wise median of all the updates: far updates would lift the
+    clipping radius (the median deviation) for everyone. Exact fsum norms; none if fewer
+    than 3 updates or ratio <= 1."""
+    if not ratio > 1.0 or len(updates) < 3:
+        return ()
+    ids = sorted(updates)
+    deltas = {t: _flat_delta(base, updates[t]) for t in ids}
+    centre = coordinate_median([deltas[t] for t in ids])
+    dist = {t: math.sqrt(_exact_dot(d - centre, d - centre)) for t, d in deltas.items()}
+    limit = ratio * statistics.median(sorted(dist.values()))
+    return tuple(t for t in ids if dist[t] > limit)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from learning.aggregation import (aggregate_clipped, aggregate_weighted, cap_samples,
-                                  find_collinear, find_misaligned)
+                                  find_collinear, find_far, find_misaligned)
 from learning.election import elect_middle
 from learning.scoring import combine_scores
 from learning.selection import rank_by_score, select_highest_distance, select_lowest_distance
@@ -61,8 +61,9 @@ class RoundConfig:
     #: clipped to the median deviation (learning.aggregation.aggregate_clipped);
     #: "clipped-aligned": the same, leaving out updates pointing away from that median
     aggregate: str = "mean"
-    #: clipped aggregates: > 0 also drops trainers farther than this many times the typical
-    #: distance (far updates lift the clipping radius); 0 keeps every one but clones
+    #: clipped aggregates: > 1 also leaves out updates farther from the coordinate-wise median
+    #: than this many times the median distance to it (far updates would lift the clipping
+    #: radius; learning.aggregation.find_far); 0 keeps every one but clones
     drop_ratio: float = 0.0
 
     def __post_init__(self) -> None:
@@ -270,13 +271,12 @@ def select_round(
                             | set(clones)))
     inliers = {t: s for t, s in combined.items() if t not in outliers}
     if config.aggregate != "mean":
-        # Clipping bounds every update's pull, so no honest trainer need be dropped on the
-        # committee's word: all but clones are aggregated; outliers only inform the election.
-        far = set(find_outliers(rest, config.drop_ratio, config.typical)
-                  if config.drop_ratio > 1.0 else ())
-        return RoundSelection(combined, tuple(sorted(t for t in combined
-                                                     if t not in clones and t not in far)),
-                              "clipped", outliers, dissenters, clones)
+        # Clipping bounds every update's pull, so no trainer is dropped on the committee's word
+        # (a captured committee would choose which honest updates make the model): every scored
+        # trainer is selected, and what is left out of the aggregate is decided by the updates'
+        # geometry alone (finish_round). Outliers and clones only inform the election.
+        return RoundSelection(combined, tuple(sorted(combined)), "clipped", outliers,
+                              dissenters, clones)
     if outliers or dissenters:
         # Evidence of attack: drop the outliers, then aggregate the closest, as S1 does, but
         # every inlier rather than a fixed share, so diverse honest data is not cut away.
@@ -346,6 +346,10 @@ def finish_round(
         raise KeyError(f"selected trainers without an update: {missing}")
     chosen = {t: updates[t] for t in selection.selected}
     collinear = set(find_collinear(base_state, chosen, config.max_cosine))
+    if config.aggregate != "mean" and config.drop_ratio > 1.0:
+        collinear |= set(find_far(
+            base_state, {t: chosen[t] for t in selection.selected if t not in collinear},
+            config.drop_ratio))
     if config.aggregate == "clipped-aligned":
         collinear |= set(find_misaligned(
             base_state, {t: chosen[t] for t in selection.selected if t not in collinear}))

@@ -83,7 +83,7 @@ def test_clipped_aggregate_is_bit_reproducible_and_order_free():
     assert a.dtype == torch.float32 and torch.equal(a, b)
 
 
-def test_clipped_rule_aggregates_every_scored_trainer_but_clones():
+def test_clipped_rule_aggregates_every_scored_trainer():
     base = _state([0.0, 0.0])
     ups = {"a": _state([1.0, 0.0]), "b": _state([0.0, 1.0]), "c": _state([0.5, 0.5]),
            "far": _state([40.0, -40.0])}
@@ -109,3 +109,17 @@ def test_misaligned_updates_are_left_out_of_the_aligned_clipped_aggregate():
     dec = decide_round(base, vectors, ups, {t: 10 for t in ups}, 2, ("m1", "m2"), cfg)
     assert dec.selected == ("a", "b", "c", "flip") and dec.aggregated == ("a", "b", "c")
     assert float(dec.new_state["w"][0]) > 0.5
+
+
+def test_far_updates_are_left_out_before_clipping():
+    from learning.aggregation import find_far
+    base = _state([0.0, 0.0])
+    ups = {"a": _state([1.0, 0.0]), "b": _state([0.0, 1.0]), "c": _state([0.5, 0.5]),
+           "d": _state([0.8, 0.4]), "far": _state([-9.0, -9.0])}
+    assert find_far(base, ups, 2.0) == ("far",)
+    assert find_far(base, ups, 1.0) == () and find_far(base, {"a": ups["a"]}, 2.0) == ()
+    vectors = {m: {t: 1.0 + 0.01 * i for i, t in enumerate(sorted(ups))} for m in ("m1", "m2", "m3")}
+    cfg = RoundConfig(rule="auto", scoring="median", election="robust",
+                      aggregate="clipped-aligned", drop_ratio=2.0)
+    dec = decide_round(base, vectors, ups, {t: 10 for t in ups}, 2, ("m1", "m2"), cfg)
+    assert "far" in dec.selected and "far" not in dec.aggregated
