@@ -33,7 +33,7 @@ SPLITS = {"iid": ("iid", 0.5), "noniid": ("dirichlet", 0.5)}
 #: The rule the table argues for, compared against every baseline.
 OURS = "cmfl-auto"
 #: Issue 14's candidate default (learning.simulation.CMFL_RULES), reported beside OURS.
-CANDIDATE = "cmfl-robust2"
+CANDIDATE = "cmfl-clip-far"
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ ALL_ATTACKS = tuple(sorted(ATTACKS))
 #: The attacks of issue 14: omniscient colluders from the literature and against cmfl-auto.
 ADAPTIVE_ATTACKS = tuple(a for a in ALL_ATTACKS if a not in CLASSIC_ATTACKS)
 #: The rules compared in the adaptive campaign: ours, the previous default and the baselines.
-ADAPTIVE_RULES = tuple(dict.fromkeys((CANDIDATE, "cmfl-robust", OURS) + tuple(
+ADAPTIVE_RULES = tuple(dict.fromkeys((CANDIDATE, "cmfl-robust2", "cmfl-robust", OURS) + tuple(
     r for r in RULE_NAMES if r not in CMFL_RULES)))
 PRESETS = {
     # The issue's bar: 20 peers, MLP 64-64-10 on digits, 2 local epochs (lr 0.1, batch 16),

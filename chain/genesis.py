@@ -41,14 +41,18 @@ class Genesis:
     data: dict[str, Any] = field(
         default_factory=lambda: {"dataset": "digits", "partition": "iid", "alpha": 0.5,
                                  "test_fraction": 0.2})
-    #: learning.cmfl.RoundConfig settings; the default is `cmfl-robust2` of docs/learning.md
-    #: (median scoring, evidence-based S1/S2 with the floored typical distance and the clone
-    #: test, robust election, near-parallel updates left out of the aggregate, declared sample
-    #: counts capped at their median). A genesis without the issue-14 keys keeps the old rule.
+    #: learning.cmfl.RoundConfig settings; the default is `cmfl-clip-far` of docs/learning.md
+    #: (median scoring, clone test, robust election; every scored trainer but clones and those
+    #: past 2x the typical distance aggregated by centered clipping around the coordinate-wise
+    #: median, leaving out near-parallel updates and updates pointing away from the median;
+    #: declared sample counts capped at their median). A genesis without the issue-14 keys
+    #: keeps the old rule.
     selection: dict[str, Any] = field(
         default_factory=lambda: RoundConfig(rule="auto", scoring="median", election="robust",
                                             typical="floored", clone_ratio=0.02,
-                                            max_cosine=0.9, sample_cap="median").to_selection())
+                                            max_cosine=0.9, sample_cap="median",
+                                            aggregate="clipped-aligned",
+                                            drop_ratio=2.0).to_selection())
     #: chain.membership settings: `admission` (closed, allowlist, open), `allow` (peer ids),
     #: `leave_after` (silent rounds; 0 never). Empty: the genesis members for ever.
     membership: dict[str, Any] = field(default_factory=dict)

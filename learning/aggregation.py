@@ -80,3 +80,87 @@ def find_collinear(base: ModelState, updates: dict[str, ModelState],
             if _exact_dot(deltas[a], deltas[b]) > max_cosine * norms[a] * norms[b]:
                 out.update((a, b))
     return tuple(sorted(out))
+
+
+def coordinate_median(deltas: list[np.ndarray]) -> np.ndarray:
+    """Coordinate-wise median of flat float64 deltas (an order statistic: exact, order-free;
+    with an even count the mean of the two middle values, one float64 add and halving)."""
+    return np.median(np.stack(deltas), axis=0)
+
+
+def _quantile(values: list[float], q: float) -> float:
+    """The ceil(q n)-th smallest value (an order statistic: exact), q = 0.5 the lower median."""
+    ordered = sorted(values)
+    return ordered[min(max(math.ceil(q * len(ordered)) - 1, 0), len(ordered) - 1)]
+
+
+def clip_factors(deltas: dict[str, np.ndarray], centre: np.ndarray,
+                 quantile: float = 0.5) -> tuple[dict[str, float], float]:
+    """Per trainer, min(1, radius / |delta - centre|) (exact norms via fsum), the radius the
+    `quantile` of those distances, so at most 1 - quantile of the updates are shortened."""
+    dist = {t: math.sqrt(_exact_dot(d - centre, d - centre)) for t, d in sorted(deltas.items())}
+    radius = _quantile(list(dist.values()), quantile) if dist else 0.0
+    return ({t: 1.0 if x <= radius or x == 0.0 else radius / x for t, x in dist.items()},
+            radius)
+
+
+def aggregate_clipped(base: ModelState, updated: dict[str, ModelState],
+                      samples: dict[str, int], iterations: int = 1,
+                      quantile: float = 0.5) -> ModelState:
+    """Centered clipping (Karimireddy, He & Jaggi, ICML 2021) around the coordinate-wise median:
+    every update's deviation from the centre is shortened to at most the median deviation, then
+    the sample-weighted mean of the clipped updates is taken. An update's pull on the aggregate
+    is bounded by its weight times the radius, whatever it sends; honest updates inside the
+    radius pass unchanged. Float64 element-wise arithmetic in sorted-id order, one float32
+    rounding at the end: every peer derives identical bytes."""
+    new = {k: base[k].detach().to(torch.float32).clone() for k in sorted(base)}
+    if not updated:
+        return new
+    ids = sorted(updated)
+    deltas = {t: _flat_delta(base, updated[t]) for t in ids}
+    centre = coordinate_median([deltas[t] for t in ids])
+    total = sum(samples[t] for t in ids)
+    if total <= 0:
+        raise ValueError("total sample count must be > 0")
+    for _ in range(max(iterations, 1)):
+        factors, _radius = clip_factors(deltas, centre, quantile)
+        step = np.zeros_like(centre)
+        for t in ids:
+            step = step + (samples[t] / total) * (factors[t] * (deltas[t] - centre))
+        centre = centre + step
+    offset = 0
+    for k in sorted(base):
+        n = base[k].numel()
+        part = torch.from_numpy(centre[offset:offset + n].copy()).reshape(base[k].shape)
+        new[k] = (base[k].to(torch.float64) + part).to(torch.float32)
+        offset += n
+    return new
+
+
+def find_misaligned(base: ModelState, updates: dict[str, ModelState]) -> tuple[str, ...]:
+    """Trainers whose update (delta over base) has a non-positive inner product with the
+    coordinate-wise median of all the updates: it pulls the model back along the direction
+    most trainers agree on, whatever its length (FLTrust's ReLU(cosine), with the median for
+    the server's root update). Exact fsum dot products; all of them when every one is."""
+    if len(updates) < 3:
+        return ()
+    ids = sorted(updates)
+    deltas = {t: _flat_delta(base, updates[t]) for t in ids}
+    centre = coordinate_median([deltas[t] for t in ids])
+    out = tuple(t for t in ids if not _exact_dot(deltas[t], centre) > 0.0)
+    return () if len(out) == len(ids) else out
+
+
+def find_far(base: ModelState, updates: dict[str, ModelState], ratio: float) -> tuple[str, ...]:
+    """Trainers whose update (delta over base) lies farther than `ratio` times the median
+    distance from the coordinate-wise median of all the updates: far updates would lift the
+    clipping radius (the median deviation) for everyone. Exact fsum norms; none if fewer
+    than 3 updates or ratio <= 1."""
+    if not ratio > 1.0 or len(updates) < 3:
+        return ()
+    ids = sorted(updates)
+    deltas = {t: _flat_delta(base, updates[t]) for t in ids}
+    centre = coordinate_median([deltas[t] for t in ids])
+    dist = {t: math.sqrt(_exact_dot(d - centre, d - centre)) for t, d in deltas.items()}
+    limit = ratio * statistics.median(sorted(dist.values()))
+    return tuple(t for t in ids if dist[t] > limit)

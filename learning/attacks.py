@@ -580,12 +580,110 @@ class CmflCaptureHeavy(CmflCaptureSpread):
     sample_factor: ClassVar[int] = 50
 
 
+def _clip_centre(view: RoundView) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The honest trainers' deltas, their coordinate-wise median (the centre the clipped rule
+    uses, learning.aggregation.aggregate_clipped, without the colluders' pull on it) and the
+    median distance to it (the clipping radius)."""
+    d = _deltas(view, view.honest_trainers or sorted(view.honest))
+    centre = d.median(dim=0).values if len(d) % 2 else torch.quantile(d, 0.5, dim=0)
+    radius = float((d - centre).norm(dim=1).median())
+    return d, centre, radius
+
+
+@dataclass(frozen=True)
+class ClipPush(Omniscient):
+    """Aimed at centered clipping: every colluder sends the centre plus `reach` radii against
+    the honest mean. Clipping shortens each to one radius on that ray, but being farther than
+    every honest update they lift the radius (the median distance) to a higher honest one, and
+    together they pull the aggregate back by (colluders / trainers) radii a round."""
+
+    name: ClassVar[str] = "clip_push"
+    reach: float = 4.0
+    #: colluder i reaches (1 + stagger i) times as far and adds its own random part of
+    #: `spread` radii, so neither the clone test nor the collinearity test fires
+    stagger: float = 0.1
+    spread: float = 0.5
+
+    def craft(self, view: RoundView, own: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        d, centre, radius = _clip_centre(view)
+        mean = d.mean(dim=0)
+        reach = self.reach * (1.0 + self.stagger * _colluder_index(view, own))
+        noise = torch.from_numpy(rng.standard_normal(mean.numel())).to(mean.dtype)
+        noise = noise / (noise.norm() + 1e-12)
+        return centre + reach * radius * (-mean / (mean.norm() + 1e-12) + self.spread * noise)
+
+
+@dataclass(frozen=True)
+class ClipOrthogonal(Omniscient):
+    """Aimed at a clipped rule that drops updates pointing away from the centre: the colluders
+    send centre + one radius along the part of the negated honest mean orthogonal to the centre
+    (a positive inner product with the centre, so never dropped), each with its own random part
+    so no two are near-parallel."""
+
+    name: ClassVar[str] = "clip_orthogonal"
+    spread: float = 0.5
+    #: colluder i sends at (1 + stagger i) radii, so no two score vectors coincide
+    stagger: float = 0.1
+
+    def craft(self, view: RoundView, own: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        d, centre, radius = _clip_centre(view)
+        mean = d.mean(dim=0)
+        c_unit = centre / (centre.norm() + 1e-12)
+        away = -(mean - (mean @ c_unit) * c_unit)
+        away = away / (away.norm() + 1e-12)
+        noise = torch.from_numpy(rng.standard_normal(mean.numel())).to(mean.dtype)
+        noise = noise - (noise @ c_unit) * c_unit
+        noise = noise / (noise.norm() + 1e-12)
+        direction = away + self.spread * noise
+        reach = 1.0 + self.stagger * _colluder_index(view, own)
+        return centre + reach * radius * direction / (direction.norm() + 1e-12)
+
+
+@dataclass(frozen=True)
+class ClipSneak(Omniscient):
+    """Aimed at the aligned clipped rule: each colluder keeps only `keep` of the centre (so its
+    inner product with the median stays positive and the alignment test passes) plus `reach`
+    radii against the honest mean, orthogonal to the centre. Its deviation from the centre
+    then points back along the centre as well as away from the honest mean; clipping shortens
+    it to one radius but keeps that direction. Staggered and spread, as clip_push."""
+
+    name: ClassVar[str] = "clip_sneak"
+    keep: float = 0.05
+    reach: float = 1.0
+    stagger: float = 0.1
+    spread: float = 0.3
+
+    def craft(self, view: RoundView, own: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        d, centre, radius = _clip_centre(view)
+        mean = d.mean(dim=0)
+        c_unit = centre / (centre.norm() + 1e-12)
+        away = -(mean - (mean @ c_unit) * c_unit)
+        noise = torch.from_numpy(rng.standard_normal(mean.numel())).to(mean.dtype)
+        noise = noise - (noise @ c_unit) * c_unit
+        direction = away / (away.norm() + 1e-12) + self.spread * noise / (noise.norm() + 1e-12)
+        reach = self.reach * (1.0 + self.stagger * _colluder_index(view, own))
+        return self.keep * centre + reach * radius * direction / (direction.norm() + 1e-12)
+
+
+@dataclass(frozen=True)
+class ClipPushNear(ClipPush):
+    """clip_push from just beyond the honest spread (1.3 radii): not far enough to be an
+    outlier of the committee's distances, still beyond the median, so still lifting the
+    radius."""
+
+    name: ClassVar[str] = "clip_push_near"
+    reach: float = 1.3
+    stagger: float = 0.05
+    spread: float = 0.3
+
+
 ATTACKS: dict[str, type[Attack]] = {
     cls.name: cls
     for cls in (SignFlip, GaussianNoise, Scaling, Zeros, LabelFlip, ALittleIsEnough, FalseScores,
                 AgrMinMax, AgrMinSum, InnerProduct, FangMedian, FangKrum, Mimic, SybilFlip,
                 CmflCapture, CmflCaptureNoisy, CmflCaptureStaggered, CmflElect,
-                CmflCaptureSpread, CmflCaptureHeavy)
+                CmflCaptureSpread, CmflCaptureHeavy, ClipPush, ClipOrthogonal, ClipSneak,
+                ClipPushNear)
 }
 #: The attacks before issue 14 (docs/results/bar.csv was measured with exactly these).
 CLASSIC_ATTACKS = ("alie", "false_scores", "gaussian_noise", "label_flip", "scaling",

@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from learning.aggregation import aggregate_weighted, cap_samples, find_collinear
+from learning.aggregation import (aggregate_clipped, aggregate_weighted, cap_samples,
+                                  find_collinear, find_far, find_misaligned)
 from learning.election import elect_middle
 from learning.scoring import combine_scores
 from learning.selection import rank_by_score, select_highest_distance, select_lowest_distance
@@ -23,6 +24,7 @@ RULES = ("S1", "S2", "auto")
 SCORINGS = ("sum", "median")
 ELECTIONS = ("middle", "trusted", "robust")
 TYPICALS = ("lower_half", "median", "floored")
+AGGREGATES = ("mean", "clipped", "clipped-aligned")
 #: "floored": the lower-half median, but never below this share of the median of all
 FLOOR_SHARE = 0.85
 
@@ -54,6 +56,15 @@ class RoundConfig:
     #: "median": declared sample counts are capped at the selected updates' lower median
     #: before weighting (learning.aggregation.cap_samples); "": weighted as declared
     sample_cap: str = ""
+    #: "mean": the sample-weighted mean of the selected updates; "clipped": auto aggregates
+    #: every scored trainer but clones, each update's deviation from the coordinate-wise median
+    #: clipped to the median deviation (learning.aggregation.aggregate_clipped);
+    #: "clipped-aligned": the same, leaving out updates pointing away from that median
+    aggregate: str = "mean"
+    #: clipped aggregates: > 1 also leaves out updates farther from the coordinate-wise median
+    #: than this many times the median distance to it (far updates would lift the clipping
+    #: radius; learning.aggregation.find_far); 0 keeps every one but clones
+    drop_ratio: float = 0.0
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -74,6 +85,8 @@ class RoundConfig:
             raise ValueError(f"max_cosine must be in (0, 1], got {self.max_cosine}")
         if self.sample_cap not in ("", "median"):
             raise ValueError(f"sample_cap must be '' or 'median', got {self.sample_cap!r}")
+        if self.aggregate not in AGGREGATES:
+            raise ValueError(f"aggregate must be one of {AGGREGATES}, got {self.aggregate!r}")
 
     @classmethod
     def from_selection(cls, selection: Mapping[str, Any]) -> RoundConfig:
@@ -87,7 +100,9 @@ class RoundConfig:
                    typical=str(selection.get("typical", d.typical)),
                    clone_ratio=float(selection.get("clone_ratio", d.clone_ratio)),
                    max_cosine=float(selection.get("max_cosine", d.max_cosine)),
-                   sample_cap=str(selection.get("sample_cap", d.sample_cap)))
+                   sample_cap=str(selection.get("sample_cap", d.sample_cap)),
+                   aggregate=str(selection.get("aggregate", d.aggregate)),
+                   drop_ratio=float(selection.get("drop_ratio", d.drop_ratio)))
 
     def to_selection(self) -> dict[str, Any]:
         """The genesis `selection` dict for this config (the issue-14 keys only when set, so
@@ -104,6 +119,10 @@ class RoundConfig:
             out["max_cosine"] = self.max_cosine
         if self.sample_cap != d.sample_cap:
             out["sample_cap"] = self.sample_cap
+        if self.aggregate != d.aggregate:
+            out["aggregate"] = self.aggregate
+        if self.drop_ratio != d.drop_ratio:
+            out["drop_ratio"] = self.drop_ratio
         return out
 
 
@@ -251,6 +270,13 @@ def select_round(
     outliers = tuple(sorted(set(find_outliers(rest, config.outlier_ratio, config.typical))
                             | set(clones)))
     inliers = {t: s for t, s in combined.items() if t not in outliers}
+    if config.aggregate != "mean":
+        # Clipping bounds every update's pull, so no trainer is dropped on the committee's word
+        # (a captured committee would choose which honest updates make the model): every scored
+        # trainer is selected, and what is left out of the aggregate is decided by the updates'
+        # geometry alone (finish_round). Outliers and clones only inform the election.
+        return RoundSelection(combined, tuple(sorted(combined)), "clipped", outliers,
+                              dissenters, clones)
     if outliers or dissenters:
         # Evidence of attack: drop the outliers, then aggregate the closest, as S1 does, but
         # every inlier rather than a fixed share, so diverse honest data is not cut away.
@@ -320,11 +346,21 @@ def finish_round(
         raise KeyError(f"selected trainers without an update: {missing}")
     chosen = {t: updates[t] for t in selection.selected}
     collinear = set(find_collinear(base_state, chosen, config.max_cosine))
+    if config.aggregate != "mean" and config.drop_ratio > 1.0:
+        collinear |= set(find_far(
+            base_state, {t: chosen[t] for t in selection.selected if t not in collinear},
+            config.drop_ratio))
+    if config.aggregate == "clipped-aligned":
+        collinear |= set(find_misaligned(
+            base_state, {t: chosen[t] for t in selection.selected if t not in collinear}))
     aggregated = tuple(t for t in selection.selected if t not in collinear)
     weights = {t: samples[t] for t in aggregated}
     if config.sample_cap == "median":
         weights = cap_samples(weights)
-    new_state = aggregate_weighted(base_state, {t: chosen[t] for t in aggregated}, weights)
+    if config.aggregate != "mean":
+        new_state = aggregate_clipped(base_state, {t: chosen[t] for t in aggregated}, weights)
+    else:
+        new_state = aggregate_weighted(base_state, {t: chosen[t] for t in aggregated}, weights)
     committee = elect_committee(selection, committee_size, current_committee, config, excluded)
     return RoundDecision(selection.combined, selection.selected, new_state, committee,
                          selection.applied, selection.outliers, selection.dissenters,

@@ -36,6 +36,24 @@ CMFL_RULES: dict[str, RoundConfig] = {
     "cmfl-robust2": RoundConfig(rule="auto", scoring="median", election="robust",
                                 typical="floored", clone_ratio=0.02, max_cosine=0.9,
                                 sample_cap="median"),
+    # cmfl-robust2 whose aggregate clips every update around the coordinate-wise median
+    # instead of dropping outliers (learning.aggregation.aggregate_clipped)
+    "cmfl-clip": RoundConfig(rule="auto", scoring="median", election="robust",
+                             typical="floored", clone_ratio=0.02, max_cosine=0.9,
+                             sample_cap="median", aggregate="clipped"),
+    # cmfl-clip leaving out updates with a non-positive inner product with the median
+    "cmfl-clip-aligned": RoundConfig(rule="auto", scoring="median", election="robust",
+                                     typical="floored", clone_ratio=0.02, max_cosine=0.9,
+                                     sample_cap="median", aggregate="clipped-aligned"),
+    # cmfl-clip-aligned that also drops trainers past 2x / 1.3x the typical distance
+    "cmfl-clip-far": RoundConfig(rule="auto", scoring="median", election="robust",
+                                 typical="floored", clone_ratio=0.02, max_cosine=0.9,
+                                 sample_cap="median", aggregate="clipped-aligned",
+                                 drop_ratio=2.0),
+    "cmfl-clip-drop": RoundConfig(rule="auto", scoring="median", election="robust",
+                                  typical="floored", clone_ratio=0.02, max_cosine=0.9,
+                                  sample_cap="median", aggregate="clipped-aligned",
+                                  drop_ratio=1.3),
 }
 RULE_NAMES = tuple(CMFL_RULES) + BASELINES
 

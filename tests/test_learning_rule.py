@@ -55,3 +55,71 @@ def test_new_attacks_registered_and_inflate_counts():
     assert make_attack("cmfl_capture_heavy").sample_factor == 50
     assert make_attack("cmfl_capture_spread").sample_factor == 1
     _ = np.zeros(1)
+
+
+def test_clipped_aggregate_bounds_a_far_update_and_keeps_close_ones():
+    from learning.aggregation import aggregate_clipped
+    base = _state([0.0, 0.0])
+    ups = {"a": _state([1.0, 0.0]), "b": _state([0.0, 1.0]), "c": _state([1.0, 1.0]),
+           "x": _state([-1000.0, -1000.0])}
+    samples = {t: 10 for t in ups}
+    out = aggregate_clipped(base, ups, samples)["w"]
+    # the far update moves the aggregate by at most its weight times the radius
+    assert float(out.norm()) < 2.0 and bool((out > -1.0).all())
+    same = {t: _state([0.5, -0.25]) for t in "abc"}
+    assert torch.equal(aggregate_clipped(base, same, {t: 1 for t in same})["w"],
+                       torch.tensor([0.5, -0.25]))
+
+
+def test_clipped_aggregate_is_bit_reproducible_and_order_free():
+    from learning.aggregation import aggregate_clipped
+    rng = np.random.default_rng(3)
+    base = {"w": torch.from_numpy(rng.standard_normal(50)).float()}
+    ups = {f"t{i}": {"w": base["w"] + torch.from_numpy(rng.standard_normal(50)).float()}
+           for i in range(7)}
+    samples = {t: 5 + i for i, t in enumerate(ups)}
+    a = aggregate_clipped(base, ups, samples)["w"]
+    b = aggregate_clipped(base, dict(reversed(list(ups.items()))), dict(reversed(list(samples.items()))))["w"]
+    assert a.dtype == torch.float32 and torch.equal(a, b)
+
+
+def test_clipped_rule_aggregates_every_scored_trainer():
+    base = _state([0.0, 0.0])
+    ups = {"a": _state([1.0, 0.0]), "b": _state([0.0, 1.0]), "c": _state([0.5, 0.5]),
+           "far": _state([40.0, -40.0])}
+    vectors = {m: {"a": 1.0, "b": 1.1, "c": 0.9, "far": 50.0} for m in ("m1", "m2", "m3")}
+    cfg = RoundConfig(rule="auto", scoring="median", election="robust", aggregate="clipped")
+    dec = decide_round(base, vectors, ups, {t: 10 for t in ups}, 2, ("m1", "m2"), cfg)
+    assert "far" in dec.outliers and dec.aggregated == ("a", "b", "c", "far")
+    assert float(dec.new_state["w"].norm()) < 2.0
+    assert RoundConfig.from_selection(cfg.to_selection()) == cfg
+    assert "aggregate" not in RoundConfig().to_selection()
+
+
+def test_misaligned_updates_are_left_out_of_the_aligned_clipped_aggregate():
+    from learning.aggregation import find_misaligned
+    base = _state([0.0, 0.0, 0.0])
+    ups = {"a": _state([1.0, 0.2, 0.0]), "b": _state([0.8, 0.0, 0.3]),
+           "c": _state([1.2, 0.1, 0.1]), "flip": _state([-1.0, -0.2, 0.0])}
+    assert find_misaligned(base, ups) == ("flip",)
+    assert find_misaligned(base, {t: ups[t] for t in "ab"}) == ()
+    vectors = {m: {t: 1.0 + 0.1 * i for i, t in enumerate(sorted(ups))} for m in ("m1", "m2", "m3")}
+    cfg = RoundConfig(rule="auto", scoring="median", election="robust",
+                      aggregate="clipped-aligned")
+    dec = decide_round(base, vectors, ups, {t: 10 for t in ups}, 2, ("m1", "m2"), cfg)
+    assert dec.selected == ("a", "b", "c", "flip") and dec.aggregated == ("a", "b", "c")
+    assert float(dec.new_state["w"][0]) > 0.5
+
+
+def test_far_updates_are_left_out_before_clipping():
+    from learning.aggregation import find_far
+    base = _state([0.0, 0.0])
+    ups = {"a": _state([1.0, 0.0]), "b": _state([0.0, 1.0]), "c": _state([0.5, 0.5]),
+           "d": _state([0.8, 0.4]), "far": _state([-9.0, -9.0])}
+    assert find_far(base, ups, 2.0) == ("far",)
+    assert find_far(base, ups, 1.0) == () and find_far(base, {"a": ups["a"]}, 2.0) == ()
+    vectors = {m: {t: 1.0 + 0.01 * i for i, t in enumerate(sorted(ups))} for m in ("m1", "m2", "m3")}
+    cfg = RoundConfig(rule="auto", scoring="median", election="robust",
+                      aggregate="clipped-aligned", drop_ratio=2.0)
+    dec = decide_round(base, vectors, ups, {t: 10 for t in ups}, 2, ("m1", "m2"), cfg)
+    assert "far" in dec.selected and "far" not in dec.aggregated
