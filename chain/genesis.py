@@ -42,11 +42,10 @@ class Genesis:
         default_factory=lambda: {"dataset": "digits", "partition": "iid", "alpha": 0.5,
                                  "test_fraction": 0.2})
     #: learning.cmfl.RoundConfig settings; the default is `cmfl-clip-far` of docs/learning.md
-    #: (median scoring, clone test, robust election; every scored trainer but clones and those
-    #: past 2x the typical distance aggregated by centered clipping around the coordinate-wise
-    #: median, leaving out near-parallel updates and updates pointing away from the median;
-    #: declared sample counts capped at their median). A genesis without the issue-14 keys
-    #: keeps the old rule.
+    #: (median scoring, robust election barring clones; every scored trainer selected, its
+    #: update centered-clipped around the coordinate-wise median, leaving out far ones, near-
+    #: parallel ones and ones pointing away from the median; declared counts capped). A genesis
+    #: without the issue-14 keys keeps the old rule.
     selection: dict[str, Any] = field(
         default_factory=lambda: RoundConfig(rule="auto", scoring="median", election="robust",
                                             typical="floored", clone_ratio=0.02,

@@ -56,6 +56,18 @@ def _flat_delta(base: ModelState, state: ModelState) -> np.ndarray:
                            .reshape(-1).numpy() for k in sorted(base)])
 
 
+#: Tensor names of batch-norm statistics: peers with similar data move them alike, so they say
+#: nothing about whether two updates were trained apart (and num_batches_tracked is a counter).
+STATISTIC_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def _learned_delta(base: ModelState, state: ModelState) -> np.ndarray:
+    """The flat delta over the learned parameters only (batch-norm statistics left out)."""
+    keys = [k for k in sorted(base) if not k.endswith(STATISTIC_SUFFIXES)] or sorted(base)
+    return np.concatenate([(state[k].to(torch.float64) - base[k].to(torch.float64))
+                           .reshape(-1).numpy() for k in keys])
+
+
 def _exact_dot(a: np.ndarray, b: np.ndarray) -> float:
     # math.fsum is exactly rounded: the same bytes on every peer whatever the BLAS.
     return math.fsum((a * b).tolist())
@@ -70,7 +82,7 @@ def find_collinear(base: ModelState, updates: dict[str, ModelState],
     if not max_cosine < 1.0 or len(updates) < 2:
         return ()
     ids = sorted(updates)
-    deltas = {t: _flat_delta(base, updates[t]) for t in ids}
+    deltas = {t: _learned_delta(base, updates[t]) for t in ids}
     norms = {t: math.sqrt(_exact_dot(d, d)) for t, d in deltas.items()}
     out: set[str] = set()
     for i, a in enumerate(ids):
@@ -145,7 +157,7 @@ def find_misaligned(base: ModelState, updates: dict[str, ModelState]) -> tuple[s
     if len(updates) < 3:
         return ()
     ids = sorted(updates)
-    deltas = {t: _flat_delta(base, updates[t]) for t in ids}
+    deltas = {t: _learned_delta(base, updates[t]) for t in ids}
     centre = coordinate_median([deltas[t] for t in ids])
     out = tuple(t for t in ids if not _exact_dot(deltas[t], centre) > 0.0)
     return () if len(out) == len(ids) else out
@@ -159,7 +171,7 @@ def find_far(base: ModelState, updates: dict[str, ModelState], ratio: float) -> 
     if not ratio > 1.0 or len(updates) < 3:
         return ()
     ids = sorted(updates)
-    deltas = {t: _flat_delta(base, updates[t]) for t in ids}
+    deltas = {t: _learned_delta(base, updates[t]) for t in ids}
     centre = coordinate_median([deltas[t] for t in ids])
     dist = {t: math.sqrt(_exact_dot(d - centre, d - centre)) for t, d in deltas.items()}
     limit = ratio * statistics.median(sorted(dist.values()))

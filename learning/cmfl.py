@@ -56,14 +56,14 @@ class RoundConfig:
     #: "median": declared sample counts are capped at the selected updates' lower median
     #: before weighting (learning.aggregation.cap_samples); "": weighted as declared
     sample_cap: str = ""
-    #: "mean": the sample-weighted mean of the selected updates; "clipped": auto aggregates
-    #: every scored trainer but clones, each update's deviation from the coordinate-wise median
+    #: "mean": the sample-weighted mean of the selected updates; "clipped": auto selects every
+    #: scored trainer, each aggregated update's deviation from the coordinate-wise median
     #: clipped to the median deviation (learning.aggregation.aggregate_clipped);
     #: "clipped-aligned": the same, leaving out updates pointing away from that median
     aggregate: str = "mean"
     #: clipped aggregates: > 1 also leaves out updates farther from the coordinate-wise median
     #: than this many times the median distance to it (far updates would lift the clipping
-    #: radius; learning.aggregation.find_far); 0 keeps every one but clones
+    #: radius; learning.aggregation.find_far); 0 keeps every one
     drop_ratio: float = 0.0
 
     def __post_init__(self) -> None:
