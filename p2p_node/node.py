@@ -710,9 +710,9 @@ class Node:
                      "admits" if change.kind == "join" else "records the departure of",
                      change.peer[-8:])
         self.on_event(event)
-        # Only a member of round `height` reports on it (a peer this block admits is not yet
-        # one, and its report would be refused as not-member).
-        if self.me in block.trainers:
+        # Only a member of round `height` (its committee or trainers) reports on it: a peer
+        # this block admits is not yet one, and its report would be refused as not-member.
+        if self.me in block.trainers or self.me in block.committee:
             await self._report_metrics(block.height, block.hash(), local)
 
     def _evaluate(self, state: ModelState) -> tuple[dict[str, float], dict[str, float] | None]:
