@@ -1,0 +1,95 @@
+"""Tasks on real peers: the worked example of docs/tasks.md run as written (a task file outside
+the package, a CSV per peer, three `p2p-node run` processes), and the built-in `cnn` and `credit`
+tasks on in-process libp2p hosts over loopback TCP."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from p2p_node.demo import free_ports
+from tests.process_cluster import read_events
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "tasks.md"
+EXAMPLE_TASK = ROOT / "docs" / "examples" / "tumour_task.py"
+EXAMPLE_PEERS = ("alice", "bob", "carol")
+
+
+def worked_example() -> tuple[str, str]:
+    """The worked example's Python block (the task file) and shell block, from the doc."""
+    text = DOC.read_text()
+    section = text.split("## Worked example", 1)[1].split("\n## ", 1)[0]
+    python = re.search(r"```python\n(.*?)```", section, re.S)
+    shell = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert python and shell, "the worked example lost its python or sh block"
+    return python.group(1), shell.group(1)
+
+
+def test_worked_example_task_file_is_the_one_in_the_doc():
+    task, shell = worked_example()
+    assert task == EXAMPLE_TASK.read_text()
+    assert "--task docs/examples/tumour_task.py" in shell
+
+
+def test_worked_example_runs_as_written_on_three_peer_processes(tmp_path):
+    _, script = worked_example()
+    ports = free_ports(3)
+    for doc_port, port in zip(("4001", "4002", "4003"), ports):  # ports aside, as written
+        assert f"tcp/{doc_port}" in script
+        script = script.replace(f"tcp/{doc_port}", f"tcp/{port}")
+    # `p2p-node` and `python` as a user's PATH would give them after scripts/setup-env.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, args in (("p2p-node", "-m p2p_node"), ("python", "")):
+        shim = bin_dir / name
+        shim.write_text(f'#!/bin/sh\nexec nice {sys.executable} {args} "$@"\n')
+        shim.chmod(0o755)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "docs").symlink_to(ROOT / "docs")  # "from the repository root"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
+    out = tmp_path / "out.log"
+    with open(out, "wb") as log:
+        proc = subprocess.Popen(["bash", "-euc", script], cwd=work, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            code = proc.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise AssertionError(f"the worked example did not finish:\n{_tail(out)}") from None
+    output = out.read_text(errors="replace")
+    assert code == 0, f"the worked example failed ({code}):\n{_tail(out)}"
+    assert "chain ok" in output.lower() or "verified" in output.lower(), _tail(out)
+
+    events = {p: read_events(work / p) for p in EXAMPLE_PEERS}
+    ids = {e["peer"] for evs in events.values() for e in evs}
+    assert len(ids) == 3
+    for height in (0, 1, 2):
+        hashes = {e["hash"] for evs in events.values() for e in evs
+                  if e["event"] == "committed" and e["height"] == height}
+        assert len(hashes) == 1, f"height {height}: peers hold {len(hashes)} blocks"
+    for peer, evs in events.items():
+        committed = [e for e in evs if e["event"] == "committed"]
+        assert [e["height"] for e in committed] == [0, 1, 2], peer
+        # Its own CSV's held-out quarter: the task's named metrics, no global test split.
+        assert all(set(e["local_metrics"]) == {"auc", "ks", "accuracy"} for e in committed)
+        assert all(e["global_test"] is None and e["accuracy"] is None for e in committed)
+        assert "own rows from alice.csv" in output or peer != "alice"
+        # Every peer gathered the other peers' signed reports of the last block.
+        last = [e for e in evs if e["event"] == "federated_metrics" and e["height"] == 2]
+        assert last and max(e["peers"] for e in last) == 3, (peer, last)
+        summary = max(last, key=lambda e: e["peers"])
+        assert summary["other_block"] == 0
+        assert set(summary["mean"]) == {"auc", "ks", "accuracy"}
+        assert summary["worst"]["auc"]["peer"] in ids
+        assert 0.5 < summary["mean"]["auc"] <= 1.0
+
+
+def _tail(path: Path, lines: int = 60) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
