@@ -11,7 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+import trio
+
+from chain.verify import verify_store
+from learning.task import load_task
+from learning.tensors import state_from_bytes
 from p2p_node.demo import free_ports
+from tests.cluster import Cluster, EventLog
 from tests.process_cluster import read_events
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,3 +100,81 @@ def test_worked_example_runs_as_written_on_three_peer_processes(tmp_path):
 
 def _tail(path: Path, lines: int = 60) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+# built-in tasks on in-process peers -------------------------------------------------------------
+def run_builtin_task(tmp_path: Path, task_name: str, rounds: int = 3) -> tuple[list, EventLog]:
+    """Five real peers (libp2p hosts on loopback TCP, a committee of 3) training a built-in
+    task on its bundled data for `rounds` blocks; checks that they agree and verify."""
+    task = load_task(task_name)
+    cluster = Cluster(tmp_path, size=5, committee_size=3,
+                      genesis_fields={"task": task.pin(), "model": dict(task.settings)})
+    log = EventLog()
+    everyone = set(cluster.ids)
+
+    async def main() -> list:
+        with trio.fail_after(180):
+            async with trio.open_nursery() as nursery:  # the peers stop after `rounds` blocks
+                return await cluster.run(rounds=rounds, log=log, nursery=nursery)
+
+    nodes = trio.run(main)
+    for height in range(rounds):
+        assert log.peers_at("committed", height) == everyone
+        hashes = {e["hash"] for e in log.events
+                  if e["event"] == "committed" and e["height"] == height}
+        assert len(hashes) == 1, f"height {height}: peers committed {len(hashes)} blocks"
+    for node in nodes:
+        assert type(node.task) is type(task)
+        report = verify_store(cluster.genesis, node.store, node.models)
+        assert report.ok and report.blocks == rounds, report.summary()
+    return nodes, log
+
+
+def spread_of(log: EventLog, height: int) -> dict[str, dict]:
+    """Each peer's latest federated_metrics summary of `height`."""
+    latest: dict[str, dict] = {}
+    for e in log.events:
+        if e["event"] == "federated_metrics" and e["height"] == height:
+            latest[e["peer"]] = e
+    return latest
+
+
+def check_spread(log: EventLog, everyone: set[str], rounds: int, names: set[str]) -> None:
+    """Every peer reported on every block: a block before the last one has, at every peer,
+    the reports of all five (the last one's may still be on the way when peers stop)."""
+    for height in range(rounds - 1):
+        spread = spread_of(log, height)
+        assert set(spread) == everyone, f"height {height}: no summary at some peer"
+        for e in spread.values():
+            assert e["peers"] == len(everyone) and e["other_block"] == 0, e
+            assert set(e["mean"]) == names and set(e["worst"]) == names
+            for k in names:
+                assert e["worst"][k]["peer"] in everyone
+                assert e["worst"][k]["value"] <= e["mean"][k] + 1e-12
+    assert spread_of(log, rounds - 1), "no summary of the last block"
+
+
+def test_cnn_task_commits_on_real_peers_with_batch_norm_state(tmp_path):
+    nodes, log = run_builtin_task(tmp_path, "cnn")
+    everyone = {n.me for n in nodes}
+    check_spread(log, everyone, 3, {"accuracy"})
+    committed = [e for e in log.events if e["event"] == "committed"]
+    assert all(set(e["global_test"]) == {"accuracy"} for e in committed)  # labelled apart
+    # Batch norm's buffers are in every committed model; its counter stays at the initial
+    # value (learning.task.keep_counters), the running statistics are learned.
+    base = nodes[0].task.initial_state(nodes[0].genesis.seed)
+    head = state_from_bytes(nodes[0].models.get(nodes[0].store.get(2).block.model_hash))
+    counters = [k for k in head if k.endswith("num_batches_tracked")]
+    assert counters and all(torch.equal(head[k], base[k]) for k in counters)
+    assert any(k.endswith("running_var") for k in head)
+
+
+def test_credit_task_commits_on_real_peers_and_reports_auc_ks(tmp_path):
+    nodes, log = run_builtin_task(tmp_path, "credit")
+    everyone = {n.me for n in nodes}
+    check_spread(log, everyone, 3, {"auc", "ks", "accuracy"})
+    committed = [e for e in log.events if e["event"] == "committed"]
+    # Each peer's own held-out metrics, and the demo's global test split labelled apart.
+    assert all(set(e["local_metrics"]) == {"auc", "ks", "accuracy"} for e in committed)
+    assert all(set(e["global_test"]) == {"auc", "ks", "accuracy"} for e in committed)
+    assert all(0.5 < e["global_test"]["auc"] <= 1.0 for e in committed if e["height"] == 2)
