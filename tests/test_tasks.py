@@ -193,3 +193,50 @@ def test_a_report_off_its_round_or_outside_the_window_is_refused():
             continue
         raise AssertionError(f"height {height} (envelope round {env_round}) was accepted")
     assert list(fed.reports) == [20] and list(fed.reports[20]) == ["p1"]
+
+
+def _spread_event(height, peers, auc_mean, auc_worst, worst_peer="12D3KooWworstpeer"):
+    return {"event": "federated_metrics", "peer": "me", "height": height, "block": "ab" * 32,
+            "peers": peers, "other_block": 0,
+            "mean": {"auc": auc_mean, "ks": 0.4}, "weighted_mean": {"auc": auc_mean, "ks": 0.4},
+            "worst": {"auc": {"value": auc_worst, "peer": worst_peer},
+                      "ks": {"value": 0.3, "peer": worst_peer}}}
+
+
+def test_status_and_prometheus_show_the_newest_blocks_federated_spread():
+    from p2p_node.control import NodeStatus, federated_text, last_round_text
+
+    status, metrics = NodeStatus(), NodeMetrics()
+    sample = metrics.registry.get_sample_value
+    assert federated_text(status.federated) == "no reports yet"
+    assert sample("cmfl_federated_height") == -1
+    for event in (_spread_event(3, 2, 0.8, 0.7), _spread_event(3, 3, 0.75, 0.6),
+                  _spread_event(2, 5, 0.5, 0.1)):  # a late report of an older block
+        status.on_event(event)
+        metrics.on_event(event)
+    spread = status.federated
+    assert spread["height"] == 3 and spread["peers"] == 3
+    assert spread["metrics"]["auc"] == {"mean": 0.75, "weighted_mean": 0.75, "worst": 0.6,
+                                        "worst_peer": "12D3KooWworstpeer"}
+    assert federated_text(spread) == ("height 3, 3 peers: auc mean 0.750 worst 0.600 "
+                                      "(orstpeer); ks mean 0.400 worst 0.300 (orstpeer)")
+    assert sample("cmfl_federated_height") == 3 and sample("cmfl_federated_peers") == 3
+    assert sample("cmfl_federated_metric", {"metric": "auc", "stat": "mean"}) == 0.75
+    assert sample("cmfl_federated_metric", {"metric": "auc", "stat": "worst"}) == 0.6
+    # A newer block replaces the spread: a metric it lacks is gone, not left stale.
+    newer = _spread_event(4, 4, 0.9, 0.85)
+    del newer["mean"]["ks"], newer["weighted_mean"]["ks"], newer["worst"]["ks"]
+    metrics.on_event(newer)
+    status.on_event(newer)
+    assert sample("cmfl_federated_metric", {"metric": "ks", "stat": "mean"}) is None
+    assert sample("cmfl_federated_metric", {"metric": "auc", "stat": "worst"}) == 0.85
+    assert list(status.federated["metrics"]) == ["auc"]
+    # A committed model's own held-out metrics, with or without a global test accuracy.
+    commit = {"event": "committed", "round_seconds": 1.5, "stages": {}, "accuracy": None,
+              "local_metrics": {"auc": 0.7, "ks": 0.5}}
+    metrics.on_event(commit)
+    assert sample("cmfl_local_metric", {"metric": "auc"}) == 0.7
+    s = {"last_round_seconds": 1.5, "accuracy": None, "local_metrics": commit["local_metrics"]}
+    assert last_round_text(s) == "1.50s, own held-out auc=0.700 ks=0.500"
+    assert last_round_text({**s, "accuracy": 0.9, "local_metrics": {}}) == \
+        "1.50s, accuracy 0.900 (global test)"

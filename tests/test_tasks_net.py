@@ -17,7 +17,9 @@ import trio
 from chain.verify import verify_store
 from learning.task import load_task
 from learning.tensors import state_from_bytes
+from p2p_node.control import NodeStatus, federated_text
 from p2p_node.demo import free_ports
+from p2p_node.metrics import NodeMetrics
 from tests.cluster import Cluster, EventLog
 from tests.process_cluster import read_events
 
@@ -178,3 +180,23 @@ def test_credit_task_commits_on_real_peers_and_reports_auc_ks(tmp_path):
     assert all(set(e["local_metrics"]) == {"auc", "ks", "accuracy"} for e in committed)
     assert all(set(e["global_test"]) == {"auc", "ks", "accuracy"} for e in committed)
     assert all(0.5 < e["global_test"]["auc"] <= 1.0 for e in committed if e["height"] == 2)
+    # What `p2p-node status` and Prometheus show, fed each peer's events as `run` feeds them.
+    for peer in everyone:
+        status, metrics = NodeStatus(), NodeMetrics()
+        for e in log.events:
+            if e["peer"] == peer:
+                status.on_event(e)
+                metrics.on_event(e)
+        spread = status.federated
+        assert spread is not None and spread["height"] >= 1, spread
+        sample = metrics.registry.get_sample_value
+        assert sample("cmfl_federated_height") == spread["height"]
+        assert sample("cmfl_federated_peers") == spread["peers"]
+        for name in ("auc", "ks"):
+            m = spread["metrics"][name]
+            assert m["worst_peer"] in everyone and 0.0 <= m["worst"] <= m["mean"] <= 1.0
+            for stat in ("mean", "weighted_mean", "worst"):
+                assert sample("cmfl_federated_metric", {"metric": name, "stat": stat}) == m[stat]
+            assert f"{name} mean {m['mean']:.3f} worst {m['worst']:.3f}" in federated_text(spread)
+            assert sample("cmfl_local_metric", {"metric": name}) == \
+                status.last_commit["local_metrics"][name]
