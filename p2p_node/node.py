@@ -41,6 +41,7 @@ from learning.privacy import (
     DpPolicy,
     DpReport,
     PrivacyAccountant,
+    check_dp_model,
     round_epsilon,
     train_local_dp,
 )
@@ -181,6 +182,8 @@ class Node:
         self.selection = RoundConfig.from_selection(self.genesis.selection)
         #: the DP-SGD every peer trains with (genesis training.dp), None without DP
         self.dp = DpPolicy.from_training(self.genesis.training)
+        if self.dp is not None:  # refused at start, not as a crash in the first round
+            check_dp_model(self.task.model(0), f"task {self.task.name!r}")
         #: height -> (noise_multiplier, sample_rate, steps) of the DP training spent there
         self._privacy_spent: dict[int, tuple[float, float, int]] = {}
         self.privacy = self._load_privacy()

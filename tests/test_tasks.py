@@ -240,3 +240,37 @@ def test_status_and_prometheus_show_the_newest_blocks_federated_spread():
     assert last_round_text(s) == "1.50s, own held-out auc=0.700 ks=0.500"
     assert last_round_text({**s, "accuracy": 0.9, "local_metrics": {}}) == \
         "1.50s, accuracy 0.900 (global test)"
+
+
+def test_dp_on_a_batch_norm_task_is_refused_at_start_and_works_without_batch_norm(tmp_path):
+    """DP-SGD and batch norm: the cnn task is refused in one line when the peer starts (it
+    crashed in torch.func at the first round); the credit task trains with DP."""
+    import dataclasses
+
+    from learning.privacy import check_dp_model, train_local_dp
+    from learning.task import demo_shard
+    from p2p_node.node import Node, NodeConfig
+    from tests.cluster import Cluster
+
+    with pytest.raises(ValueError) as err:
+        check_dp_model(DigitsCnnTask().model(0), "task 'cnn'")
+    assert "\n" not in str(err.value) and "batch norm (module 2)" in str(err.value)
+    for task in (CreditTask(), DigitsTask()):
+        check_dp_model(task.model(0), task.name)  # no batch norm: fine
+
+    cnn = DigitsCnnTask()
+    cluster = Cluster(tmp_path, size=4, committee_size=1,
+                      genesis_fields={"task": cnn.pin(), "model": {}})
+    cluster.genesis = dataclasses.replace(cluster.genesis, training={
+        **cluster.genesis.training, "dp": {"noise_multiplier": 1.0, "max_grad_norm": 1.0}})
+    cluster.genesis.save(tmp_path / "genesis.json")
+    config = NodeConfig(data_dir=cluster.dirs[0], genesis_path=tmp_path / "genesis.json")
+    with pytest.raises(ValueError, match=r"DP-SGD cannot train task 'cnn'.*batch norm"):
+        Node(config)
+
+    credit = CreditTask()
+    data = demo_shard(credit, 1, {"alpha": 0.5, "test_fraction": 0.2}, 4, 0)[0]
+    base = credit.initial_state(1)
+    state, report = train_local_dp(credit, base, data, 1, 0.1, 16, 0, 1.0, 1.0)
+    assert set(state) == set(base) and any(not torch.equal(state[k], base[k]) for k in base)
+    assert report.steps == math.ceil(len(data) / 16) and 0 < report.epsilon < math.inf
