@@ -250,6 +250,14 @@ def sgd_cross_entropy(model: torch.nn.Module, data: Dataset, epochs: int, lr: fl
             opt.step()
 
 
+def num_classes(task: Task, data: Dataset) -> int:
+    """The width of the task model's output for a row of `data`: its number of classes (what
+    a label-flipping attack flips within)."""
+    model = task.model(0).eval()
+    with torch.no_grad():
+        return int(model(data.x[:1]).shape[-1])
+
+
 def read_table(path: Path, label_column: str = "label") -> Dataset:
     """A CSV (header row; numeric columns; labels in `label_column`) or NPZ (`x`, `y`)."""
     path = Path(path)

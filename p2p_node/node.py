@@ -36,7 +36,8 @@ from learning.attacks import Attack, make_attack
 from learning.cmfl import RoundConfig
 from learning.builtin_tasks import DigitsTask
 from learning.data import Dataset
-from learning.task import Task, TaskError, check_pinned, demo_shard, load_task, split_held_out
+from learning.task import (Task, TaskError, check_pinned, demo_shard, load_task, num_classes,
+                           split_held_out)
 from learning.privacy import (
     DpPolicy,
     DpReport,
@@ -249,6 +250,8 @@ class Node:
         else:
             local, held_out, test = demo_shard(self.task, g.seed, data, count, index)
         if self.attack is not None:
+            if hasattr(self.attack, "num_classes"):  # flip labels within the task's classes
+                self.attack = replace(self.attack, num_classes=num_classes(self.task, local))
             local = self.attack.poison_data(local, np.random.default_rng([g.seed, index]))
         self.shard_index = index
         return local, held_out, test

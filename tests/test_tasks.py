@@ -109,6 +109,15 @@ def test_honest_cnn_updates_are_not_taken_for_clones_by_the_default_rule():
     assert find_collinear(base, updates, rule.max_cosine) == ()
 
 
+def test_num_classes_is_the_width_of_the_tasks_output():
+    from learning.task import num_classes
+
+    rows = _dataset(np.zeros((3, 64), dtype=np.float32), np.zeros(3, dtype=np.int64))
+    assert num_classes(DigitsCnnTask(), rows) == num_classes(DigitsTask(), rows) == 10
+    credit = CreditTask()
+    assert num_classes(credit, credit.read_file(german_credit_csv())) == 2
+
+
 def test_auc_ks_on_a_known_case():
     auc, ks = auc_ks(np.array([0.9, 0.8, 0.7, 0.6]), np.array([1, 1, 0, 0]))
     assert auc == 1.0 and ks == 1.0
