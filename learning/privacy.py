@@ -53,6 +53,22 @@ def _model_from(spec: ModelSpec, state: ModelState) -> torch.nn.Module:
     return model
 
 
+def check_dp_model(model: torch.nn.Module, what: str) -> None:
+    """ValueError (one line) if DP-SGD cannot train `model` (`what` names it, e.g. "task
+    'cnn'"). Batch norm cannot: in training it normalises each sample by the others in its
+    batch (a per-sample gradient is then not one sample's) and its running mean and variance
+    are raw statistics of the private data, published in every update with no noise, outside
+    what the accountant counts. (torch.func also refuses its in-place running-statistics
+    update inside per-sample gradients.)"""
+    norms = [name or type(model).__name__ for name, m in model.named_modules()
+             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if norms:
+        raise ValueError(
+            f"training.dp: DP-SGD cannot train {what}: its model has batch norm (module "
+            f"{', '.join(norms)}), whose running statistics would publish the private data "
+            "unnoised; use a norm without them (GroupNorm, LayerNorm) or a genesis without dp")
+
+
 def per_sample_gradients(
     model: torch.nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
 ) -> dict[str, torch.Tensor]:

@@ -7,6 +7,7 @@ go through `learning.cmfl.select_round` / `finish_round`, the code the peers run
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +21,7 @@ import torch
 from learning.model import ModelSpec, build_model, initial_state, load_state
 from learning.privacy import DpPolicy, DpReport, noise_consistent, train_local_dp
 from learning.scoring import score_updates
+from learning.task import Task, load_task, num_classes, split_by_group
 from learning.tensors import ModelState
 from learning.training import evaluate, train_local
 
@@ -86,6 +88,10 @@ class RunSpec:
     #: members validate on their own data (design notes step 6): "" off, "own" scales each
     #: distance by the update's loss over the member's own model's, "base" over the base's
     validate: str = ""
+    #: the learning task (learning.task.BUILTIN_TASKS): "digits" is the MLP of `layers` on the
+    #: digits, as before tasks; another trains the task's model on its bundled data set, split
+    #: by the task's institution groups when `partition` is "dirichlet" and it has them
+    task: str = "digits"
 
     @property
     def dp(self) -> DpPolicy | None:
@@ -102,6 +108,8 @@ class RunResult:
 
     spec: RunSpec
     accuracy: list[float] = field(default_factory=list)
+    #: per round, every metric of the task on the test split (digits: {"accuracy": ..})
+    metrics: list[dict[str, float]] = field(default_factory=list)
     attackers_selected: list[int] = field(default_factory=list)
     attackers_on_committee: list[int] = field(default_factory=list)
     applied: list[str] = field(default_factory=list)
@@ -129,8 +137,13 @@ def genesis_committee(spec: RunSpec) -> tuple[str, ...]:
 
 
 def _local_data(spec: RunSpec, train: Dataset, attackers: frozenset[str],
-                attack: Attack | None) -> dict[str, Dataset]:
-    parts = shard_indices(train.y.numpy(), spec.n_peers, spec.seed, spec.partition, spec.alpha)
+                attack: Attack | None, groups: tuple[np.ndarray, np.ndarray] | None = None
+                ) -> dict[str, Dataset]:
+    if groups is not None and spec.partition == "dirichlet":  # by institution
+        parts = split_by_group(*groups, spec.n_peers, spec.seed, spec.alpha)[0]
+    else:
+        parts = shard_indices(train.y.numpy(), spec.n_peers, spec.seed, spec.partition,
+                              spec.alpha)
     out = {}
     for i, p in enumerate(peer_ids(spec.n_peers)):
         d = subset(train, parts[i])
@@ -141,10 +154,17 @@ def _local_data(spec: RunSpec, train: Dataset, attackers: frozenset[str],
 
 
 def _train(spec: RunSpec, base: ModelState, data: Dataset, seed: int,
-           noise: bool) -> tuple[ModelState, DpReport | None]:
+           noise: bool, task: Task | None = None) -> tuple[ModelState, DpReport | None]:
     """One peer's local training: DP-SGD under a DP policy (noise False: the same declared
-    report, trained without the noise), train_local otherwise."""
-    mspec, dp = ModelSpec(spec.layers), spec.dp
+    report, trained without the noise), train_local (a task's own training) otherwise."""
+    dp = spec.dp
+    mspec: ModelSpec | Task = ModelSpec(spec.layers) if task is None else task
+    if task is not None and (dp is None or not noise):
+        hyper = (spec.epochs, spec.lr, spec.batch_size) if dp is None else \
+            (dp.epochs, dp.lr, dp.batch_size)
+        trained = task.train_state(base, data, dict(zip(("epochs", "lr", "batch_size"), hyper)),
+                                   seed)
+        return trained, None if dp is None else dp.report(len(data))
     if dp is None:
         return train_local(mspec, base, data, spec.epochs, spec.lr, spec.batch_size, seed), None
     if not noise:
@@ -174,14 +194,14 @@ def validated_distances(distances: dict[str, float], losses: dict[str, float],
 
 def _round_models(spec: RunSpec, rnd: int, base: ModelState, data: dict[str, Dataset],
                   attackers: frozenset[str], attack: Attack | None,
-                  committee: tuple[str, ...] = (),
+                  committee: tuple[str, ...] = (), task: Task | None = None,
                   ) -> tuple[dict[str, ModelState], dict[str, DpReport | None]]:
     """Every peer's model to send this round (trained, then poisoned by attackers) and the DP
     report it declares (None without DP). Omniscient attacks choose after every honest peer
     has trained, knowing all of it and the committee (a rushing, full-knowledge adversary)."""
     ids = sorted(data)
     runs = {p: _train(spec, base, data[p], spec.seed * 1_000_003 + rnd * 1_009 + i,
-                      spec.dp_attacker_noise or p not in attackers)
+                      spec.dp_attacker_noise or p not in attackers, task)
             for i, p in enumerate(ids)}
     trained = {p: state for p, (state, _) in runs.items()}
     reports = {p: report for p, (_, report) in runs.items()}
@@ -207,23 +227,39 @@ def run(spec: RunSpec) -> RunResult:
     """Run spec.rounds rounds and record the test accuracy after each."""
     if spec.rule not in RULE_NAMES:
         raise ValueError(f"unknown rule {spec.rule!r}; expected one of {RULE_NAMES}")
-    train, test = load_digits_split(spec.seed)
-    mspec = ModelSpec(spec.layers)
+    task = None if spec.task == "digits" else load_task(spec.task)
+    groups = None
+    if task is None:
+        train, test = load_digits_split(spec.seed)
+    else:
+        train, test, groups = task.demo_data(spec.seed, {"test_fraction": 0.2})
+    # what builds the model (learning.model.build_model takes either)
+    mspec: ModelSpec | Task = ModelSpec(spec.layers) if task is None else task
     attackers = choose_attackers(spec)
     attack = make_attack(spec.attack)
-    data = _local_data(spec, train, attackers, attack)
+    if task is not None and hasattr(attack, "num_classes"):  # flip labels within its classes
+        attack = dataclasses.replace(attack, num_classes=num_classes(task, train))
+    data = _local_data(spec, train, attackers, attack, groups)
     # declared counts: attackers may inflate theirs (Attack.sample_factor); nothing checks them
     factor = attack.sample_factor if attack is not None else 1
     samples = {p: len(d) * (factor if p in attackers else 1) for p, d in data.items()}
-    state = initial_state(mspec, spec.seed)
+    state = initial_state(mspec, spec.seed) if task is None else task.initial_state(spec.seed)
     result = RunResult(spec)
+
+    def record(state: ModelState) -> None:
+        metrics = ({"accuracy": evaluate(mspec, state, test)} if task is None
+                   else task.evaluate_state(state, test))
+        result.metrics.append(metrics)
+        result.accuracy.append(metrics.get("accuracy", float("nan")))
+
     if spec.rule in CMFL_RULES:
         config = spec.config or CMFL_RULES[spec.rule]
         committee = genesis_committee(spec)
         excluded: set[str] = set()
         dp = spec.dp
         for rnd in range(spec.rounds):
-            sent, reports = _round_models(spec, rnd, state, data, attackers, attack, committee)
+            sent, reports = _round_models(spec, rnd, state, data, attackers, attack, committee,
+                                          task)
             trainers = [p for p in sorted(sent) if p not in committee]
             variances = None
             if dp is not None:
@@ -257,11 +293,11 @@ def run(spec: RunSpec) -> RunResult:
             result.attackers_on_committee.append(len(set(committee) & attackers))
             result.applied.append(decision.applied)
             state, committee = decision.new_state, decision.next_committee
-            result.accuracy.append(evaluate(mspec, state, test))
+            record(state)
     else:
         for rnd in range(spec.rounds):
-            sent, _ = _round_models(spec, rnd, state, data, attackers, attack)
+            sent, _ = _round_models(spec, rnd, state, data, attackers, attack, task=task)
             state = aggregate_baseline(spec.rule, sent, samples, len(attackers))
-            result.accuracy.append(evaluate(mspec, state, test))
+            record(state)
     return result
 

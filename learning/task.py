@@ -121,7 +121,7 @@ class Task:
         model = self.model_from(base)
         model.train()
         self.train(model, data, training, seed)
-        return model_state(model)
+        return keep_counters(model, base, model_state(model))
 
     def evaluate_state(self, state: ModelState, data: Dataset) -> dict[str, float]:
         if len(data) == 0:
@@ -202,6 +202,17 @@ def check_pinned(task: Task, pinned: dict[str, Any], where: str = "this peer") -
             f"task {mine['name']!r} version {mine['version']} hash {mine['hash'][:16]}")
 
 
+def keep_counters(model: torch.nn.Module, base: ModelState, trained: ModelState) -> ModelState:
+    """`trained` with the model's integer buffers (batch norm's num_batches_tracked) put back
+    to their values in `base`. A counter is bookkeeping, not learned (batch norm uses it only
+    without a momentum), yet it grows by the number of batches trained: left in an update, its
+    delta (36 for a digits shard) dwarfs the weights' (about 1), so every two updates look
+    parallel (the clone test then leaves them all out of the aggregate and the model never
+    moves) and distances measure shard sizes instead of models."""
+    counters = [name for name, b in model.named_buffers() if not b.is_floating_point()]
+    return {k: base[k].clone() if k in counters else v for k, v in trained.items()}
+
+
 # helpers a task can use ------------------------------------------------------------------------
 def deterministic_init(model: torch.nn.Module, seed: int) -> None:
     """Re-draw every Linear/Conv weight and bias from a private generator seeded by `seed`,
@@ -237,6 +248,14 @@ def sgd_cross_entropy(model: torch.nn.Module, data: Dataset, epochs: int, lr: fl
             loss = torch.nn.functional.cross_entropy(model(data.x[batch]), data.y[batch])
             loss.backward()
             opt.step()
+
+
+def num_classes(task: Task, data: Dataset) -> int:
+    """The width of the task model's output for a row of `data`: its number of classes (what
+    a label-flipping attack flips within)."""
+    model = task.model(0).eval()
+    with torch.no_grad():
+        return int(model(data.x[:1]).shape[-1])
 
 
 def read_table(path: Path, label_column: str = "label") -> Dataset:

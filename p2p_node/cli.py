@@ -37,7 +37,8 @@ from p2p_node.config import (
     resolve,
     run_options,
 )
-from p2p_node.control import ControlError, query, socket_path
+from p2p_node.control import (ControlError, federated_text, last_round_text, query,
+                              socket_path)
 from p2p_node.identity import KEY_FILE, IdentityError, load_identity, load_or_create_identity
 from p2p_node.logs import setup_logging
 
@@ -389,15 +390,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
         return 0
     rejected = ", ".join(f"{k} {v}" for k, v in s["rejections"].items()) or "none"
     mesh = ", ".join(f"{k} {v}" for k, v in s["mesh"].items()) or "none"
-    last = (f"{s['last_round_seconds']:.2f}s, accuracy {s['accuracy']:.3f}"
-            if s["last_round_seconds"] is not None else "none yet")
+    last = last_round_text(s)
     for key, value in [
         ("peer", s["peer"]), ("network", s["network_id"][:16]),
         ("height", "none (empty chain)" if s["height"] is None else s["height"]),
         ("head", s["head"] or "none"),
         ("round", "not started" if s["round"] is None else s["round"]),
         ("role", s["role"] or "-"), ("peers", s["peers"]), ("mesh", mesh),
-        ("last round", last), ("rejections", rejected),
+        ("last round", last), ("federated", federated_text(s.get("federated"))),
+        ("rejections", rejected),
         ("attack", s["attack"]), ("uptime", f"{s['uptime_seconds']:.0f}s")]:
         print(f"{key + ':':<12}{value}")
     return 0

@@ -40,6 +40,8 @@ class NodeStatus:
         self.round: int | None = None
         self.role: str | None = None
         self.last_commit: dict[str, Any] | None = None
+        #: the newest height's spread of federated metrics (a `federated_metrics` event)
+        self.federated: dict[str, Any] | None = None
         self.evidence = 0
 
     def on_event(self, event: dict) -> None:
@@ -50,6 +52,9 @@ class NodeStatus:
             self.last_commit = event
         elif event["event"] == "evidence":
             self.evidence += 1
+        elif event["event"] == "federated_metrics" and (
+                self.federated is None or event["height"] >= self.federated["height"]):
+            self.federated = federated_spread(event)
 
     def snapshot(self, node: Any) -> dict[str, Any]:
         """Height, head, round, role, peers and rejection counts of `node` (a p2p_node Node),
@@ -72,9 +77,51 @@ class NodeStatus:
             "last_round_seconds": last.get("round_seconds"),
             "last_stages": last.get("stages"),
             "accuracy": last.get("accuracy"),
+            # this peer's metrics of the last committed model on its own held-out data, and the
+            # spread of every peer's report on the newest block reported (docs/tasks.md)
+            "local_metrics": last.get("local_metrics"),
+            "federated": self.federated,
             "attack": node.config.attack,
             "uptime_seconds": round(time.time() - self.started, 1),
         }
+
+
+def federated_spread(event: dict[str, Any]) -> dict[str, Any]:
+    """What `status` shows of a `federated_metrics` event: per metric the mean over the peers
+    that reported, the mean weighted by their held-out samples and the worst peer."""
+    return {"height": event["height"], "block": event["block"], "peers": event["peers"],
+            "other_block": event["other_block"],
+            "metrics": {k: {"mean": event["mean"][k], "weighted_mean": event["weighted_mean"][k],
+                            "worst": event["worst"][k]["value"],
+                            "worst_peer": event["worst"][k]["peer"]}
+                        for k in sorted(event["mean"])}}
+
+
+def last_round_text(s: dict[str, Any]) -> str:
+    """`status`'s last-round line: its time, the demo's test accuracy if any, and this peer's
+    own held-out metrics."""
+    if s["last_round_seconds"] is None:
+        return "none yet"
+    parts = [f"{s['last_round_seconds']:.2f}s"]
+    if s.get("accuracy") is not None:
+        parts.append(f"accuracy {s['accuracy']:.3f} (global test)")
+    own = s.get("local_metrics") or {}
+    if own:
+        parts.append("own held-out " + " ".join(f"{k}={v:.3f}" for k, v in sorted(own.items())))
+    return ", ".join(parts)
+
+
+def federated_text(spread: dict[str, Any] | None) -> str:
+    """`status`'s federated line: per metric the mean and worst peer over the peers that
+    reported on the newest block, e.g. `height 4, 5 peers: auc mean 0.81 worst 0.66 (a1b2c3d4)`."""
+    if not spread:
+        return "no reports yet"
+    text = f"height {spread['height']}, {spread['peers']} peers"
+    if spread["other_block"]:
+        text += f" (+{spread['other_block']} about another block)"
+    metrics = "; ".join(f"{k} mean {m['mean']:.3f} worst {m['worst']:.3f} ({m['worst_peer'][-8:]})"
+                        for k, m in spread["metrics"].items())
+    return f"{text}: {metrics or 'no metrics'}"
 
 
 def penalty_counts(node: Any) -> dict[str, int]:

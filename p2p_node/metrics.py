@@ -8,6 +8,7 @@ snapshot, never the node (whose SQLite handle and dicts belong to the trio threa
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -72,6 +73,21 @@ class NodeMetrics:
         self.accuracy = Gauge("cmfl_model_accuracy",
                               "test accuracy of the last committed model on this peer's test set",
                               registry=self.registry)
+        self.local_metric = Gauge(
+            "cmfl_local_metric", "last committed model: this peer's metrics on its own held-out "
+            "data, by name (accuracy, auc, ks, ...; the task's)", ["metric"],
+            registry=self.registry)
+        self.federated_metric = Gauge(
+            "cmfl_federated_metric", "newest block reported: every reporting peer's metric on "
+            "its own held-out data, as mean, weighted_mean (by held-out samples) and worst (the "
+            "worst peer's value)", ["metric", "stat"], registry=self.registry)
+        self.federated_height = Gauge("cmfl_federated_height", "height of the block "
+                                      "cmfl_federated_metric describes (-1: none yet)",
+                                      registry=self.registry)
+        self.federated_height.set(-1)
+        self._federated_at = -1
+        self.federated_peers = Gauge("cmfl_federated_peers", "peers whose reports on that "
+                                     "block agree on its hash", registry=self.registry)
         self.evidence = Counter("cmfl_equivocations_seen", "equivocations this peer detected",
                                 registry=self.registry)
         self.bytes = Counter(
@@ -106,8 +122,31 @@ class NodeMetrics:
             if "dp" in event:
                 self.epsilon_total.set(event["dp"]["epsilon_total"])
                 self.epsilon_round.set(event["dp"]["epsilon_round"])
+            if "local_metrics" in event:
+                self.local_metric.clear()  # a metric the new model lacks (NaN AUC) goes
+                for name, value in event["local_metrics"].items():
+                    if math.isfinite(value):
+                        self.local_metric.labels(name).set(value)
+        elif event["event"] == "federated_metrics":
+            self._on_federated(event)
         elif event["event"] == "evidence":
             self.evidence.inc()
+
+    def _on_federated(self, event: dict) -> None:
+        """Show the newest height's spread; an older height's late report changes nothing."""
+        height = event["height"]
+        if height < self._federated_at:
+            return
+        if height > self._federated_at:
+            self.federated_metric.clear()
+            self._federated_at = height
+            self.federated_height.set(height)
+        self.federated_peers.set(event["peers"])
+        for name in event["mean"]:
+            self.federated_metric.labels(name, "mean").set(event["mean"][name])
+            self.federated_metric.labels(name, "weighted_mean").set(
+                event["weighted_mean"][name])
+            self.federated_metric.labels(name, "worst").set(event["worst"][name]["value"])
 
     def update(self, snapshot: dict[str, Any]) -> None:
         """Replace the state snapshot (one dict swap: safe against the server's thread)."""

@@ -36,11 +36,13 @@ from learning.attacks import Attack, make_attack
 from learning.cmfl import RoundConfig
 from learning.builtin_tasks import DigitsTask
 from learning.data import Dataset
-from learning.task import Task, TaskError, check_pinned, demo_shard, load_task, split_held_out
+from learning.task import (Task, TaskError, check_pinned, demo_shard, load_task, num_classes,
+                           split_held_out)
 from learning.privacy import (
     DpPolicy,
     DpReport,
     PrivacyAccountant,
+    check_dp_model,
     round_epsilon,
     train_local_dp,
 )
@@ -135,6 +137,8 @@ class Node:
         self.selection = RoundConfig.from_selection(self.genesis.selection)
         #: the DP-SGD every peer trains with (genesis training.dp), None without DP
         self.dp = DpPolicy.from_training(self.genesis.training)
+        if self.dp is not None:  # refused at start, not as a crash in the first round
+            check_dp_model(self.task.model(0), f"task {self.task.name!r}")
         #: height -> (noise_multiplier, sample_rate, steps) of the DP training spent there
         self._privacy_spent: dict[int, tuple[float, float, int]] = {}
         self.privacy = self._load_privacy()
@@ -202,6 +206,8 @@ class Node:
         else:
             local, held_out, test = demo_shard(self.task, g.seed, data, count, index)
         if self.attack is not None:
+            if hasattr(self.attack, "num_classes"):  # flip labels within the task's classes
+                self.attack = replace(self.attack, num_classes=num_classes(self.task, local))
             local = self.attack.poison_data(local, np.random.default_rng([g.seed, index]))
         self.shard_index = index
         return local, held_out, test
@@ -664,9 +670,9 @@ class Node:
                      "admits" if change.kind == "join" else "records the departure of",
                      change.peer[-8:])
         self.on_event(event)
-        # Only a member of round `height` reports on it (a peer this block admits is not yet
-        # one, and its report would be refused as not-member).
-        if self.me in block.trainers:
+        # Only a member of round `height` (its committee or trainers) reports on it: a peer
+        # this block admits is not yet one, and its report would be refused as not-member.
+        if self.me in block.trainers or self.me in block.committee:
             await self._report_metrics(block.height, block.hash(), local)
 
     def _evaluate(self, state: ModelState) -> tuple[dict[str, float], dict[str, float] | None]:

@@ -205,6 +205,9 @@ def test_two_peers_status_peers_metrics_and_clean_sigterm(net: Path) -> None:
         assert s["head"] and s["round"] >= s["height"]
         human = cli("status", "--data-dir", "a", cwd=net).stdout
         assert f"peer:       {a_id}" in human and "rejections:" in human
+        # Its own and the other peer's reports on a committed block: the federated spread.
+        assert s["federated"]["height"] >= 0 and "accuracy" in s["federated"]["metrics"]
+        assert "federated:  height " in human and "accuracy mean " in human
 
         peers = json.loads(cli("peers", "--data-dir", "b", "--json", cwd=net).stdout)
         assert [(p["peer"], p["member"]) for p in peers] == [(a_id, True)]
@@ -214,7 +217,9 @@ def test_two_peers_status_peers_metrics_and_clean_sigterm(net: Path) -> None:
         text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read().decode()
         for name in ("cmfl_chain_height", "cmfl_rounds_committed_total", "cmfl_peers 1.0",
                      "cmfl_round_seconds_bucket", 'cmfl_round_stage_seconds{stage="trained"}',
-                     'cmfl_mesh_peers{topic="updates"}', "cmfl_model_accuracy"):
+                     'cmfl_mesh_peers{topic="updates"}', "cmfl_model_accuracy",
+                     'cmfl_federated_metric{metric="accuracy",stat="worst"}',
+                     'cmfl_local_metric{metric="accuracy"}'):
             assert name in text, name
 
         # A second peer process on a's data directory would sign with a's key: refused.

@@ -75,6 +75,9 @@ def test_cnn_state_with_batch_norm_counters_round_trips_aggregates_and_scores():
     a = task.train_state(base, data, training, seed=1)
     b = task.train_state(base, data, training, seed=2)
     assert any(not torch.equal(a[k].float(), base[k].float()) for k in base)
+    # The counter is bookkeeping: an update leaves it at the base value (keep_counters).
+    counters = [k for k in base if k.endswith("num_batches_tracked")]
+    assert all(torch.equal(a[k], base[k]) and torch.equal(b[k], base[k]) for k in counters)
     merged = aggregate_weighted(base, {"a": a, "b": b}, {"a": 10, "b": 30})
     assert set(merged) == set(base)
     load_state(task.model(0), merged)  # loads into the model again
@@ -82,6 +85,31 @@ def test_cnn_state_with_batch_norm_counters_round_trips_aggregates_and_scores():
     assert dist["a"] == 0.0 and dist["b"] > 0.0 and math.isfinite(dist["b"])
     metrics = task.evaluate_state(merged, data)
     assert 0.0 <= metrics["accuracy"] <= 1.0
+
+
+def test_honest_cnn_updates_are_not_taken_for_clones_by_the_default_rule():
+    from chain.genesis import Genesis
+    from learning.aggregation import find_collinear
+    from learning.cmfl import RoundConfig
+    from learning.task import demo_shard
+
+    task, seed = DigitsCnnTask(), 1
+    rule = RoundConfig.from_selection(Genesis(name="t", members=(), committee=()).selection)
+    base = task.initial_state(seed)
+    settings = {"partition": "iid", "alpha": 0.5, "test_fraction": 0.2}
+    training = {"epochs": 2, "lr": 0.1, "batch_size": 16}
+    updates = {str(i): task.train_state(base, demo_shard(task, seed, settings, 5, i)[0],
+                                        training, i) for i in range(2)}
+    assert find_collinear(base, updates, rule.max_cosine) == ()
+
+
+def test_num_classes_is_the_width_of_the_tasks_output():
+    from learning.task import num_classes
+
+    rows = _dataset(np.zeros((3, 64), dtype=np.float32), np.zeros(3, dtype=np.int64))
+    assert num_classes(DigitsCnnTask(), rows) == num_classes(DigitsTask(), rows) == 10
+    credit = CreditTask()
+    assert num_classes(credit, credit.read_file(german_credit_csv())) == 2
 
 
 def test_auc_ks_on_a_known_case():
@@ -168,3 +196,84 @@ def test_a_report_off_its_round_or_outside_the_window_is_refused():
             continue
         raise AssertionError(f"height {height} (envelope round {env_round}) was accepted")
     assert list(fed.reports) == [20] and list(fed.reports[20]) == ["p1"]
+
+
+def _spread_event(height, peers, auc_mean, auc_worst, worst_peer="12D3KooWworstpeer"):
+    return {"event": "federated_metrics", "peer": "me", "height": height, "block": "ab" * 32,
+            "peers": peers, "other_block": 0,
+            "mean": {"auc": auc_mean, "ks": 0.4}, "weighted_mean": {"auc": auc_mean, "ks": 0.4},
+            "worst": {"auc": {"value": auc_worst, "peer": worst_peer},
+                      "ks": {"value": 0.3, "peer": worst_peer}}}
+
+
+def test_status_and_prometheus_show_the_newest_blocks_federated_spread():
+    from p2p_node.control import NodeStatus, federated_text, last_round_text
+
+    status, metrics = NodeStatus(), NodeMetrics()
+    sample = metrics.registry.get_sample_value
+    assert federated_text(status.federated) == "no reports yet"
+    assert sample("cmfl_federated_height") == -1
+    for event in (_spread_event(3, 2, 0.8, 0.7), _spread_event(3, 3, 0.75, 0.6),
+                  _spread_event(2, 5, 0.5, 0.1)):  # a late report of an older block
+        status.on_event(event)
+        metrics.on_event(event)
+    spread = status.federated
+    assert spread["height"] == 3 and spread["peers"] == 3
+    assert spread["metrics"]["auc"] == {"mean": 0.75, "weighted_mean": 0.75, "worst": 0.6,
+                                        "worst_peer": "12D3KooWworstpeer"}
+    assert federated_text(spread) == ("height 3, 3 peers: auc mean 0.750 worst 0.600 "
+                                      "(orstpeer); ks mean 0.400 worst 0.300 (orstpeer)")
+    assert sample("cmfl_federated_height") == 3 and sample("cmfl_federated_peers") == 3
+    assert sample("cmfl_federated_metric", {"metric": "auc", "stat": "mean"}) == 0.75
+    assert sample("cmfl_federated_metric", {"metric": "auc", "stat": "worst"}) == 0.6
+    # A newer block replaces the spread: a metric it lacks is gone, not left stale.
+    newer = _spread_event(4, 4, 0.9, 0.85)
+    del newer["mean"]["ks"], newer["weighted_mean"]["ks"], newer["worst"]["ks"]
+    metrics.on_event(newer)
+    status.on_event(newer)
+    assert sample("cmfl_federated_metric", {"metric": "ks", "stat": "mean"}) is None
+    assert sample("cmfl_federated_metric", {"metric": "auc", "stat": "worst"}) == 0.85
+    assert list(status.federated["metrics"]) == ["auc"]
+    # A committed model's own held-out metrics, with or without a global test accuracy.
+    commit = {"event": "committed", "round_seconds": 1.5, "stages": {}, "accuracy": None,
+              "local_metrics": {"auc": 0.7, "ks": 0.5}}
+    metrics.on_event(commit)
+    assert sample("cmfl_local_metric", {"metric": "auc"}) == 0.7
+    s = {"last_round_seconds": 1.5, "accuracy": None, "local_metrics": commit["local_metrics"]}
+    assert last_round_text(s) == "1.50s, own held-out auc=0.700 ks=0.500"
+    assert last_round_text({**s, "accuracy": 0.9, "local_metrics": {}}) == \
+        "1.50s, accuracy 0.900 (global test)"
+
+
+def test_dp_on_a_batch_norm_task_is_refused_at_start_and_works_without_batch_norm(tmp_path):
+    """DP-SGD and batch norm: the cnn task is refused in one line when the peer starts (it
+    crashed in torch.func at the first round); the credit task trains with DP."""
+    import dataclasses
+
+    from learning.privacy import check_dp_model, train_local_dp
+    from learning.task import demo_shard
+    from p2p_node.node import Node, NodeConfig
+    from tests.cluster import Cluster
+
+    with pytest.raises(ValueError) as err:
+        check_dp_model(DigitsCnnTask().model(0), "task 'cnn'")
+    assert "\n" not in str(err.value) and "batch norm (module 2)" in str(err.value)
+    for task in (CreditTask(), DigitsTask()):
+        check_dp_model(task.model(0), task.name)  # no batch norm: fine
+
+    cnn = DigitsCnnTask()
+    cluster = Cluster(tmp_path, size=4, committee_size=1,
+                      genesis_fields={"task": cnn.pin(), "model": {}})
+    cluster.genesis = dataclasses.replace(cluster.genesis, training={
+        **cluster.genesis.training, "dp": {"noise_multiplier": 1.0, "max_grad_norm": 1.0}})
+    cluster.genesis.save(tmp_path / "genesis.json")
+    config = NodeConfig(data_dir=cluster.dirs[0], genesis_path=tmp_path / "genesis.json")
+    with pytest.raises(ValueError, match=r"DP-SGD cannot train task 'cnn'.*batch norm"):
+        Node(config)
+
+    credit = CreditTask()
+    data = demo_shard(credit, 1, {"alpha": 0.5, "test_fraction": 0.2}, 4, 0)[0]
+    base = credit.initial_state(1)
+    state, report = train_local_dp(credit, base, data, 1, 0.1, 16, 0, 1.0, 1.0)
+    assert set(state) == set(base) and any(not torch.equal(state[k], base[k]) for k in base)
+    assert report.steps == math.ceil(len(data) / 16) and 0 < report.epsilon < math.inf
