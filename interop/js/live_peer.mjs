@@ -24,7 +24,7 @@ import { generateKeyPairFromSeed, generateKeyPair } from '@libp2p/crypto/keys';
 import { peerIdFromPrivateKey } from '@libp2p/peer-id';
 import { multiaddr } from '@multiformats/multiaddr';
 import { decode, encode } from './cbor.mjs';
-import { decodeEnvelope, ed25519Verify, envelopeValid, hex, sha256, signedBytes, verifyCommitted } from './protocol.mjs';
+import { decodeEnvelope, ed25519Verify, envelopeValid, hex, isPeerRecord, sha256, signedBytes, verifyCommitted, verifyPeerRecord } from './protocol.mjs';
 import { networkIdOf, parseGenesisJson } from './genesis.mjs';
 
 // ---- arguments -------------------------------------------------------------------------------
@@ -174,7 +174,11 @@ function checkGossip(topic, from, data) {
         break;
       }
       case 'evidence':
-        for (const w of p) { const e = decodeEnvelope(w); if (envelopeValid(e)) g.embedded_signatures_verified++; else fail(`${where}: evidence envelope does not verify`); }
+        for (const w of p) { // two envelopes, or two peer records (a twin)
+          if (isPeerRecord(w)) { verifyPeerRecord(w); g.embedded_signatures_verified++; continue; }
+          const e = decodeEnvelope(w);
+          if (envelopeValid(e)) g.embedded_signatures_verified++; else fail(`${where}: evidence envelope does not verify`);
+        }
         break;
       default: break;
     }
@@ -214,7 +218,11 @@ function verifyBlock(committedBytes) {
     report.chain.score_vector_signatures_verified++;
   }
   for (const pair of block.get('evidence')) {
-    for (const w of pair) { verifyEnvelopeBytes(w, decodeEnvelope(w).kind, null, null, `${where} evidence`); report.chain.evidence_signatures_verified++; }
+    for (const w of pair) { // two envelopes, or two peer records (a twin)
+      if (isPeerRecord(w)) verifyPeerRecord(w);
+      else verifyEnvelopeBytes(w, decodeEnvelope(w).kind, null, null, `${where} evidence`);
+      report.chain.evidence_signatures_verified++;
+    }
   }
   for (const [change, , joinBytes] of block.get('membership')) {
     if (change === 'join') { verifyEnvelopeBytes(joinBytes, 'join', null, null, `${where} join`); report.chain.join_signatures_verified++; }
@@ -340,6 +348,22 @@ async function hostile() {
     say(`hostile ${code} on ${topic} to ${to.slice(-8)}: ${ok ? 'sent' : 'NOT sent'}`);
   }
   report.hostile.at_height = report.chain.height;
+  report.hostile.at = Date.now();
+}
+
+// For each peer we sent a hostile envelope to: the PRUNEs it sent us after, and whether it is
+// still in our mesh (it scored us negative, so gossipsub v1.1 says it must prune us).
+function pruneReport() {
+  if (report.hostile.at === undefined) return;
+  const targets = [...new Set(report.hostile.sent.map((x) => x.to))];
+  report.hostile.pruned_by = Object.fromEntries(targets.map((t) => {
+    const after = prunes.filter((p) => p.from === t && p.at >= report.hostile.at);
+    const inMesh = Object.keys(TOPIC_KINDS).filter((topic) =>
+      node.services.pubsub.getMeshPeers(topicName(topic)).includes(t));
+    return [t, { prunes: after.length, topics: [...new Set(after.map((p) => p.topic))].sort(),
+      first_ms: after.length ? after[0].at - report.hostile.at : null, still_in_our_mesh: inMesh }];
+  }));
+  report.prunes_before_hostile = prunes.filter((p) => p.at < report.hostile.at).length;
 }
 
 // ---- the node ------------------------------------------------------------------------------------
@@ -359,6 +383,8 @@ const node = await createLibp2p({
   transports: [tcp()],
   connectionEncrypters: [noise()],
   streamMuxers: [yamux()],
+  // One slow ping is no reason to drop a peer (§1, liveness): we ping and measure ourselves.
+  connectionMonitor: { enabled: false },
   services: {
     identify: identify(),
     ping: ping(),
@@ -367,6 +393,23 @@ const node = await createLibp2p({
   },
 });
 node.services.pubsub.protocols = ['/meshsub/1.1.0']; // §2: the only pubsub protocol
+// Every PRUNE we receive, to see from outside whether a peer that scored us negative prunes us.
+const prunes = [];
+const handlePrune = node.services.pubsub.handlePrune.bind(node.services.pubsub);
+node.services.pubsub.handlePrune = async (id, prune) => {
+  for (const p of prune) prunes.push({ from: id, topic: TOPIC_OF[p.topicID] ?? p.topicID, at: Date.now() });
+  return handlePrune(id, prune);
+};
+// RPCs from our peers that js-libp2p cannot decode (it drops them with a debug line only).
+const decodeRpc = node.services.pubsub.decodeRpc.bind(node.services.pubsub);
+report.rpc_decode_errors = { count: 0, first: [] };
+node.services.pubsub.decodeRpc = (bytes) => {
+  try { return decodeRpc(bytes); } catch (err) {
+    report.rpc_decode_errors.count++;
+    if (report.rpc_decode_errors.first.length < 3) report.rpc_decode_errors.first.push(`${err.name}: ${err.message} (${bytes.length} bytes: ${hex(bytes.subarray(0, 48))})`);
+    throw err;
+  }
+};
 await node.start();
 report.peer_id = node.peerId.toString();
 say(`peer ${report.peer_id} on network ${PREFIX}`);
@@ -395,13 +438,20 @@ async function dialAll() {
   }
 }
 
-async function pingAll() {
+const pinging = new Set();
+async function pingAll() { // one ping in flight per peer; a failure closes nothing
   await Promise.all(node.getPeers().map(async (p) => {
+    const id = p.toString();
+    if (pinging.has(id)) return;
+    pinging.add(id);
     try {
       const ms = await node.services.ping.ping(p, { signal: AbortSignal.timeout(20000) });
       report.pings.ok++; report.pings.max_ms = Math.max(report.pings.max_ms, ms);
-      if (report.pings.samples_ms.length < 200) report.pings.samples_ms.push(ms);
-    } catch { report.pings.failed++; }
+      if (report.pings.samples_ms.length < 500) report.pings.samples_ms.push(ms);
+    } catch (err) {
+      report.pings.failed++;
+      if ((report.pings.errors ??= []).length < 5) report.pings.errors.push(`${id.slice(-8)}: ${err.name}: ${err.message}`.slice(0, 160));
+    } finally { pinging.delete(id); }
   }));
 }
 
@@ -421,6 +471,7 @@ while (Date.now() < deadline) {
   await new Promise((r) => setTimeout(r, 1000));
 }
 if (report.chain.blocks_verified < args.rounds) fail(`only ${report.chain.blocks_verified} blocks verified before the deadline`);
+pruneReport();
 report.seconds = (Date.now() - t0) / 1000;
 report.pings.samples_ms.sort((a, b) => a - b);
 report.pings.median_ms = report.pings.samples_ms[Math.floor(report.pings.samples_ms.length / 2)] ?? null;
