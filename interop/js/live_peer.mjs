@@ -70,7 +70,8 @@ const DTYPE_WIDTH = { float32: 4, float64: 8, int64: 8 };
 const report = {
   network_id: hex(NETWORK_ID), peer_id: null, peers_dialled: 0,
   gossip: { messages: 0, by_topic: {}, by_kind: {}, envelope_signatures_verified: 0,
-    embedded_signatures_verified: 0, value_hashes_checked: 0, tensors_checked: 0, max_round: -1 },
+    embedded_signatures_verified: 0, value_hashes_checked: 0, tensors_checked: 0, max_round: -1,
+    stale_received: 0, stale_max_age: 0 },
   chain: { blocks_verified: 0, height: -1, head: null, certificate_signatures_verified: 0,
     score_vector_signatures_verified: 0, evidence_signatures_verified: 0,
     join_signatures_verified: 0, update_references: 0, update_references_seen_on_gossip: 0,
@@ -150,7 +151,12 @@ function checkGossip(topic, from, data) {
   if (!FLOAT_KINDS.has(env.kind) && containsFloat(env.payload)) fail(`${where}: float in payload`);
   if (!envelopeValid(env)) return fail(`${where}: signature does not verify`);
   g.envelope_signatures_verified++;
-  if (!['block', 'evidence', 'metrics', 'join'].includes(env.kind)) g.max_round = Math.max(g.max_round, env.round);
+  if (!['block', 'evidence', 'metrics', 'join'].includes(env.kind)) {
+    // A round-scoped message of a round the chain has already decided is stale (issue #17: a
+    // freshly grafted peer was pushed hundreds of them); counted, not a failure.
+    if (env.round < report.chain.height) { g.stale_received++; g.stale_max_age = Math.max(g.stale_max_age, report.chain.height - env.round); }
+    g.max_round = Math.max(g.max_round, env.round);
+  }
   const p = env.payload;
   try {
     switch (env.kind) {
