@@ -65,6 +65,19 @@ BAD_RECORD_PENALTY = "invalid-peer-record"
 BENIGN_RECORD_CODES = frozenset({"not-member"})
 
 
+def _not_served(exc: BaseException) -> bool:
+    """Whether a failed stream open was the peer refusing the protocol (multistream "na"), not
+    silence. py-libp2p 0.8.1 says so only in the text of the error it wraps."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if "protocols not supported" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 class DiscoveryError(ValueError):
     """A refused peer list: `code` names the class, the text the detail."""
 
@@ -320,6 +333,13 @@ class Discovery:
             self.penalize(peer, BAD_RECORD_PENALTY)
             return 0
         except (TransferError, trio.TooSlowError, Exception) as exc:
+            if _not_served(exc):
+                # It answered "na": alive, it just does not exchange peers (docs/protocol.md
+                # makes /cmfl/peers/2 optional; a js-libp2p member had its connection closed
+                # every ~10 s when this counted as silence).
+                log.debug("%s does not serve %s", str(peer)[-8:], PROTOCOL_ID)
+                self._silent.pop(str(peer), None)
+                return 0
             log.debug("peer exchange with %s failed: %s", str(peer)[-8:], exc)
             await self._maybe_dead(peer)
             return 0
@@ -328,7 +348,7 @@ class Discovery:
         return sum(self.learn(data, peer, reached) for data in records)
 
     async def _maybe_dead(self, peer: Any) -> None:
-        """Close a connection that failed two exchanges in a row.
+        """Close a connection that failed DEAD_AFTER_FAILED_EXCHANGES (3) exchanges in a row.
 
         py-libp2p keeps a connection listed for a long time after its peer died or its link went
         down (no keep-alive), so a lost peer would never be redialled: the exchange doubles as

@@ -96,6 +96,13 @@ def build_host(signer: Signer, mdns: bool = False) -> tuple[IHost, GuardedPubsub
         max_messages_per_topic_per_second=MAX_MESSAGES_PER_TOPIC_PER_SECOND,
         # Peers on one LAN (or loopback) share an address: IP diversity would shrink the mesh.
         eclipse_protection_enabled=False,
+        # py-libp2p 0.8.1's "adaptive gossip" rates the network's health every 30 s (mesh
+        # degree against D = 6, among others) and below 0.7 sets the heartbeat to 30-60 s
+        # (its comment says "more frequent"; the code does max(30, ...)). A network of fewer
+        # than 7 peers is always "unhealthy": meshes were repaired, negative-score peers pruned
+        # and the message cache shifted once every 30-60 s (a PRUNE took 25 s; issue #17).
+        # Off, the heartbeat stays HEARTBEAT_SECONDS and the degree bounds the ones set here.
+        adaptive_gossip_enabled=False,
     )
     pubsub = GuardedPubsub(host, router, max_inbound_rpc_size=MAX_INBOUND_RPC_BYTES)
     guard_host(host, pubsub)

@@ -202,3 +202,26 @@ def test_a_hostile_peer_list_makes_no_honest_peer_dial_its_victim():
     assert trio.run(main) == 0
     assert {peer for peer, why in penalties} == {ids[hostile]}
     assert all(why == "invalid-peer-record" for _, why in penalties)
+
+
+def test_a_member_that_does_not_serve_peer_exchange_keeps_its_connection():
+    """A peer answering multistream's `na` to /cmfl/peers/2 (a js-libp2p member, say) is alive:
+    its failed exchanges must not close the connection the way silence does."""
+    from p2p_node.discovery import DEAD_AFTER_FAILED_EXCHANGES
+
+    signers = [Signer(bytes([60 + i]) * 32) for i in range(2)]
+    ids = [s.peer_id for s in signers]
+    listen = [f"/ip4/127.0.0.1/tcp/{p}" for p in free_ports(2)]
+
+    async def main():
+        with trio.fail_after(60):
+            async with running_host(signers[0], [listen[0]]) as (host, _, _), \
+                    running_host(signers[1], [listen[1]]) as (other, _, _):
+                disc = discovery(host, signers[0], ids,
+                                 bootstrap=[f"{listen[1]}/p2p/{ids[1]}"])  # `other` runs none
+                assert await disc.dial(ids[1])
+                for _ in range(DEAD_AFTER_FAILED_EXCHANGES + 1):  # (a new stream redials)
+                    assert await disc.exchange(other.get_id()) == 0
+                    assert other.get_id() in host.get_connected_peers()
+
+    trio.run(main)

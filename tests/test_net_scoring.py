@@ -108,3 +108,49 @@ def test_garbage_sender_is_pruned_from_honest_meshes_within_a_few_heartbeats():
         assert all(r.peer_score(h.get_id()) >= 0 for r in honest_routers for h in hosts[:-1])
 
     trio.run(main)
+
+
+def test_a_negative_peer_receives_a_prune_within_three_heartbeats_even_after_a_health_check():
+    """py-libp2p 0.8.1's adaptive gossip, once it rated a small network "unhealthy" (every 30 s),
+    set the heartbeat to 30-60 s: a PRUNE then took 25 s (seen from a js-libp2p peer: never
+    within 35 s). p2p_node/host.py turns it off; the heartbeat must stay 1 s."""
+    a, b = Signer(b"\x71" * 32), Signer(b"\x72" * 32)
+
+    async def main():
+        async with AsyncExitStack() as stack:
+            stack.enter_context(trio.fail_after(60))
+            host_a, pubsub_a, router_a = await stack.enter_async_context(running_host(a, LOOPBACK))
+            host_b, pubsub_b, router_b = await stack.enter_async_context(running_host(b, LOOPBACK))
+            heartbeats, prunes = [0], []
+            mesh_heartbeat = router_a.mesh_heartbeat
+
+            def counted():
+                heartbeats[0] += 1
+                return mesh_heartbeat()
+            router_a.mesh_heartbeat = counted
+            handle_prune = router_b.handle_prune
+
+            async def spy(msg, sender):
+                prunes.append((str(sender), msg.topicID, heartbeats[0]))
+                await handle_prune(msg, sender)
+            router_b.handle_prune = spy
+            await pubsub_a.subscribe(TOPIC)
+            await pubsub_b.subscribe(TOPIC)
+            await host_b.connect(info_from_p2p_addr(multiaddr.Multiaddr(
+                f"{host_a.get_addrs()[0]}")))
+            await until(lambda: host_b.get_id() in router_a.mesh.get(TOPIC, ()) and
+                        host_a.get_id() in router_b.mesh.get(TOPIC, ()), 20)
+            router_a.last_health_update = 0  # as if 30 s had passed: the health check runs now
+            start = heartbeats[0]
+            await until(lambda: heartbeats[0] >= start + 2, 10)
+            assert router_a.heartbeat_interval == HEARTBEAT_SECONDS
+
+            router_a.penalize(host_b.get_id(), "forged-signature")
+            at = heartbeats[0]
+            await until(lambda: prunes, 20)
+            assert prunes[0][:2] == (str(host_a.get_id()), TOPIC)
+            assert prunes[0][2] - at <= 3, f"PRUNE after {prunes[0][2] - at} heartbeats"
+            assert host_a.get_id() not in router_b.mesh.get(TOPIC, ())
+            assert host_b.get_id() not in router_a.mesh.get(TOPIC, ())
+
+    trio.run(main)

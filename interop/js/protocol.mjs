@@ -36,7 +36,7 @@ export function ed25519Verify(peerId, message, signature) {
 }
 
 const KEYS = ['k', 'n', 'p', 'r', 's', 'sig'];
-export const KINDS = ['update', 'scores', 'pre_prepare', 'prepare', 'commit', 'view_change', 'new_view', 'block', 'evidence', 'join'];
+export const KINDS = ['update', 'scores', 'pre_prepare', 'prepare', 'commit', 'view_change', 'new_view', 'block', 'evidence', 'join', 'metrics'];
 
 export function decodeEnvelope(wire) {
   const m = decode(wire);
@@ -78,4 +78,17 @@ export function verifyCommitted(committed, committee) {
   }
   if (seen.size < quorum(committee.length)) throw new Error(`certificate has ${seen.size} votes, needs ${quorum(committee.length)}`);
   return hash;
+}
+
+// A signed peer record (§7, /cmfl/peers/2): {"a", "n", "p", "q", "v": 1, "sig"}; throws if bad.
+export function verifyPeerRecord(wire) {
+  const rec = decode(wire);
+  if (!(rec instanceof Map) || rec.size !== 6 || rec.get('v') !== 1) throw new Error('not a peer record');
+  const signed = encode(['cmfl-p2p/peer-record/1', rec.get('n'), rec.get('p'), rec.get('q'), rec.get('a')]);
+  if (!ed25519Verify(rec.get('p'), signed, rec.get('sig'))) throw new Error('peer record signature does not verify');
+  return rec;
+}
+
+export function isPeerRecord(wire) {
+  try { const m = decode(wire); return m instanceof Map && m.has('v') && m.has('q'); } catch { return false; }
 }
