@@ -14,6 +14,7 @@ import numpy as np
 from learning.attacks import Attack, Omniscient, RoundView, make_attack
 from learning.baselines import BASELINES, aggregate_baseline
 from learning.cmfl import RoundConfig, finish_round, select_round
+from learning.compression import UpdateCodec, round_trip
 from learning.data import Dataset, load_digits_split, shard_indices, subset
 import torch
 
@@ -68,6 +69,9 @@ class RunSpec:
     #: members validate on their own data (design notes step 6): "" off, "own" scales each
     #: distance by the update's loss over the member's own model's, "base" over the base's
     validate: str = ""
+    #: the genesis `compression`: every trainer's update is what its receivers decode of it
+    #: (learning.compression), topk with each peer's error-feedback residual
+    compression: UpdateCodec = UpdateCodec()
 
     @property
     def dp(self) -> DpPolicy | None:
@@ -185,6 +189,18 @@ def _round_models(spec: RunSpec, rnd: int, base: ModelState, data: dict[str, Dat
     return sent, reports
 
 
+def _as_sent(spec: RunSpec, base: ModelState, models: dict[str, ModelState],
+             residuals: dict[str, ModelState | None]) -> dict[str, ModelState]:
+    """What the receivers decode of these updates under the run's codec (the models
+    themselves without compression); updates each sender's residual in `residuals`."""
+    if not spec.compression.compresses:
+        return models
+    out = {}
+    for p, state in sorted(models.items()):
+        out[p], residuals[p] = round_trip(base, state, spec.compression, residuals.get(p))
+    return out
+
+
 def run(spec: RunSpec) -> RunResult:
     """Run spec.rounds rounds and record the test accuracy after each."""
     if spec.rule not in RULE_NAMES:
@@ -199,6 +215,7 @@ def run(spec: RunSpec) -> RunResult:
     samples = {p: len(d) * (factor if p in attackers else 1) for p, d in data.items()}
     state = initial_state(mspec, spec.seed)
     result = RunResult(spec)
+    residuals: dict[str, ModelState | None] = {}
     if spec.rule in CMFL_RULES:
         config = spec.config or CMFL_RULES[spec.rule]
         committee = genesis_committee(spec)
@@ -213,7 +230,8 @@ def run(spec: RunSpec) -> RunResult:
                 # The peers refuse these at admission (chain.round_rules.update_dp).
                 trainers = [t for t in trainers
                             if noise_consistent(state, sent[t], variances[t])]
-            updates = {t: sent[t] for t in trainers}
+            # A member's own model is its reference, never sent; the updates are as decoded.
+            updates = _as_sent(spec, state, {t: sent[t] for t in trainers}, residuals)
             vectors = {}
             for m in committee:
                 # The member's own model is its reference; on DP, debiased as the peers do.
@@ -243,6 +261,7 @@ def run(spec: RunSpec) -> RunResult:
     else:
         for rnd in range(spec.rounds):
             sent, _ = _round_models(spec, rnd, state, data, attackers, attack)
+            sent = _as_sent(spec, state, sent, residuals)
             state = aggregate_baseline(spec.rule, sent, samples, len(attackers))
             result.accuracy.append(evaluate(mspec, state, test))
     return result
