@@ -23,12 +23,6 @@ from learning.simulation import RunSpec, run
 SPLITS = {"iid": ("iid", 0.5), "dirichlet": ("dirichlet", 0.5)}
 
 
-def parse_codec(text: str) -> UpdateCodec:
-    """`none`, `fp16`, `int8` or `topk:<fraction>`."""
-    name, _, fraction = text.partition(":")
-    return UpdateCodec(name, float(fraction) if fraction else 0.0)
-
-
 def _final(spec: RunSpec) -> tuple[RunSpec, float]:
     return spec, run(spec).accuracy[-1]
 
@@ -43,7 +37,7 @@ def main() -> int:
     ap.add_argument("--fraction", type=float, default=0.3, help="attackers' share when attacked")
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args()
-    codecs = [parse_codec(c) for c in args.codecs.split(",")]
+    codecs = [UpdateCodec.from_text(c) for c in args.codecs.split(",")]
     attacks = args.attacks.split(",")
     specs = [RunSpec(rule=args.rule, attack=attack, fraction=args.fraction if attack != "none"
                      else 0.0, partition=part, alpha=alpha, seed=seed, rounds=args.rounds,
@@ -66,8 +60,7 @@ def main() -> int:
             ref = statistics.fmean(cell[codecs[0]])
             for c in codecs:
                 mean = statistics.fmean(cell[c])
-                label = c.name + (f":{c.fraction:g}" if c.name == "topk" else "")
-                print(f"| {attack} | {split} | {label} | {encoded_size(base, c):,} | "
+                print(f"| {attack} | {split} | {c} | {encoded_size(base, c):,} | "
                       f"{mean:.4f} | {', '.join(f'{a:.4f}' for a in cell[c])} | "
                       f"{100 * (mean - ref):+.2f} |")
     return 0

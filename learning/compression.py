@@ -83,6 +83,15 @@ class UpdateCodec:
             raise ValueError("compression.fraction must be a number")
         return cls(settings["codec"], float(fraction))
 
+    @classmethod
+    def from_text(cls, text: str) -> UpdateCodec:
+        """`none`, `fp16`, `int8` or `topk:<fraction>` (command-line options)."""
+        name, _, fraction = text.partition(":")
+        return cls(name, float(fraction) if fraction else 0.0)
+
+    def __str__(self) -> str:
+        return f"topk:{self.fraction:g}" if self.name == "topk" else self.name
+
     def to_settings(self) -> dict[str, Any]:
         """The genesis `compression` map ({} for none, so old genesis files keep their id)."""
         if self.name == "none":
