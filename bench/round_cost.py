@@ -6,6 +6,7 @@ local training alone (the baseline, measured in the same run). Round 0 is left o
 the network's start-up.
 
     python bench/round_cost.py [--peers 10] [--rounds 6] [--attackers 2] [--hidden 2048,1024]
+        [--compression int8]   (the genesis codec: none, fp16, int8 or topk:<fraction>)
 
 `--hidden 2048,1024` makes each update ~9 MB (over 8 MiB): updates then travel as signed blob
 references and are fetched over streams, so the gossip stage includes the fetches.
@@ -19,6 +20,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from learning.compression import UpdateCodec
 from p2p_node.demo import DemoConfig, run_demo
 
 
@@ -49,12 +51,16 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--hidden", default="64",
                         help="hidden layer widths, comma-separated (default 64)")
+    parser.add_argument("--compression", default="none",
+                        help="the genesis update codec: none, fp16, int8 or topk:<fraction>")
     parser.add_argument("--out", type=Path, help="keep the demo's folder here")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="round-cost-"))
     hidden = tuple(int(w) for w in args.hidden.split(","))
+    codec = UpdateCodec.from_text(args.compression)
     code = run_demo(DemoConfig(out=out, peers=args.peers, attackers=args.attackers,
-                               rounds=args.rounds, hidden=hidden))
+                               rounds=args.rounds, hidden=hidden,
+                               compression=codec.to_settings()))
     events = [json.loads(line) for d in sorted(out.glob("peer-*"))
               for line in (d / "events.jsonl").read_text().splitlines()]
     split = stage_split([e for e in events if e["event"] == "committed"])
@@ -66,6 +72,7 @@ def main() -> int:
     for stage in ("train", "gossip", "score", "agree", "store"):
         print(f"  {stage:<7} {split[stage]:8.3f}  {100 * split[stage] / split['round']:5.1f}%")
     print(f"  {'round':<7} {split['round']:8.3f}")
+    print(f"update codec: {args.compression}")
     print(f"ratio round / local training alone: {split['round'] / split['train']:.1f}x")
     moved = [e["bytes"] for e in events
              if e["event"] == "committed" and e["height"] > 0 and "bytes" in e]

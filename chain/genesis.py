@@ -14,6 +14,7 @@ from bft.quorum import quorum_size
 from chain.membership import MembershipRules
 from gossip.peer_keys import public_key_from_peer_id
 from learning.cmfl import RoundConfig
+from learning.compression import UpdateCodec
 from learning.dp_accounting import DpPolicy
 
 
@@ -62,6 +63,9 @@ class Genesis:
     #: or "members" (a quorum of the whole membership, so a captured committee cannot fork the
     #: chain: docs/consensus.md, "Committee safety")
     consensus: str = "committee"
+    #: how updates travel (learning.compression.UpdateCodec): {"codec": "fp16"}, {"codec":
+    #: "int8"} or {"codec": "topk", "fraction": f}; empty: the trained state itself
+    compression: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -75,6 +79,8 @@ class Genesis:
             d["task"] = self.task
         if self.consensus != "committee":
             d["consensus"] = self.consensus
+        if self.compression:  # likewise: a genesis without compression keeps its id
+            d["compression"] = self.compression
         return d
 
     @property
@@ -93,7 +99,8 @@ class Genesis:
                     selection=dict(d["selection"]),
                     membership=dict(d.get("membership", {})),
                     task=dict(d.get("task", {})),
-                    consensus=str(d.get("consensus", "committee")))
+                    consensus=str(d.get("consensus", "committee")),
+                    compression=dict(d.get("compression", {})))
         except (KeyError, TypeError, ValueError) as exc:
             raise GenesisError(f"genesis is missing or has a bad field: {exc}") from None
         g.check()
@@ -126,6 +133,10 @@ class Genesis:
         if self.consensus not in CONSENSUS_SETS:
             raise GenesisError(f"consensus must be one of {CONSENSUS_SETS}, got "
                                f"{self.consensus!r}")
+        try:
+            UpdateCodec.from_settings(self.compression)
+        except (TypeError, ValueError) as exc:
+            raise GenesisError(f"compression: {exc}") from None
         if quorum_size(len(self.committee)) > len(self.committee):
             raise GenesisError("committee too small for a quorum")
         try:

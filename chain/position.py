@@ -16,6 +16,7 @@ from chain.genesis import Genesis
 from chain.membership import MembershipRules, Roster
 from chain.round_rules import RoundContext, recorded_misbehaviour, trainers_for
 from learning.cmfl import RoundConfig
+from learning.compression import UpdateCodec
 from learning.dp_accounting import DpPolicy
 
 
@@ -39,6 +40,7 @@ class ChainPosition:
         self.roster = Roster.of_genesis(genesis.members)
         self.selection = RoundConfig.from_selection(genesis.selection)
         self.dp = DpPolicy.from_training(genesis.training)
+        self.codec = UpdateCodec.from_settings(genesis.compression)
         #: whether the whole membership, not the committee, signs certificates
         self.members_sign = genesis.consensus == "members"
         #: height of the next block
@@ -63,7 +65,7 @@ class ChainPosition:
             members=self.members, committee=self.committee,
             trainers=trainers_for(self.members, self.committee), base_state={},
             base_hash=self.head_model or b"", selection=self.selection, excluded=self.excluded,
-            dp=self.dp, membership=self.rules, roster=self.roster,
+            dp=self.dp, membership=self.rules, roster=self.roster, codec=self.codec,
             validators=self.members if self.members_sign else ())
 
     def convicts(self, committed: CommittedBlock) -> set[str]:

@@ -24,6 +24,7 @@ from learning.cmfl import (
     finish_round,
     select_round,
 )
+from learning.compression import UpdateCodec
 from learning.dp_accounting import DpPolicy, DpReport
 from learning.dp_noise import noise_consistent
 from learning.tensors import ModelState, state_hash
@@ -53,6 +54,9 @@ class RoundContext:
     #: who signs this round's commit certificate when it is not the committee (genesis
     #: `consensus = "members"`: the whole membership), empty for the committee
     validators: tuple[str, ...] = ()
+    #: how updates travel (genesis `compression`): scoring and aggregation take each update as
+    #: decoded against `base_state` (learning.compression), so every peer holds the same one
+    codec: UpdateCodec = UpdateCodec()
 
     @property
     def consensus_members(self) -> tuple[str, ...]:

@@ -15,6 +15,7 @@ import numpy as np
 from learning.attacks import Attack, Omniscient, RoundView, make_attack
 from learning.baselines import BASELINES, aggregate_baseline
 from learning.cmfl import RoundConfig, finish_round, select_round
+from learning.compression import UpdateCodec, round_trip
 from learning.data import Dataset, load_digits_split, shard_indices, subset
 import torch
 
@@ -92,6 +93,9 @@ class RunSpec:
     #: digits, as before tasks; another trains the task's model on its bundled data set, split
     #: by the task's institution groups when `partition` is "dirichlet" and it has them
     task: str = "digits"
+    #: the genesis `compression`: every trainer's update is what its receivers decode of it
+    #: (learning.compression), topk with each peer's error-feedback residual
+    compression: UpdateCodec = UpdateCodec()
 
     @property
     def dp(self) -> DpPolicy | None:
@@ -223,6 +227,18 @@ def _round_models(spec: RunSpec, rnd: int, base: ModelState, data: dict[str, Dat
     return sent, reports
 
 
+def _as_sent(spec: RunSpec, base: ModelState, models: dict[str, ModelState],
+             residuals: dict[str, ModelState | None]) -> dict[str, ModelState]:
+    """What the receivers decode of these updates under the run's codec (the models
+    themselves without compression); updates each sender's residual in `residuals`."""
+    if not spec.compression.compresses:
+        return models
+    out = {}
+    for p, state in sorted(models.items()):
+        out[p], residuals[p] = round_trip(base, state, spec.compression, residuals.get(p))
+    return out
+
+
 def run(spec: RunSpec) -> RunResult:
     """Run spec.rounds rounds and record the test accuracy after each."""
     if spec.rule not in RULE_NAMES:
@@ -245,6 +261,7 @@ def run(spec: RunSpec) -> RunResult:
     samples = {p: len(d) * (factor if p in attackers else 1) for p, d in data.items()}
     state = initial_state(mspec, spec.seed) if task is None else task.initial_state(spec.seed)
     result = RunResult(spec)
+    residuals: dict[str, ModelState | None] = {}
 
     def record(state: ModelState) -> None:
         metrics = ({"accuracy": evaluate(mspec, state, test)} if task is None
@@ -267,7 +284,8 @@ def run(spec: RunSpec) -> RunResult:
                 # The peers refuse these at admission (chain.round_rules.update_dp).
                 trainers = [t for t in trainers
                             if noise_consistent(state, sent[t], variances[t])]
-            updates = {t: sent[t] for t in trainers}
+            # A member's own model is its reference, never sent; the updates are as decoded.
+            updates = _as_sent(spec, state, {t: sent[t] for t in trainers}, residuals)
             vectors = {}
             for m in committee:
                 # The member's own model is its reference; on DP, debiased as the peers do.
@@ -297,6 +315,7 @@ def run(spec: RunSpec) -> RunResult:
     else:
         for rnd in range(spec.rounds):
             sent, _ = _round_models(spec, rnd, state, data, attackers, attack, task=task)
+            sent = _as_sent(spec, state, sent, residuals)
             state = aggregate_baseline(spec.rule, sent, samples, len(attackers))
             record(state)
     return result

@@ -47,6 +47,8 @@ class DemoConfig:
     hidden: tuple[int, ...] = (64,)
     #: the built-in task to train (learning.task.BUILTIN_TASKS); digits keeps the unpinned MLP
     task: str = "digits"
+    #: the genesis `compression` map (learning.compression), {} for none
+    compression: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -176,6 +178,8 @@ def _run_network(cfg: DemoConfig, out: Path, n_attackers: int,
     extra: dict[str, Any] = {"selection": selection} if selection else {}
     if tuple(cfg.hidden) != (64,):
         extra["model"] = {"layers": [64, *cfg.hidden, 10]}
+    if cfg.compression:
+        extra["compression"] = dict(cfg.compression)
     if cfg.task != "digits":
         from learning.task import load_task
 

@@ -117,10 +117,12 @@ class RoundCore:
                          if member not in ctx.excluded)[:MAX_EVIDENCE_PER_BLOCK]
         joins = admissible_joins(self.membership, ctx.current_roster, self.network_id,
                                  ctx.height, [env.encode() for env in self._held_joins(ctx)])
+        # A trainer's error-feedback residual (topk) carries from one round's machine to the next.
+        residual = self.machine.residual if self.machine is not None else None
         self.ctx = ctx
         self.machine = RoundMachine(ctx, self.me, evidence=evidence, joins=joins,
                                     timeouts=self.timeouts, persisted=persisted,
-                                    **machine_options)
+                                    residual=residual, **machine_options)
         # A lagging peer may still fetch last round's blobs: their failures stay relevant.
         self._unserved = {(h, t) for h, t in self._unserved if h >= ctx.height - 1}
         self._future_logged = {(r, s) for r, s in self._future_logged if r > ctx.height}

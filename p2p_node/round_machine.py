@@ -38,9 +38,15 @@ from chain.round_rules import (
 )
 from gossip.envelope import MAX_ENVELOPE_BYTES, Envelope, decode_envelope
 from gossip.blob_ref import BlobRef, TransferError
+from learning.compression import (
+    decode_delta,
+    delta_from_bytes,
+    encode_with_feedback,
+    encoded_size,
+)
 from learning.dp_accounting import DpReport
 from learning.scoring import score_updates
-from learning.tensors import ModelState, decode_state, encode_state, state_bytes, state_from_bytes
+from learning.tensors import ModelState, decode_state, encode_state, state_from_bytes
 
 #: An update whose tensors encode to more than this travels as a blob reference (gossip carries
 #: the signed digest, a stream carries the bytes): the rest of the envelope is well under 4 KiB.
@@ -240,8 +246,12 @@ class RoundMachine:
                  joins: tuple[bytes, ...] = (),
                  timeouts: RoundTimeouts = RoundTimeouts(),
                  persisted: Mapping[str, bytes | None] | None = None,
+                 residual: ModelState | None = None,
                  ) -> None:
         self.ctx = ctx
+        #: a trainer's error-feedback residual (topk: what earlier updates left unsent),
+        #: carried in from the last round and replaced by this round's once we train
+        self.residual = residual
         self.me = me
         self.timeouts = timeouts
         persisted = persisted or {}
@@ -367,9 +377,15 @@ class RoundMachine:
             common: dict[str, Any] = {"samples": samples, "base": self.ctx.base_hash}
             if dp is not None:
                 common["dp"] = dp.to_dict()
-            data = state_bytes(state)
+            # The genesis codec: the trained state itself, or a compressed delta over the base.
+            key, tensors = "model", encode_state(state)
+            if self.ctx.codec.compresses:
+                key = "delta"
+                tensors, self.residual = encode_with_feedback(
+                    self.ctx.base_state, state, self.ctx.codec, self.residual)
+            data = cbor2.dumps(tensors, canonical=True)
             if len(data) <= INLINE_UPDATE_BYTES:
-                return [Publish("update", {"model": encode_state(state), **common})]
+                return [Publish("update", {key: tensors, **common})]
             # Too large for one gossip message: gossip the signed reference, serve the bytes.
             return [OfferBlob(data),
                     Publish("update", {"blob": BlobRef.of(data).to_obj(), **common})]
@@ -382,7 +398,7 @@ class RoundMachine:
             return []
         del self.pending_blobs[pending.sender]
         try:
-            state = state_from_bytes(data)
+            state = self._decode_tensors(data)
         except ValueError as exc:
             self._refused_updates.add(pending.digest)
             return [Rejected(pending.sender, "update", f"bad tensors: {exc}",
@@ -447,9 +463,14 @@ class RoundMachine:
             return self._second_message(self._update_envelopes[env.sender], env)
         body = env.payload
         # Exactly one of the inline tensors or a blob reference; "dp" when training used DP.
-        if not isinstance(body, dict) or not (set(body) - {"dp"} == {"model", "samples", "base"}
+        # Inline tensors are the state itself ("model") or, under a genesis codec, a "delta".
+        inline = "delta" if self.ctx.codec.compresses else "model"
+        if not isinstance(body, dict) or not (set(body) - {"dp"} == {inline, "samples", "base"}
                                               or set(body) - {"dp"} == {"blob", "samples", "base"}):
-            return [Rejected(env.sender, "update", "malformed update body", "invalid-update")]
+            return [Rejected(env.sender, "update", "malformed update body" + (
+                f" (this network's updates carry a {inline!r} map: genesis compression "
+                f"{self.ctx.codec.name})" if isinstance(body, dict) and
+                {"model", "delta"} & set(body) else ""), "invalid-update")]
         if body["base"] != self.ctx.base_hash:
             return [Rejected(env.sender, "update", "trained from another base model")]
         samples = body["samples"]
@@ -471,7 +492,8 @@ class RoundMachine:
                                                            dp_entry)
             return [FetchBlob(ref, env.sender)]
         try:
-            state = decode_state(body["model"])
+            state = (decode_delta(self.ctx.base_state, body["delta"], self.ctx.codec)
+                     if self.ctx.codec.compresses else decode_state(body["model"]))
         except ValueError as exc:
             return [Rejected(env.sender, "update", f"bad tensors: {exc}",
                              "invalid-update")]
@@ -494,10 +516,18 @@ class RoundMachine:
         return [Evidence(second.sender, first, second)]
 
     def _expected_blob_size(self) -> int:
-        """Bytes of any update's tensors: the layout is the base model's, so the size is too."""
+        """Bytes of any update's tensors: the layout is the base model's and the codec the
+        genesis', so the size is fixed too."""
         if self._blob_size is None:
-            self._blob_size = len(state_bytes(self.ctx.base_state))
+            self._blob_size = encoded_size(self.ctx.base_state, self.ctx.codec)
         return self._blob_size
+
+    def _decode_tensors(self, data: bytes) -> ModelState:
+        """The update a blob's bytes hold: the state, or the genesis codec's delta decoded
+        against the base (what every peer scores and aggregates); ValueError if malformed."""
+        if self.ctx.codec.compresses:
+            return delta_from_bytes(self.ctx.base_state, data, self.ctx.codec)
+        return state_from_bytes(data)
 
     def _accept_update(self, sender: str, digest: bytes, samples: int,
                        state: ModelState, body: dict) -> list[Action]:

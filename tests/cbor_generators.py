@@ -33,7 +33,7 @@ TAGS = (0, 1, 2, 3, 4, 5, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 32, 33, 34, 35
 
 KEYS = ("k", "n", "p", "r", "s", "sig", "h", "o", "z", "t", "view", "value_hash", "value",
         "scores", "block", "certificate", "commits", "model", "samples", "base", "blob", "dp",
-        "dtype", "shape", "data", "err", "start", "count", "hash", "height", "blocks")
+        "delta", "scale", "index", "dtype", "shape", "data", "err", "start", "count", "hash", "height", "blocks")
 
 
 class Raw(bytes):

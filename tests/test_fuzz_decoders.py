@@ -25,6 +25,7 @@ from gossip.envelope import Envelope, EnvelopeError, decode_envelope
 from gossip.peer_keys import Signer
 from gossip.transfer import (BlobRef, ChunkRequest, TransferError, decode_chunk_header,
                              decode_chunk_request, encode_chunk_header)
+from learning.compression import UpdateCodec, delta_bytes, delta_from_bytes
 from learning.model import ModelSpec, initial_state
 from learning.tensors import decode_state, state_bytes, state_from_bytes
 from gossip.peer_record import RecordError, decode_record, sign_record
@@ -100,6 +101,15 @@ def _decode_blob_ref(data: bytes) -> Any:
 
 _STATE = state_bytes({k: v[:2] if v.dim() else v for k, v in initial_state(ModelSpec(), 0).items()})
 
+_BASE = {k: v[:2] if v.dim() else v for k, v in initial_state(ModelSpec(), 0).items()}
+_CODECS = {"fp16": UpdateCodec("fp16"), "int8": UpdateCodec("int8"),
+           "topk": UpdateCodec("topk", 0.25)}
+
+
+def _delta_decoder(codec: UpdateCodec) -> Callable[[bytes], Any]:
+    return lambda data: delta_from_bytes(_BASE, data, codec)
+
+
 _RECORD = sign_record(SIGNER, NET, 7, ["/ip4/10.0.0.1/tcp/4001", "/ip6/::1/tcp/4001"]).encode()
 
 #: name -> (decoder, its documented error, valid seed inputs to mutate)
@@ -121,6 +131,8 @@ DECODERS: dict[str, tuple[Callable[[bytes], Any], type[Exception], list[bytes]]]
     "peer_list": (decode_peer_list, DiscoveryError,
                   [encode_peer_list([_RECORD, b"\x01" * 40])]),
     "peer_record": (decode_record, RecordError, [_RECORD]),
+    **{f"delta_{name}": (_delta_decoder(c), ValueError, [delta_bytes(
+        _BASE, {k: v + 0.1 for k, v in _BASE.items()}, c)]) for name, c in _CODECS.items()},
 }
 
 #: Inputs every decoder meets: empty, oversize, deeply nested CBOR, huge declared lengths.

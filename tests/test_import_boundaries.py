@@ -18,7 +18,7 @@ PURE = [
     "gossip.validation", "gossip.envelope", "gossip.cbor_profile", "gossip.peer_record",
     "gossip.blob_ref",
     "learning.scoring", "learning.selection", "learning.election", "learning.aggregation",
-    "learning.tensors", "learning.dp_accounting", "learning.dp_noise", "learning.cmfl",
+    "learning.tensors", "learning.compression", "learning.dp_accounting", "learning.dp_noise", "learning.cmfl",
 ]
 #: What a pure core must not load: I/O (trio, libp2p, sqlite, the blob stream protocol, the
 #: block store) and training or data loading (sklearn, DP-SGD, local training, the data sets).

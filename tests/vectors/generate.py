@@ -20,6 +20,8 @@ from chain.block import Block, CommitCertificate, CommittedBlock, UpdateRef, com
 from gossip.envelope import Envelope  # noqa: E402
 from gossip.peer_keys import Signer  # noqa: E402
 from gossip.peer_record import sign_record  # noqa: E402
+from learning.compression import UpdateCodec, delta_bytes, delta_from_bytes, encode_delta  # noqa: E402
+from learning.tensors import encode_state, state_bytes  # noqa: E402
 
 OUT = Path(__file__).with_name("vectors.json")
 NETWORK_ID = hashlib.sha256(b"cmfl test vectors network").digest()
@@ -34,6 +36,39 @@ def _env(e: Envelope, note: str) -> dict[str, Any]:
             "sender": e.sender, "payload_cbor": cbor2.dumps(e.payload, canonical=True).hex(),
             "signed_bytes": e.signing_bytes().hex(), "signature": e.signature.hex(),
             "wire": e.encode().hex(), "digest": e.digest().hex()}
+
+
+def codec_vectors() -> dict[str, Any]:
+    """A tiny model, a trained state, and each codec's delta map and decoded state."""
+    import torch
+
+    base = {"w": torch.tensor([[1.0, 2.0], [-0.5, 0.25]]), "n": torch.tensor([3]),
+            "count": torch.tensor(4.0)}
+    trained = {"w": base["w"] + torch.tensor([[0.254, -0.127], [0.0, 0.01]]),
+               "n": torch.tensor([5]), "count": torch.tensor(6.0)}
+    out: dict[str, Any] = {
+        "note": "a delta map per genesis compression codec (docs/protocol.md, update); "
+                "decoded = the tensor map every peer must derive from it against base",
+        "base": cbor2.dumps(encode_state(base), canonical=True).hex(),
+        "trained": cbor2.dumps(encode_state(trained), canonical=True).hex(), "codecs": []}
+    for codec in (UpdateCodec("fp16"), UpdateCodec("int8"), UpdateCodec("topk", 0.5)):
+        data = delta_bytes(base, trained, codec)
+        decoded = state_bytes(delta_from_bytes(base, data, codec))
+        out["codecs"].append({"compression": codec.to_settings(), "delta": data.hex(),
+                              "decoded": decoded.hex(),
+                              "decoded_hash": hashlib.sha256(decoded).hexdigest()})
+    return out
+
+
+def int8_update(trainer: Signer, base_hash: bytes) -> Envelope:
+    """An inline update on a network whose genesis sets compression int8."""
+    import torch
+
+    base = {"w": torch.tensor([1.0, 2.0])}
+    trained = {"w": torch.tensor([1.5, 1.75])}
+    delta = encode_delta(base, trained, UpdateCodec("int8"))
+    return Envelope("update", NETWORK_ID, 1, "", {"delta": delta, "samples": 10,
+                                                  "base": base_hash}).signed_by(trainer)
 
 
 def build() -> dict[str, Any]:
@@ -86,7 +121,10 @@ def build() -> dict[str, Any]:
                       *[_env(c, f"commit of view {view}: a certificate signature")
                         for c in commits],
                       _env(block_env, "a committed block on the blocks topic"),
-                      _env(join, "a non-member's join request")],
+                      _env(join, "a non-member's join request"),
+                      _env(int8_update(trainer, base), "inline int8 delta update (genesis "
+                           "compression int8): q [127, -64], float32 scale 0.5/127")],
+        "update_codecs": codec_vectors(),
         "block": {"committee": committee, "encoded": block.encode().hex(),
                   "hash": block.hash().hex(), "prev_hash": block.prev_hash.hex(),
                   "certificate": {"view": view, "commits": [[m, s.hex()] for m, s in votes]},
