@@ -7,7 +7,7 @@ and prints the final accuracies side by side: the peers' figure should fall with
 harness's spread over seeds. Omniscient attacks (min_max, cmfl_capture*, ...) run as real
 colluders on the peers (docs/attack-lab.md, "Omniscient colluders on real peers").
 
-    python bench/peers_vs_harness.py [--peers 10] [--attackers 2] [--attack sign_flip]
+    python -m bench.peers_vs_harness [--peers 10] [--attackers 2] [--attack sign_flip]
         [--rounds 8] [--partition dirichlet] [--consensus members]
 """
 

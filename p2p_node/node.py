@@ -12,7 +12,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import cbor2
 import multiaddr
@@ -81,6 +81,9 @@ from p2p_node.round_machine import (
     Trained,
     Withheld,
 )
+
+if TYPE_CHECKING:
+    from p2p_node.collusion import CollusionChannel
 
 log = logging.getLogger("p2p_node")
 
@@ -189,7 +192,7 @@ class Node:
         self.misbehaviour = misbehaviour_for(config.byzantine)
         #: the attack lab's omniscient colluder (an omniscient --attack: it crafts from the
         #: round's gossiped honest updates), None for every other peer
-        self.collusion = None
+        self.collusion: CollusionChannel | None = None
         colluder = OmniscientColluder.for_peer(self.attack, self.me, config.colluders,
                                                config.collect_timeout)
         if colluder is not None:
