@@ -109,7 +109,7 @@ def test_genesis_new_writes_the_consensus_key_only_for_members(tmp_path):
     from p2p_node.cli import DEFAULT_CONSENSUS, main
 
     ids = Cluster(tmp_path / "ids", size=4).ids
-    base = ["genesis", "new", "--committee-size", "4", *[a for p in ids for a in ("--member", p)]]
+    base = ["genesis", "new", "--committee-size", "3", *[a for p in ids for a in ("--member", p)]]
     assert main([*base, "--out", str(tmp_path / "c.json"), "--consensus", "committee"]) == 0
     assert main([*base, "--out", str(tmp_path / "m.json"), "--consensus", "members"]) == 0
     assert main([*base, "--out", str(tmp_path / "d.json")]) == 0
