@@ -36,7 +36,9 @@ def test_omniscient_colluders_publish_updates_crafted_from_the_honest_round(tmp_
     a, b = cluster.ids[4], cluster.ids[5]
     cluster.behaviours = {4: {"colluders": [b]}, 5: {"colluders": [a]}}
     log = EventLog()
-    everyone, rounds = set(cluster.ids), 2
+    # One round: on a machine loaded far past its cores, 6 in-process peers sometimes stall in
+    # round 1 with or without attackers (libp2p streams time out); round 0 shows it all.
+    everyone, rounds = set(cluster.ids), 1
     honest_nodes = []
     seen: dict = defaultdict(dict)
 
@@ -62,8 +64,8 @@ def test_omniscient_colluders_publish_updates_crafted_from_the_honest_round(tmp_
     crafted = [e for e in log.events if e["event"] == "crafted"]
     block0 = honest_nodes[0].store.get(0).block
     assert {(e["peer"], e["height"]) for e in crafted} >= {(a, 0), (b, 0)}
-    # each colluder crafted from the full round at least once (every honest trainer's update
-    # and its fellow's model; a busy machine may start later rounds too far apart for that)
+    # each colluder crafted from the full round (every honest trainer's update and its
+    # fellow's model)
     for peer, fellow in ((a, b), (b, a)):
         full = [e for e in crafted if e["peer"] == peer and e["fellows_seen"] == [fellow]
                 and e["honest_seen"] == e["awaited"] and len(e["awaited"]) == 2]
