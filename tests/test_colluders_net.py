@@ -43,12 +43,10 @@ def test_omniscient_colluders_publish_updates_crafted_from_the_honest_round(tmp_
     seen: dict = defaultdict(dict)
 
     async def scenario():
-        with trio.fail_after(300):
+        with trio.fail_after(240):
             async with trio.open_nursery() as nursery:
                 nodes = await cluster.run(rounds=rounds, log=log, nursery=nursery,
-                                          # colluders send by 30 s at the latest: on a
-                                          # busy machine training alone can take 30 s
-                                          collect_timeout=40.0, propose_timeout=4.0)
+                                          collect_timeout=16.0, propose_timeout=4.0)
                 for node in nodes:  # before any node runs: they start in the nursery
                     if node.me not in (a, b):
                         tap_updates(node, seen)
