@@ -4,19 +4,25 @@ construct one, and the honest code paths (p2p_node.round_core, p2p_node.round_ma
 driver) hold no attack branch.
 
 Pure: the filters rewrite actions (bft.byzantine says what a malicious member sends instead);
-the driver carries out whatever comes out, as it does for an honest core.
+the driver carries out whatever comes out, as it does for an honest core. `OmniscientColluder`
+decides when an omniscient attacker (learning.attacks.Omniscient) has seen enough of the round
+and what it then sends; p2p_node.collusion is its driver (the waiting, the colluders' channel).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Mapping, Protocol
 
-from bft.byzantine import BEHAVIOURS, conflicting_proposal
+import numpy as np
+import torch
+
+from bft.byzantine import BEHAVIOURS, conflicting_proposal, conflicting_vote
 from bft.messages import KINDS as PBFT_KINDS
-from chain.round_rules import scores_payload
-from learning.attacks import Attack
+from chain.round_rules import RoundContext, scores_payload
+from learning.attacks import Attack, Omniscient, RoundView
+from learning.tensors import ModelState
 from p2p_node.round_machine import Action, OfferBlob, Publish
 
 log = logging.getLogger("p2p_node.attack_lab")
@@ -30,8 +36,10 @@ class ActionFilter(Protocol):
 
 @dataclass(frozen=True)
 class CommitteeMisbehaviour:
-    """`--byzantine`: equivocate (two conflicting proposals as leader), silent (no pBFT
-    message at all) or withhold (announce a large update, serve none of its bytes)."""
+    """`--byzantine`: equivocate (two conflicting proposals as leader), equivocate_votes (that,
+    and as any validator a second, conflicting prepare and commit beside each one it signs),
+    silent (no pBFT message at all) or withhold (announce a large update, serve none of its
+    bytes)."""
 
     behaviour: str
 
@@ -46,10 +54,16 @@ class CommitteeMisbehaviour:
             if self.behaviour == "silent" and isinstance(action, Publish) and \
                     action.kind in PBFT_KINDS:
                 continue
-            if self.behaviour == "equivocate" and isinstance(action, Publish) and \
+            equivocating = self.behaviour in ("equivocate", "equivocate_votes")
+            if equivocating and isinstance(action, Publish) and \
                     action.kind in ("pre_prepare", "new_view"):
                 log.warning("byzantine: sending two conflicting %s", action.kind)
                 out += [action, Publish(action.kind, conflicting_proposal(action.payload))]
+                continue
+            if self.behaviour == "equivocate_votes" and isinstance(action, Publish) and \
+                    action.kind in ("prepare", "commit"):
+                log.warning("byzantine: sending two conflicting %s", action.kind)
+                out += [action, Publish(action.kind, conflicting_vote(action.payload))]
                 continue
             if self.behaviour == "withhold" and isinstance(action, OfferBlob):
                 log.warning("byzantine: serving none of our update's bytes")
@@ -119,3 +133,80 @@ def attack_filter(behaviour: str = "none", attack: Attack | None = None,
     if not filters:
         return None
     return filters[0] if len(filters) == 1 else Misbehaviours(tuple(filters))
+
+
+@dataclass(frozen=True)
+class OmniscientColluder:
+    """An attacking peer running an omniscient attack, as the literature's threat model has it
+    and as the real network allows: every update is gossiped to every peer, so a colluder
+    holds the round's honest updates (inline or fetched blobs, exactly what the round core
+    accepted) before the collect deadline. It trains honestly, shares its trained model with
+    its fellow colluders (p2p_node.collusion, a side channel of their own), waits until it
+    holds every honest trainer's update and every fellow's model, or until `send_at` seconds
+    into the round, then sends `attack.poison_update` over the RoundView of what it holds.
+
+    What it cannot see, it estimates: honest committee members never publish their reference
+    models, so each stands in as the mean of the honest trainers' models (for a crafted update
+    and an honest one alike, the distance to a member's model is about the root of the squared
+    distance to that centre plus the member's own spread, so the centre keeps the ranking the
+    attack aims at); a fellow whose model did not arrive in time stands in as our own.
+    """
+
+    attack: Omniscient
+    me: str
+    #: every colluder, us included
+    colluders: frozenset[str]
+    #: seconds after the round began at which it sends whatever it holds by then
+    send_at: float
+
+    @classmethod
+    def for_peer(cls, attack: Attack | None, me: str, colluders: list[str] | frozenset[str],
+                 collect_timeout: float) -> OmniscientColluder | None:
+        """The colluder of `--attack` (an omniscient one), None for every other peer. It sends
+        a quarter of the collect deadline (at least 1 s) before it: peers start a round a
+        moment apart, and the update must still reach every committee member in time."""
+        if not isinstance(attack, Omniscient):
+            return None
+        margin = max(1.0, 0.25 * collect_timeout)
+        return cls(attack, me, frozenset(colluders) | {me}, max(0.0, collect_timeout - margin))
+
+    @property
+    def fellows(self) -> frozenset[str]:
+        return self.colluders - {self.me}
+
+    def awaited(self, ctx: RoundContext) -> frozenset[str]:
+        """The honest trainers whose updates it waits for (as the committee does, not for
+        members with recorded misbehaviour)."""
+        return frozenset(ctx.trainers) - self.colluders - ctx.excluded
+
+    def ready(self, ctx: RoundContext, updates: Mapping[str, object],
+              fellows: Mapping[str, object], elapsed: float) -> bool:
+        """Whether to craft now: everything is in, or the time to send has come."""
+        if elapsed >= self.send_at:
+            return True
+        return self.awaited(ctx) <= set(updates) and \
+            (self.fellows & set(ctx.members)) <= set(fellows)
+
+    def round_view(self, ctx: RoundContext, own: ModelState,
+                   updates: Mapping[str, ModelState],
+                   fellows: Mapping[str, ModelState]) -> RoundView:
+        """What the colluders know of round `ctx.height` (see the class docstring)."""
+        honest = {p: s for p, s in sorted(updates.items()) if p not in self.colluders}
+        members = [m for m in ctx.committee if m not in self.colluders]
+        if honest and members:
+            keys = sorted(ctx.base_state)
+            centre = {k: torch.stack([s[k].to(torch.float64) for s in honest.values()])
+                      .mean(dim=0).to(ctx.base_state[k].dtype) for k in keys}
+            honest.update({m: centre for m in members})
+        known = {p: fellows.get(p, own) for p in sorted(self.fellows)}
+        return RoundView(ctx.base_state, honest, {**known, self.me: own}, tuple(ctx.committee))
+
+    def update_to_send(self, ctx: RoundContext, own: ModelState,
+                       updates: Mapping[str, ModelState], fellows: Mapping[str, ModelState],
+                       rng: np.random.Generator) -> ModelState:
+        """The crafted model (our trained one while fewer than two honest updates are held:
+        the stand-ins alone give nothing to aim at)."""
+        if len(set(updates) - self.colluders) < 2:
+            return own
+        view = self.round_view(ctx, own, updates, fellows)
+        return self.attack.observe_round(view).poison_update(ctx.base_state, own, rng)

@@ -127,7 +127,7 @@ def _cmd_genesis_new(args: argparse.Namespace) -> int:
               "test_fraction": 0.2},
         selection={"rule": args.selection, "fraction": args.fraction, "scoring": args.scoring,
                    "election": args.election, "outlier_ratio": args.outlier_ratio},
-        membership=membership, **_genesis_task(args.task))
+        membership=membership, consensus=args.consensus, **_genesis_task(args.task))
     genesis.check()
     genesis.save(args.out)
     print(f"wrote {args.out}: network id {genesis.network_id.hex()}")
@@ -480,7 +480,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         out=args.out, peers=args.peers, attackers=args.attackers, attack=args.attack,
         rounds=args.rounds, committee_size=args.committee_size, seed=args.seed,
         partition=args.partition, compare=args.compare, hidden=tuple(args.hidden),
-        task=args.task))
+        task=args.task, consensus=args.consensus))
+
+
+#: who signs certificates in a new genesis (chain.genesis.Genesis.consensus)
+DEFAULT_CONSENSUS = "committee"
+
+
+def _consensus_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--consensus", choices=["committee", "members"], default=DEFAULT_CONSENSUS,
+                   help="who runs pBFT on each block and signs its certificate: the round's "
+                        "committee, or every member (a quorum of the whole membership, so a "
+                        "captured committee cannot fork the chain: docs/consensus.md, "
+                        f"\"Committee safety\"; default {DEFAULT_CONSENSUS})")
 
 
 def _widths(text: str) -> list[int]:
@@ -577,6 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--leave-after", type=int, default=None, metavar="ROUNDS",
                    help="a trainer silent for this many rounds in a row leaves the pool (it may "
                         "join again); 0 never (default: 3 with --admission, else never)")
+    _consensus_option(p)
     p.set_defaults(func=_cmd_genesis_new)
 
     p = command("run", "run a peer until stopped (SIGINT/SIGTERM) or for --rounds blocks",
@@ -665,6 +678,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what to train: digits MLP (default), cnn (digits as 8x8 images, "
                         "conv + batch norm) or credit (German Credit, AUC and KS); each peer "
                         "also reports metrics on its own held-out shard")
+    _consensus_option(p)
     p.set_defaults(func=_cmd_demo)
     return parser
 

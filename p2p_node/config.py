@@ -295,8 +295,9 @@ class NodeConfig:
     #: committee misbehaviour for the attack lab (p2p_node/attack_lab.py)
     byzantine: str = setting(
         "none", "misbehaviour beyond the update: equivocate (as leader, propose two blocks), "
-        "silent (send no consensus messages) or withhold (as trainer, announce a large update "
-        "and serve none of its bytes)", choices=BEHAVIOURS)
+        "equivocate_votes (that, and sign a second, conflicting prepare and commit beside each "
+        "vote), silent (send no consensus messages) or withhold (as trainer, announce a large "
+        "update and serve none of its bytes)", choices=BEHAVIOURS)
     rounds: int | None = setting(
         None, "stop once the chain has this many blocks (default: run until stopped)",
         parse=positive(int))

@@ -49,6 +49,8 @@ class DemoConfig:
     task: str = "digits"
     #: the genesis `compression` map (learning.compression), {} for none
     compression: dict[str, Any] = field(default_factory=dict)
+    #: who signs certificates: the committee or every member (chain.genesis.Genesis.consensus)
+    consensus: str = "committee"
 
 
 @dataclass
@@ -188,7 +190,7 @@ def _run_network(cfg: DemoConfig, out: Path, n_attackers: int,
     genesis = Genesis(name=f"demo-{name}", members=tuple(ids),
                       committee=tuple(ids[:cfg.committee_size]), seed=cfg.seed,
                       data={"dataset": "digits", "partition": cfg.partition, "alpha": 0.5,
-                            "test_fraction": 0.2}, **extra)
+                            "test_fraction": 0.2}, consensus=cfg.consensus, **extra)
     genesis.save(out / "genesis.json")
     ports = free_ports(cfg.peers)
     addrs = [f"/ip4/127.0.0.1/tcp/{p}/p2p/{pid}" for p, pid in zip(ports, ids)]
@@ -197,6 +199,8 @@ def _run_network(cfg: DemoConfig, out: Path, n_attackers: int,
            f"{', '.join(label[a] for a in sorted(attackers, key=ids.index))}"
            if attackers else "no attackers")
     rule = "FedAvg (every update)" if selection else "CMFL selection"
+    if cfg.consensus == "members":
+        rule += ", every member signs certificates"
     print(f"demo: {cfg.peers} peers ({who}), committee of {cfg.committee_size}, "
           f"{cfg.rounds} rounds, task {cfg.task} ({cfg.partition}), {rule}")
     print(f"demo: network id {genesis.network_id.hex()[:16]}, output in {out}/")

@@ -12,7 +12,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import cbor2
 import multiaddr
@@ -49,7 +49,7 @@ from learning.privacy import (
 from learning.tensors import ModelState, state_bytes, state_from_bytes, state_hash
 from p2p_node.federated_eval import FederatedEvaluation, ReportError, report_payload
 from gossip.peer_scoring import report_verdict
-from p2p_node.attack_lab import attack_filter
+from p2p_node.attack_lab import OmniscientColluder, attack_filter
 from p2p_node.config import NodeConfig
 from p2p_node.discovery import Discovery
 from p2p_node.round_core import (
@@ -83,6 +83,9 @@ from p2p_node.round_machine import (
     Trained,
     Withheld,
 )
+
+if TYPE_CHECKING:
+    from p2p_node.collusion import CollusionChannel
 
 log = logging.getLogger("p2p_node")
 
@@ -147,6 +150,15 @@ class Node:
         #: --attack), None for an honest peer
         self.misbehaviour = attack_filter(config.byzantine, self.attack,
                                           frozenset(config.colluders) | {self.me})
+        #: the attack lab's omniscient colluder (an omniscient --attack: it crafts from the
+        #: round's gossiped honest updates), None for every other peer
+        self.collusion: CollusionChannel | None = None
+        colluder = OmniscientColluder.for_peer(self.attack, self.me, config.colluders,
+                                               config.collect_timeout)
+        if colluder is not None:
+            from p2p_node.collusion import CollusionChannel
+
+            self.collusion = CollusionChannel(colluder)
         #: own training data, own held-out data (federated evaluation) and, in the demo, the
         #: bundled data set's global test split (None with --data)
         self.train_data, self.held_out, self.test_data = self._load_data()
@@ -384,6 +396,8 @@ class Node:
                                     position=self.chain_state,
                                     penalize=router.penalize, on_event=self.on_event)
             self.sync.install(serve_checkpoints=False)
+            if self.collusion is not None:  # attack lab only: the colluders' side channel
+                self.collusion.install(host)
             # One server on /cmfl/blob/1 for both kinds of large payload: update blobs and
             # model checkpoints (for syncing peers).
             BlobServer(BlobSources(self.blobs, CheckpointSource(self.models)),
@@ -411,6 +425,8 @@ class Node:
                     on_twin=lambda member, pair: self._inbox_send.send_nowait(
                         TwinSeen(member, pair)))
                 nursery.start_soon(self.discovery.run)
+                if self.collusion is not None:  # attack lab only: the colluders' sender
+                    nursery.start_soon(self.collusion.run)
                 await self._wait_for_peers()
                 # A new or lagging peer first reaches the network's head (chain/sync.py).
                 await self.sync.catch_up()  # the position follows the synced blocks
@@ -608,9 +624,9 @@ class Node:
                 trained, report = train_local_dp(
                     self.spec, ctx.base_state, self.train_data, dp.epochs, dp.lr, dp.batch_size,
                     seed, dp.noise_multiplier, dp.max_grad_norm, dp.delta, dp.accountant)
-            if self.attack is not None:
-                # A real colluder observes only its own honest training (no side channel), so
-                # ALIE's mean/std estimate comes from one sample here; see learning.attacks.
+            if self.attack is not None and self.collusion is None:
+                # ALIE's colluders observe only their own honest training here (no side
+                # channel), so its mean/std comes from one sample; see learning.attacks.
                 attack = self.attack.observe([trained], len(self.genesis.members),
                                              len(set(self.config.colluders) | {self.me}))
                 trained = attack.poison_update(ctx.base_state, trained,
@@ -620,6 +636,14 @@ class Node:
         started = time.monotonic()
         state, samples, report = await trio.to_thread.run_sync(work, abandon_on_cancel=True)
         times.marks["train_seconds"] = time.monotonic() - started
+        if self.collusion is not None:  # attack lab only: wait for the round, then craft
+            machine = self.core.machine
+            state = await self.collusion.update_to_send(
+                ctx, state, times.started,
+                lambda: {p: u.state for p, u in machine.updates.items()},
+                np.random.default_rng(seed), self.on_event)
+        if self.attack is not None:  # declared counts nothing can check (sample_factor)
+            samples *= self.attack.sample_factor
         if report is not None:
             self._spend_privacy(ctx.height, report)
         await self._inbox_send.send(Trained(ctx.height, state, samples, report))

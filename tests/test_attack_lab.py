@@ -42,6 +42,20 @@ def test_an_equivocating_leader_sends_two_signed_proposals_for_one_view():
     assert [a for a in out if a not in proposals] == [a for a in ROUND if a not in proposals]
 
 
+def test_a_double_voting_member_signs_a_second_vote_beside_each_prepare_and_commit():
+    votes = [Publish("prepare", {"view": 1, "value_hash": b"h" * 32}),
+             Publish("commit", {"view": 1, "value_hash": b"h" * 32})]
+    out = misbehaviour_for("equivocate_votes").outputs(ROUND[:2] + votes)
+    kinds = [a.kind for a in out if isinstance(a, Publish)]
+    assert kinds == ["pre_prepare", "pre_prepare", "prepare", "prepare", "commit", "commit"]
+    second = [a.payload for a in out if isinstance(a, Publish) and a.kind == "prepare"][1]
+    assert second["view"] == 1 and second["value_hash"] not in (b"h" * 32, PROPOSAL["value_hash"])
+    # colluders' second votes for one real value name one same other value
+    assert misbehaviour_for("equivocate_votes").outputs(votes[:1])[1] == out[4]
+    # the plain equivocating leader votes once
+    assert [a.kind for a in misbehaviour_for("equivocate").outputs(votes)] == ["prepare", "commit"]
+
+
 def test_a_silent_member_sends_no_pbft_message_but_still_its_scores():
     out = misbehaviour_for("silent").outputs(ROUND)
     assert [a.kind for a in out if isinstance(a, Publish)] == ["scores", "update"]
@@ -101,3 +115,87 @@ def test_a_lying_and_equivocating_peer_gets_both_filters():
                         Publish("scores", scores_payload({TRAINERS[0]: (b"d" * 32, 3.0)}))])
     assert [a.kind for a in out] == ["pre_prepare", "pre_prepare", "scores"]
     assert out[2].payload == scores_payload({TRAINERS[0]: (b"d" * 32, 0.0)})
+
+
+# omniscient colluders (p2p_node.attack_lab.OmniscientColluder; on real peers:
+# tests/test_colluders_net.py) -----------------------------------------------------------------
+def _round(seed: int = 0):
+    import torch
+
+    from chain.round_rules import RoundContext
+    from learning.model import ModelSpec, initial_state
+
+    base = initial_state(ModelSpec(), seed)
+    members = ("c1", "c2", "h1", "h2", "h3", "x1", "x2")
+    ctx = RoundContext(b"n" * 32, 4, b"p" * 32, members, ("c1", "h1"),
+                       ("c2", "h2", "h3", "x1", "x2"), base, b"b" * 32)
+    gen = torch.Generator().manual_seed(seed)
+
+    def trained(scale: float):
+        return {k: v + scale * torch.randn(v.shape, generator=gen, dtype=v.dtype)
+                for k, v in base.items()}
+
+    return ctx, {p: trained(0.05) for p in ("c2", "h2", "h3", "x1", "x2")}
+
+
+def test_only_an_omniscient_attack_makes_a_colluder():
+    from p2p_node.attack_lab import OmniscientColluder
+
+    assert OmniscientColluder.for_peer(None, "x1", [], 20.0) is None
+    assert OmniscientColluder.for_peer(make_attack("sign_flip"), "x1", ["x2"], 20.0) is None
+    assert OmniscientColluder.for_peer(make_attack("alie"), "x1", ["x2"], 20.0) is None
+    c = OmniscientColluder.for_peer(make_attack("min_max"), "x1", ["x2"], 20.0)
+    assert c is not None and c.colluders == {"x1", "x2"} and c.fellows == {"x2"}
+    assert c.send_at == 15.0  # a quarter of the collect deadline before it
+    assert OmniscientColluder.for_peer(make_attack("min_max"), "x1", [], 2.0).send_at == 1.0
+
+
+def test_a_colluder_waits_for_every_honest_trainer_and_fellow_or_the_deadline():
+    from p2p_node.attack_lab import OmniscientColluder
+
+    ctx, models = _round()
+    c = OmniscientColluder.for_peer(make_attack("min_max"), "x1", ["x2", "c1"], 20.0)
+    assert c.awaited(ctx) == {"c2", "h2", "h3"} and c.fellows == {"x2", "c1"}
+    honest = {p: models[p] for p in ("c2", "h2", "h3")}
+    assert not c.ready(ctx, {"h2": 0, "h3": 0}, {"x2": 0, "c1": 0}, 1.0)
+    assert not c.ready(ctx, honest, {"x2": 0}, 1.0)  # a fellow's model still missing
+    assert c.ready(ctx, honest, {"x2": 0, "c1": 0}, 1.0)
+    assert c.ready(ctx, {}, {}, 15.0)  # time to send whatever it holds
+    from dataclasses import replace
+
+    excused = replace(ctx, excluded=frozenset({"h3"}))  # recorded misbehaviour: not awaited
+    assert c.ready(excused, {"c2": 0, "h2": 0}, {"x2": 0, "c1": 0}, 1.0)
+
+
+def test_a_colluder_crafts_from_the_honest_updates_it_holds_and_stands_in_the_rest():
+    import numpy as np
+    import torch
+
+    from learning.attacks import AgrMinMax, RoundView
+    from learning.baselines import flatten_state
+    from p2p_node.attack_lab import OmniscientColluder
+
+    ctx, models = _round()
+    c = OmniscientColluder.for_peer(make_attack("min_max"), "x1", ["x2"], 20.0)
+    honest = {p: models[p] for p in ("c2", "h2", "h3")}
+    view = c.round_view(ctx, models["x1"], {**honest, "x2": models["x2"]}, {})
+    # colluders' own updates are not honest ones; the fellow's model stands in as ours
+    assert set(view.colluders) == {"x1", "x2"} and view.colluders["x2"] is models["x1"]
+    # honest members (c1, h1) publish nothing: each stands in as the honest trainers' centre
+    assert set(view.honest) == {"c1", "c2", "h2", "h3", "h1"} and view.committee == ("c1", "h1")
+    assert view.honest["c1"] is view.honest["h1"]
+    centre = torch.stack([flatten_state(honest[p]) for p in honest]).mean(dim=0)
+    assert torch.allclose(flatten_state(view.honest["h1"]).double(), centre.double(), atol=1e-6)
+    assert view.honest_trainers == ["c2", "h2", "h3"]
+    rng = np.random.default_rng(3)
+    sent = c.update_to_send(ctx, models["x1"], honest, {"x2": models["x2"]}, rng)
+    want = AgrMinMax().observe_round(RoundView(ctx.base_state, {**honest, "c1": view.honest["h1"],
+                                                                "h1": view.honest["h1"]},
+                                               {"x1": models["x1"], "x2": models["x2"]},
+                                               ctx.committee)).poison_update(
+        ctx.base_state, models["x1"], np.random.default_rng(3))
+    assert all(torch.equal(sent[k], want[k]) for k in sent)
+    assert not torch.equal(flatten_state(sent), flatten_state(models["x1"]))
+    # with fewer than two honest updates there is nothing to aim at: it sends what it trained
+    alone = c.update_to_send(ctx, models["x1"], {"h2": models["h2"]}, {}, rng)
+    assert all(torch.equal(alone[k], models["x1"][k]) for k in alone)
