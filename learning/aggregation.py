@@ -176,3 +176,32 @@ def find_far(base: ModelState, updates: dict[str, ModelState], ratio: float) -> 
     dist = {t: math.sqrt(_exact_dot(d - centre, d - centre)) for t, d in deltas.items()}
     limit = ratio * statistics.median(sorted(dist.values()))
     return tuple(t for t in ids if dist[t] > limit)
+
+
+def collinear_extras(base: ModelState, updates: dict[str, ModelState],
+                     max_cosine: float) -> tuple[str, ...]:
+    """The near-parallel updates (find_collinear) beyond one per group: pairs above
+    `max_cosine` are joined into groups and every group keeps its first trainer by id. Copies
+    and sybils then count once, and honest peers whose updates happen to be parallel (IID data
+    early in training) still move the model."""
+    pairs = set(find_collinear(base, updates, max_cosine))
+    if not pairs:
+        return ()
+    ids = sorted(pairs)
+    deltas = {t: _learned_delta(base, updates[t]) for t in ids}
+    norms = {t: math.sqrt(_exact_dot(d, d)) for t, d in deltas.items()}
+    parent = {t: t for t in ids}
+
+    def root(t: str) -> str:
+        while parent[t] != t:
+            t = parent[t]
+        return t
+
+    for i, a in enumerate(ids):
+        for b in ids[i + 1:]:
+            if norms[a] and norms[b] and \
+                    _exact_dot(deltas[a], deltas[b]) > max_cosine * norms[a] * norms[b]:
+                ra, rb = root(a), root(b)
+                if ra != rb:
+                    parent[max(ra, rb)] = min(ra, rb)
+    return tuple(t for t in ids if root(t) != t)

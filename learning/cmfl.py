@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from learning.aggregation import (aggregate_clipped, aggregate_weighted, cap_samples,
-                                  find_collinear, find_far, find_misaligned)
+                                  collinear_extras, find_collinear, find_far,
+                                  find_misaligned)
 from learning.election import elect_middle
 from learning.scoring import combine_scores
 from learning.selection import rank_by_score, select_highest_distance, select_lowest_distance
@@ -345,7 +346,11 @@ def finish_round(
     if missing:
         raise KeyError(f"selected trainers without an update: {missing}")
     chosen = {t: updates[t] for t in selection.selected}
-    collinear = set(find_collinear(base_state, chosen, config.max_cosine))
+    if config.aggregate == "mean":
+        collinear = set(find_collinear(base_state, chosen, config.max_cosine))
+    else:
+        # copies count once: each near-parallel group keeps its first trainer
+        collinear = set(collinear_extras(base_state, chosen, config.max_cosine))
     if config.aggregate != "mean" and config.drop_ratio > 1.0:
         collinear |= set(find_far(
             base_state, {t: chosen[t] for t in selection.selected if t not in collinear},

@@ -123,3 +123,18 @@ def test_far_updates_are_left_out_before_clipping():
                       aggregate="clipped-aligned", drop_ratio=2.0)
     dec = decide_round(base, vectors, ups, {t: 10 for t in ups}, 2, ("m1", "m2"), cfg)
     assert "far" in dec.selected and "far" not in dec.aggregated
+
+
+def test_clipped_rule_counts_a_near_parallel_group_once():
+    from learning.aggregation import collinear_extras
+    base = _state([0.0, 0.0, 0.0])
+    ups = {"h1": _state([1.0, 0.0, 0.0]), "h2": _state([0.0, 1.0, 0.0]),
+           "c1": _state([-1.0, -1.0, 1.0]), "c2": _state([-2.0, -2.1, 2.0]),
+           "c3": _state([-3.0, -3.0, 3.1])}
+    assert collinear_extras(base, ups, 0.9) == ("c2", "c3")
+    two = {"a": _state([1.0, 0.1, 0.0]), "b": _state([1.0, 0.0, 0.1])}
+    vectors = {m: {"a": 1.0, "b": 1.1} for m in ("m1", "m2", "m3")}
+    cfg = RoundConfig(rule="auto", scoring="median", election="robust", max_cosine=0.9,
+                      aggregate="clipped-aligned", drop_ratio=2.0)
+    dec = decide_round(base, vectors, two, {"a": 5, "b": 5}, 2, ("m1", "m2"), cfg)
+    assert dec.aggregated == ("a",) and float(dec.new_state["w"][0]) == 1.0
