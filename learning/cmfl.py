@@ -26,6 +26,8 @@ SCORINGS = ("sum", "median")
 ELECTIONS = ("middle", "trusted", "robust")
 TYPICALS = ("lower_half", "median", "floored")
 AGGREGATES = ("mean", "clipped", "clipped-aligned")
+#: clipped aggregates: below this many scored trainers the committee's outliers are dropped
+MIN_GEOMETRY = 3
 #: "floored": the lower-half median, but never below this share of the median of all
 FLOOR_SHARE = 0.85
 
@@ -276,8 +278,10 @@ def select_round(
         # (a captured committee would choose which honest updates make the model): every scored
         # trainer is selected, and what is left out of the aggregate is decided by the updates'
         # geometry alone (finish_round). Outliers and clones only inform the election.
-        return RoundSelection(combined, tuple(sorted(combined)), "clipped", outliers,
-                              dissenters, clones)
+        # With fewer than MIN_GEOMETRY trainers the updates' geometry cannot tell who is off
+        # (two updates are each other's median): the committee's outliers are left out then.
+        chosen = sorted(combined) if len(combined) >= MIN_GEOMETRY else sorted(inliers)
+        return RoundSelection(combined, tuple(chosen), "clipped", outliers, dissenters, clones)
     if outliers or dissenters:
         # Evidence of attack: drop the outliers, then aggregate the closest, as S1 does, but
         # every inlier rather than a fixed share, so diverse honest data is not cut away.

@@ -138,3 +138,15 @@ def test_clipped_rule_counts_a_near_parallel_group_once():
                       aggregate="clipped-aligned", drop_ratio=2.0)
     dec = decide_round(base, vectors, two, {"a": 5, "b": 5}, 2, ("m1", "m2"), cfg)
     assert dec.aggregated == ("a",) and float(dec.new_state["w"][0]) == 1.0
+
+
+def test_with_two_trainers_the_clipped_rule_takes_the_committees_outliers():
+    # two updates are each other's median: geometry cannot tell a sign-flipper from an honest
+    # peer, so the committee's scores decide (tests/test_network.py has 2 trainers)
+    base = _state([0.0, 0.0])
+    ups = {"h": _state([1.0, 0.5]), "flip": _state([-1.0, -0.5])}
+    vectors = {m: {"h": 0.2, "flip": 2.0} for m in ("m1", "m2", "m3")}
+    cfg = RoundConfig(rule="auto", scoring="median", election="robust", typical="floored",
+                      aggregate="clipped-aligned", drop_ratio=2.0)
+    dec = decide_round(base, vectors, ups, {t: 5 for t in ups}, 2, ("m1", "m2"), cfg)
+    assert dec.selected == ("h",) and torch.equal(dec.new_state["w"], torch.tensor([1.0, 0.5]))
