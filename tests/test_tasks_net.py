@@ -4,6 +4,7 @@ tasks on in-process libp2p hosts over loopback TCP."""
 
 from __future__ import annotations
 
+import pytest
 import os
 import re
 import signal
@@ -45,6 +46,7 @@ def test_worked_example_task_file_is_the_one_in_the_doc():
     assert "--task docs/examples/tumour_task.py" in shell
 
 
+@pytest.mark.slow  # ~20-90 s of peer processes; its doc text is checked in the default tier
 def test_worked_example_runs_as_written_on_three_peer_processes(tmp_path):
     _, script = worked_example()
     ports = free_ports(3)
