@@ -51,19 +51,17 @@ def cap_samples(samples: dict[str, int]) -> dict[str, int]:
     return {t: min(n, cap) for t, n in sorted(samples.items())}
 
 
-def _flat_delta(base: ModelState, state: ModelState) -> np.ndarray:
-    return np.concatenate([(state[k].to(torch.float64) - base[k].to(torch.float64))
-                           .reshape(-1).numpy() for k in sorted(base)])
-
-
 #: Tensor names of batch-norm statistics: peers with similar data move them alike, so they say
 #: nothing about whether two updates were trained apart (and num_batches_tracked is a counter).
 STATISTIC_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 
 
-def _learned_delta(base: ModelState, state: ModelState) -> np.ndarray:
-    """The flat delta over the learned parameters only (batch-norm statistics left out)."""
-    keys = [k for k in sorted(base) if not k.endswith(STATISTIC_SUFFIXES)] or sorted(base)
+def _flat_delta(base: ModelState, state: ModelState, learned_only: bool = False) -> np.ndarray:
+    """The float64 flat delta state - base in sorted-key order; `learned_only` leaves out the
+    batch-norm statistics (the geometric tests judge the learned parameters)."""
+    keys = sorted(base)
+    if learned_only:
+        keys = [k for k in keys if not k.endswith(STATISTIC_SUFFIXES)] or keys
     return np.concatenate([(state[k].to(torch.float64) - base[k].to(torch.float64))
                            .reshape(-1).numpy() for k in keys])
 
@@ -79,19 +77,21 @@ def find_collinear(base: ModelState, updates: dict[str, ModelState],
     another trainer's: peers training on their own data never send (near-)parallel updates,
     colluders sending one crafted direction at different lengths (staggered copies), copies
     of one honest peer (mimicry) and sybils do. Both members of such a pair are listed."""
+    return tuple(sorted({t for pair in _collinear_pairs(base, updates, max_cosine)
+                         for t in pair}))
+
+
+def _collinear_pairs(base: ModelState, updates: dict[str, ModelState],
+                     max_cosine: float) -> list[tuple[str, str]]:
+    """The pairs (a < b by id) whose deltas' cosine similarity exceeds `max_cosine`."""
     if not max_cosine < 1.0 or len(updates) < 2:
-        return ()
+        return []
     ids = sorted(updates)
-    deltas = {t: _learned_delta(base, updates[t]) for t in ids}
+    deltas = {t: _flat_delta(base, updates[t], learned_only=True) for t in ids}
     norms = {t: math.sqrt(_exact_dot(d, d)) for t, d in deltas.items()}
-    out: set[str] = set()
-    for i, a in enumerate(ids):
-        for b in ids[i + 1:]:
-            if norms[a] == 0.0 or norms[b] == 0.0:
-                continue
-            if _exact_dot(deltas[a], deltas[b]) > max_cosine * norms[a] * norms[b]:
-                out.update((a, b))
-    return tuple(sorted(out))
+    return [(a, b) for i, a in enumerate(ids) for b in ids[i + 1:]
+            if norms[a] != 0.0 and norms[b] != 0.0
+            and _exact_dot(deltas[a], deltas[b]) > max_cosine * norms[a] * norms[b]]
 
 
 def coordinate_median(deltas: list[np.ndarray]) -> np.ndarray:
@@ -157,7 +157,7 @@ def find_misaligned(base: ModelState, updates: dict[str, ModelState]) -> tuple[s
     if len(updates) < 3:
         return ()
     ids = sorted(updates)
-    deltas = {t: _learned_delta(base, updates[t]) for t in ids}
+    deltas = {t: _flat_delta(base, updates[t], learned_only=True) for t in ids}
     centre = coordinate_median([deltas[t] for t in ids])
     out = tuple(t for t in ids if not _exact_dot(deltas[t], centre) > 0.0)
     return () if len(out) == len(ids) else out
@@ -171,7 +171,7 @@ def find_far(base: ModelState, updates: dict[str, ModelState], ratio: float) -> 
     if not ratio > 1.0 or len(updates) < 3:
         return ()
     ids = sorted(updates)
-    deltas = {t: _learned_delta(base, updates[t]) for t in ids}
+    deltas = {t: _flat_delta(base, updates[t], learned_only=True) for t in ids}
     centre = coordinate_median([deltas[t] for t in ids])
     dist = {t: math.sqrt(_exact_dot(d - centre, d - centre)) for t, d in deltas.items()}
     limit = ratio * statistics.median(sorted(dist.values()))
@@ -184,24 +184,16 @@ def collinear_extras(base: ModelState, updates: dict[str, ModelState],
     `max_cosine` are joined into groups and every group keeps its first trainer by id. Copies
     and sybils then count once, and honest peers whose updates happen to be parallel (IID data
     early in training) still move the model."""
-    pairs = set(find_collinear(base, updates, max_cosine))
-    if not pairs:
-        return ()
-    ids = sorted(pairs)
-    deltas = {t: _learned_delta(base, updates[t]) for t in ids}
-    norms = {t: math.sqrt(_exact_dot(d, d)) for t, d in deltas.items()}
-    parent = {t: t for t in ids}
+    pairs = _collinear_pairs(base, updates, max_cosine)
+    parent = {t: t for pair in pairs for t in pair}
 
     def root(t: str) -> str:
         while parent[t] != t:
             t = parent[t]
         return t
 
-    for i, a in enumerate(ids):
-        for b in ids[i + 1:]:
-            if norms[a] and norms[b] and \
-                    _exact_dot(deltas[a], deltas[b]) > max_cosine * norms[a] * norms[b]:
-                ra, rb = root(a), root(b)
-                if ra != rb:
-                    parent[max(ra, rb)] = min(ra, rb)
-    return tuple(t for t in ids if root(t) != t)
+    for a, b in pairs:
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    return tuple(sorted(t for t in parent if root(t) != t))

@@ -613,6 +613,21 @@ class ClipPush(Omniscient):
         return centre + reach * radius * (-mean / (mean.norm() + 1e-12) + self.spread * noise)
 
 
+def _away_orthogonal(view: RoundView, rng: np.random.Generator, spread: float
+                     ) -> tuple[torch.Tensor, float, torch.Tensor]:
+    """The clip centre, its radius and a unit direction against the honest mean, orthogonal to
+    the centre (so an update along it keeps a positive inner product with the centre), plus
+    `spread` of a random orthogonal part so no two colluders are near-parallel."""
+    d, centre, radius = _clip_centre(view)
+    mean = d.mean(dim=0)
+    c_unit = centre / (centre.norm() + 1e-12)
+    away = -(mean - (mean @ c_unit) * c_unit)
+    noise = torch.from_numpy(rng.standard_normal(mean.numel())).to(mean.dtype)
+    noise = noise - (noise @ c_unit) * c_unit
+    direction = away / (away.norm() + 1e-12) + spread * noise / (noise.norm() + 1e-12)
+    return centre, radius, direction / (direction.norm() + 1e-12)
+
+
 @dataclass(frozen=True)
 class ClipOrthogonal(Omniscient):
     """Aimed at a clipped rule that drops updates pointing away from the centre: the colluders
@@ -626,17 +641,9 @@ class ClipOrthogonal(Omniscient):
     stagger: float = 0.1
 
     def craft(self, view: RoundView, own: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        d, centre, radius = _clip_centre(view)
-        mean = d.mean(dim=0)
-        c_unit = centre / (centre.norm() + 1e-12)
-        away = -(mean - (mean @ c_unit) * c_unit)
-        away = away / (away.norm() + 1e-12)
-        noise = torch.from_numpy(rng.standard_normal(mean.numel())).to(mean.dtype)
-        noise = noise - (noise @ c_unit) * c_unit
-        noise = noise / (noise.norm() + 1e-12)
-        direction = away + self.spread * noise
+        centre, radius, direction = _away_orthogonal(view, rng, self.spread)
         reach = 1.0 + self.stagger * _colluder_index(view, own)
-        return centre + reach * radius * direction / (direction.norm() + 1e-12)
+        return centre + reach * radius * direction
 
 
 @dataclass(frozen=True)
@@ -654,15 +661,9 @@ class ClipSneak(Omniscient):
     spread: float = 0.3
 
     def craft(self, view: RoundView, own: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        d, centre, radius = _clip_centre(view)
-        mean = d.mean(dim=0)
-        c_unit = centre / (centre.norm() + 1e-12)
-        away = -(mean - (mean @ c_unit) * c_unit)
-        noise = torch.from_numpy(rng.standard_normal(mean.numel())).to(mean.dtype)
-        noise = noise - (noise @ c_unit) * c_unit
-        direction = away / (away.norm() + 1e-12) + self.spread * noise / (noise.norm() + 1e-12)
+        centre, radius, direction = _away_orthogonal(view, rng, self.spread)
         reach = self.reach * (1.0 + self.stagger * _colluder_index(view, own))
-        return self.keep * centre + reach * radius * direction / (direction.norm() + 1e-12)
+        return self.keep * centre + reach * radius * direction
 
 
 @dataclass(frozen=True)

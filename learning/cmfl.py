@@ -90,6 +90,8 @@ class RoundConfig:
             raise ValueError(f"sample_cap must be '' or 'median', got {self.sample_cap!r}")
         if self.aggregate not in AGGREGATES:
             raise ValueError(f"aggregate must be one of {AGGREGATES}, got {self.aggregate!r}")
+        if not (self.drop_ratio == 0.0 or self.drop_ratio > 1.0):
+            raise ValueError(f"drop_ratio must be 0 (off) or > 1, got {self.drop_ratio}")
 
     @classmethod
     def from_selection(cls, selection: Mapping[str, Any]) -> RoundConfig:
