@@ -178,6 +178,59 @@ def find_far(base: ModelState, updates: dict[str, ModelState], ratio: float) -> 
     return tuple(t for t in ids if dist[t] > limit)
 
 
+def _ordered_mean(vectors: list[np.ndarray]) -> np.ndarray:
+    """The mean of flat float64 vectors by element-wise adds in the given order (IEEE adds in a
+    fixed order: the same bytes on every peer, unlike a pairwise-summing reduction)."""
+    total = np.zeros_like(vectors[0])
+    for v in vectors:
+        total = total + v
+    return total / len(vectors)
+
+
+def find_far_pairwise(base: ModelState, updates: dict[str, ModelState], ratio: float,
+                      quantile: float = 0.25) -> tuple[str, ...]:
+    """Trainers farther from the coordinate-wise median than `ratio` times the `quantile` of
+    the pairwise distances between updates. Unlike find_far's median distance to the median,
+    a tight group of colluders cannot shrink this scale (their pairs are few among all
+    pairs) and so cannot make the honest updates look far; far pushers that would lift the
+    clipping radius are still left out. Exact fsum norms; none if fewer than 3 updates."""
+    if not ratio > 1.0 or len(updates) < 3:
+        return ()
+    ids = sorted(updates)
+    deltas = {t: _flat_delta(base, updates[t], learned_only=True) for t in ids}
+    centre = coordinate_median([deltas[t] for t in ids])
+    pairs = [math.sqrt(_exact_dot(deltas[a] - deltas[b], deltas[a] - deltas[b]))
+             for i, a in enumerate(ids) for b in ids[i + 1:]]
+    limit = ratio * _quantile(pairs, quantile)
+    return tuple(t for t in ids
+                 if math.sqrt(_exact_dot(deltas[t] - centre, deltas[t] - centre)) > limit)
+
+
+def find_coherent(base: ModelState, updates: dict[str, ModelState],
+                  max_cosine: float) -> tuple[str, ...]:
+    """Trainers whose deviation from the updates' mean has cosine similarity above
+    `max_cosine` with another trainer's deviation. Peers training on their own (non-IID) data
+    deviate each their own way; colluders pushing the model one way deviate together, however
+    much they spread their updates to stay under find_collinear's test on the updates
+    themselves (a suspicion of near-identical updates, judged on what each adds to the mean:
+    FoolsGold, Fung et al. 2020, within one round). Both members of a pair are listed; none
+    when that would be every update, or with fewer than 3. Exact fsum dot products."""
+    if not 0.0 < max_cosine < 1.0 or len(updates) < 3:
+        return ()
+    ids = sorted(updates)
+    deltas = [_flat_delta(base, updates[t], learned_only=True) for t in ids]
+    mean = _ordered_mean(deltas)
+    dev = [d - mean for d in deltas]
+    norms = [math.sqrt(_exact_dot(d, d)) for d in dev]
+    out = set()
+    for i in range(len(ids)):
+        for j in range(i + 1, len(ids)):
+            if norms[i] > 0.0 and norms[j] > 0.0 and \
+                    _exact_dot(dev[i], dev[j]) > max_cosine * norms[i] * norms[j]:
+                out.update((ids[i], ids[j]))
+    return () if len(out) == len(ids) else tuple(sorted(out))
+
+
 def collinear_extras(base: ModelState, updates: dict[str, ModelState],
                      max_cosine: float) -> tuple[str, ...]:
     """The near-parallel updates (find_collinear) beyond one per group: pairs above

@@ -678,13 +678,56 @@ class ClipPushNear(ClipPush):
     spread: float = 0.3
 
 
+@dataclass(frozen=True)
+class ClipPushLoose(ClipPush):
+    """Aimed at the coherence test (learning.aggregation.find_coherent): clip_push_near whose
+    colluders each add their own random direction as long as the push, so two colluders'
+    deviations from the mean have a cosine under 1/2; a loose push, but still one way."""
+
+    name: ClassVar[str] = "clip_push_loose"
+    reach: float = 1.3
+    stagger: float = 0.05
+    spread: float = 1.1
+
+
+@dataclass(frozen=True)
+class ClipPushWide(ClipPushLoose):
+    """clip_push_loose from twice as far, just inside the pairwise far test's limit
+    (learning.aggregation.find_far_pairwise, 2x the lower quartile of pairwise distances)."""
+
+    name: ClassVar[str] = "clip_push_wide"
+    reach: float = 1.8
+
+
+@dataclass(frozen=True)
+class CoherenceFrame(Omniscient):
+    """Aimed at the coherence test from the other side: each colluder sends a copy of one
+    honest trainer's update (the ones most aligned with the honest mean, one victim per
+    colluder) plus a random part that keeps the two updates under find_collinear's cosine,
+    so victim and copy deviate from the mean together and are both left out: the colluders
+    choose which honest updates the model loses."""
+
+    name: ClassVar[str] = "coherence_frame"
+    cosine: float = 0.85
+
+    def craft(self, view: RoundView, own: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        ids = view.honest_trainers or sorted(view.honest)
+        d = _deltas(view, ids)
+        mean = d.mean(dim=0)
+        order = sorted(range(len(ids)), key=lambda i: -float(d[i] @ mean))
+        victim = d[order[_colluder_index(view, own) % len(order)]]
+        noise = torch.from_numpy(rng.standard_normal(victim.numel())).to(victim.dtype)
+        share = math.sqrt(1.0 / self.cosine ** 2 - 1.0)
+        return victim + share * float(victim.norm()) * noise / (noise.norm() + 1e-12)
+
+
 ATTACKS: dict[str, type[Attack]] = {
     cls.name: cls
     for cls in (SignFlip, GaussianNoise, Scaling, Zeros, LabelFlip, ALittleIsEnough, FalseScores,
                 AgrMinMax, AgrMinSum, InnerProduct, FangMedian, FangKrum, Mimic, SybilFlip,
                 CmflCapture, CmflCaptureNoisy, CmflCaptureStaggered, CmflElect,
                 CmflCaptureSpread, CmflCaptureHeavy, ClipPush, ClipOrthogonal, ClipSneak,
-                ClipPushNear)
+                ClipPushNear, ClipPushLoose, ClipPushWide, CoherenceFrame)
 }
 #: The attacks before issue 14 (docs/results/bar.csv was measured with exactly these).
 CLASSIC_ATTACKS = ("alie", "false_scores", "gaussian_noise", "label_flip", "scaling",

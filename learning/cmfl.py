@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from learning.aggregation import (aggregate_clipped, aggregate_weighted, cap_samples,
-                                  collinear_extras, find_collinear, find_far,
-                                  find_misaligned)
+                                  collinear_extras, find_coherent, find_collinear,
+                                  find_far, find_far_pairwise, find_misaligned)
 from learning.election import elect_middle
 from learning.scoring import combine_scores
 from learning.selection import rank_by_score, select_highest_distance, select_lowest_distance
@@ -68,6 +68,14 @@ class RoundConfig:
     #: than this many times the median distance to it (far updates would lift the clipping
     #: radius; learning.aggregation.find_far); 0 keeps every one
     drop_ratio: float = 0.0
+    #: clipped aggregates: > 1 first leaves out updates farther from the coordinate-wise median
+    #: than this many times the lower quartile of the pairwise distances (a tight group cannot
+    #: shrink it; learning.aggregation.find_far_pairwise); 0 off
+    pair_far: float = 0.0
+    #: clipped aggregates: in (0, 1) leaves out updates whose deviation from the mean has a
+    #: cosine above this with another's (colluders pushing together;
+    #: learning.aggregation.find_coherent); 0 off
+    coherence: float = 0.0
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -92,6 +100,10 @@ class RoundConfig:
             raise ValueError(f"aggregate must be one of {AGGREGATES}, got {self.aggregate!r}")
         if not (self.drop_ratio == 0.0 or self.drop_ratio > 1.0):
             raise ValueError(f"drop_ratio must be 0 (off) or > 1, got {self.drop_ratio}")
+        if not (self.pair_far == 0.0 or self.pair_far > 1.0):
+            raise ValueError(f"pair_far must be 0 (off) or > 1, got {self.pair_far}")
+        if not 0.0 <= self.coherence < 1.0:
+            raise ValueError(f"coherence must be in [0, 1), got {self.coherence}")
 
     @classmethod
     def from_selection(cls, selection: Mapping[str, Any]) -> RoundConfig:
@@ -107,7 +119,9 @@ class RoundConfig:
                    max_cosine=float(selection.get("max_cosine", d.max_cosine)),
                    sample_cap=str(selection.get("sample_cap", d.sample_cap)),
                    aggregate=str(selection.get("aggregate", d.aggregate)),
-                   drop_ratio=float(selection.get("drop_ratio", d.drop_ratio)))
+                   drop_ratio=float(selection.get("drop_ratio", d.drop_ratio)),
+                   pair_far=float(selection.get("pair_far", d.pair_far)),
+                   coherence=float(selection.get("coherence", d.coherence)))
 
     def to_selection(self) -> dict[str, Any]:
         """The genesis `selection` dict for this config (the issue-14 keys only when set, so
@@ -128,6 +142,10 @@ class RoundConfig:
             out["aggregate"] = self.aggregate
         if self.drop_ratio != d.drop_ratio:
             out["drop_ratio"] = self.drop_ratio
+        if self.pair_far != d.pair_far:
+            out["pair_far"] = self.pair_far
+        if self.coherence != d.coherence:
+            out["coherence"] = self.coherence
         return out
 
 
@@ -357,6 +375,14 @@ def finish_round(
     else:
         # copies count once: each near-parallel group keeps its first trainer
         collinear = set(collinear_extras(base_state, chosen, config.max_cosine))
+    if config.aggregate != "mean" and config.pair_far > 1.0:
+        collinear |= set(find_far_pairwise(
+            base_state, {t: chosen[t] for t in selection.selected if t not in collinear},
+            config.pair_far))
+    if config.aggregate != "mean" and config.coherence > 0.0:
+        collinear |= set(find_coherent(
+            base_state, {t: chosen[t] for t in selection.selected if t not in collinear},
+            config.coherence))
     if config.aggregate != "mean" and config.drop_ratio > 1.0:
         collinear |= set(find_far(
             base_state, {t: chosen[t] for t in selection.selected if t not in collinear},

@@ -53,6 +53,22 @@ CMFL_RULES: dict[str, RoundConfig] = {
                                  typical="floored", clone_ratio=0.02, max_cosine=0.9,
                                  sample_cap="median", aggregate="clipped-aligned",
                                  drop_ratio=2.0),
+    # cmfl-clip-far that first leaves out far updates by the pairwise scale and updates that
+    # deviate from the mean together (learning.aggregation.find_far_pairwise, find_coherent)
+    "cmfl-coherent": RoundConfig(rule="auto", scoring="median", election="robust",
+                                 typical="floored", clone_ratio=0.02, max_cosine=0.9,
+                                 sample_cap="median", aggregate="clipped-aligned",
+                                 drop_ratio=2.0, pair_far=2.0, coherence=0.5),
+    # the same with a tighter coherence test (colluders keep sqrt(coherence) of their push)
+    "cmfl-coherent-tight": RoundConfig(rule="auto", scoring="median", election="robust",
+                                       typical="floored", clone_ratio=0.02, max_cosine=0.9,
+                                       sample_cap="median", aggregate="clipped-aligned",
+                                       drop_ratio=2.0, pair_far=2.0, coherence=0.2),
+    # the same without find_far's median-distance test
+    "cmfl-coherent-nf": RoundConfig(rule="auto", scoring="median", election="robust",
+                                    typical="floored", clone_ratio=0.02, max_cosine=0.9,
+                                    sample_cap="median", aggregate="clipped-aligned",
+                                    pair_far=2.0, coherence=0.5),
     "cmfl-clip-drop": RoundConfig(rule="auto", scoring="median", election="robust",
                                   typical="floored", clone_ratio=0.02, max_cosine=0.9,
                                   sample_cap="median", aggregate="clipped-aligned",

@@ -1,6 +1,7 @@
 """Issue 14's aggregation safeguards: near-parallel updates left out, declared counts capped."""
 
 import numpy as np
+import pytest
 import torch
 
 from chain.genesis import Genesis
@@ -150,3 +151,45 @@ def test_with_two_trainers_the_clipped_rule_takes_the_committees_outliers():
                       aggregate="clipped-aligned", drop_ratio=2.0)
     dec = decide_round(base, vectors, ups, {t: 5 for t in ups}, 2, ("m1", "m2"), cfg)
     assert dec.selected == ("h",) and torch.equal(dec.new_state["w"], torch.tensor([1.0, 0.5]))
+
+
+def test_a_tight_group_cannot_make_honest_updates_look_far():
+    # Four colluders sit together near the honest mean, pulling the coordinate median to
+    # them; the lower quartile of the pairwise distances is still the honest spread, so no
+    # honest update looks far, and a far pusher does.
+    from learning.aggregation import find_far_pairwise
+    base = _state([0.0, 0.0, 0.0])
+    ups = {"h1": _state([3.0, 0.0, 0.0]), "h2": _state([0.0, 3.0, 0.0]),
+           "h3": _state([0.0, 0.0, 3.0]), "h4": _state([2.0, 2.0, -1.0]),
+           "h5": _state([-1.0, 2.0, 2.0])}
+    for i in range(4):
+        ups[f"c{i}"] = _state([0.5 + 0.01 * i, 0.5, 0.5])
+    assert find_far_pairwise(base, ups, 2.0) == ()
+    ups["far"] = _state([-30.0, -30.0, -30.0])
+    assert find_far_pairwise(base, ups, 2.0) == ("far",)
+    assert find_far_pairwise(base, ups, 1.0) == ()
+
+
+def test_updates_deviating_together_are_left_out():
+    # Honest updates deviate from the mean each their own way; colluders spread their updates
+    # (no two near-parallel) but push one way: their deviations agree.
+    from learning.aggregation import find_coherent, find_collinear
+    base = _state([0.0, 0.0, 0.0, 0.0])
+    ups = {"h1": _state([2.0, 0.0, 0.0, 0.0]), "h2": _state([0.0, 2.0, 0.0, 0.0]),
+           "h3": _state([0.0, 0.0, 2.0, 0.0]), "h4": _state([1.0, 1.0, 1.0, 0.0]),
+           "c1": _state([-1.0, -1.0, -1.0, 1.0]), "c2": _state([-1.0, -1.0, -1.0, -1.0])}
+    assert find_collinear(base, ups, 0.9) == ()
+    assert find_coherent(base, ups, 0.5) == ("c1", "c2")
+    assert find_coherent(base, ups, 0.0) == () and find_coherent(base, {"a": ups["h1"]}, 0.5) == ()
+    vectors = {m: {t: 1.0 + 0.01 * i for i, t in enumerate(sorted(ups))} for m in ("m1", "m2", "m3")}
+    cfg = RoundConfig(rule="auto", scoring="median", election="robust", max_cosine=0.9,
+                      sample_cap="median", aggregate="clipped-aligned", drop_ratio=2.0,
+                      pair_far=2.0, coherence=0.5)
+    dec = decide_round(base, vectors, ups, {t: 10 for t in ups}, 2, ("m1", "m2"), cfg)
+    assert set(dec.selected) == set(ups) and not {"c1", "c2"} & set(dec.aggregated)
+    assert RoundConfig.from_selection(cfg.to_selection()) == cfg
+    assert "coherence" not in RoundConfig().to_selection()
+    with pytest.raises(ValueError):
+        RoundConfig(coherence=1.0)
+    with pytest.raises(ValueError):
+        RoundConfig(pair_far=0.5)
