@@ -8,6 +8,7 @@ block is valid exactly when it re-derives from signed inputs.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from bft.messages import KINDS as PBFT_KINDS
@@ -75,8 +76,25 @@ class RoundContext:
 
     @property
     def quorum(self) -> int:
-        """Score vectors a block needs: a quorum of the committee."""
+        """Score vectors a block needs: a quorum of the committee (see `enough_score_vectors`
+        for a committee with convicted members)."""
         return quorum_size(len(self.committee))
+
+    def enough_score_vectors(self, senders: Collection[str], convicted: Collection[str]) -> bool:
+        """Whether score vectors signed by `senders` are enough for this round's block whose
+        evidence convicts `convicted` (equivocation or twin proofs, which no honest member can
+        be given): a quorum of the committee, or a quorum of its unconvicted members from
+        them alone. A convicted member that sits on the committee (block h records the proof
+        and bars it from the next election, so block h-1's election may have seated it) need
+        not be waited for: it withholds its vector, or peers ban its gossip, and the honest
+        members' vectors are enough (docs/consensus.md, "Committee safety")."""
+        signed = set(senders) & set(self.committee)
+        if len(signed) >= self.quorum:
+            return True
+        clean = set(self.committee) - set(convicted)
+        if not clean or clean == set(self.committee):
+            return False
+        return len(signed & clean) >= quorum_size(len(clean))
 
 
 @dataclass(frozen=True)
@@ -209,14 +227,15 @@ def outline_round(ctx: RoundContext, score_vectors: list[bytes],
         if member in vectors:
             raise BlockError(f"two score vectors from {member[-8:]}")
         vectors[member] = scores
-    if len(vectors) < ctx.quorum:
-        raise BlockError(f"{len(vectors)} score vectors, a quorum is {ctx.quorum}")
-
-    digests = agreed_digests(vectors, ctx.trainers)
     evidence = tuple(sorted(set(evidence)))
     if len(evidence) > MAX_EVIDENCE_PER_BLOCK:
         raise BlockError(f"{len(evidence)} evidence entries, at most {MAX_EVIDENCE_PER_BLOCK}")
     offenders = {check_evidence(ctx.network_id, pair) for pair in evidence}
+    if not ctx.enough_score_vectors(vectors, offenders):
+        raise BlockError(f"{len(vectors)} score vectors, a quorum is {ctx.quorum} (or of the "
+                         "committee members this block's evidence does not convict)")
+
+    digests = agreed_digests(vectors, ctx.trainers)
     # The learning decision is learning.cmfl's, the same code the robustness harness runs.
     selection = select_round(distances(vectors, digests), ctx.selection)
     next_committee = elect_committee(selection, len(ctx.committee), ctx.committee,

@@ -655,8 +655,13 @@ class RoundMachine:
         """Derive the block our score vectors imply; the pBFT core proposes it if we lead."""
         if self.consensus is None or self.candidate is not None:
             return []
-        have = len(self.score_vectors)
-        if have < len(self.ctx.committee) and not (self.propose_expired and have >= self.ctx.quorum):
+        # Every member's vector, or enough once the propose deadline passed. Members the
+        # evidence we hold convicts are not waited for (the block records the proofs, which
+        # lowers the quorum to the other members': chain.round_rules.enough_score_vectors).
+        senders = set(self.score_vectors)
+        if not (senders >= set(self.ctx.committee) - self._proven or self.propose_expired):
+            return []
+        if not self.ctx.enough_score_vectors(senders, self._proven):
             return []
         try:
             block, state = derive_block(self.ctx, list(self.score_vectors.values()),

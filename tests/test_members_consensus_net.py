@@ -8,6 +8,7 @@ import trio
 
 from bft.quorum import quorum_size
 from chain.genesis import Genesis
+from chain.round_rules import evidence_member
 from chain.verify import verify_store
 from p2p_node.node import open_chain
 from tests.cluster import Cluster, EventLog
@@ -63,7 +64,10 @@ def test_seat_holding_colluders_that_equivocate_cannot_fork_a_members_signed_cha
     second, conflicting prepare and commit beside every vote (`equivocate_votes`; they lead
     no view of these heights, where they would also propose twice). The membership's quorum
     (5 of 7) holds at least 3 honest members, so no second value can be certified: one chain,
-    both convicted."""
+    both convicted. Over three heights: block 0 cannot record the proofs (found while it was
+    voted on), so its election seats both again; banned from gossip, they send no score
+    vector in round 1, whose block is made of the two honest members' vectors (the proofs it
+    records lower the quorum to theirs) and seats neither again."""
     from dataclasses import replace
 
     cluster = Cluster(tmp_path, size=7, committee_size=4,
@@ -78,10 +82,7 @@ def test_seat_holding_colluders_that_equivocate_cannot_fork_a_members_signed_cha
     cluster.behaviours = {cluster.ids.index(p): {"byzantine": "equivocate_votes"}
                           for p in colluders}
     log = EventLog()
-    # One height: the next may elect the convicted colluders again (their evidence is recorded
-    # by the next block, not this one), and banned from gossip they withhold their score
-    # vectors until the ban ends (docs/consensus.md, "Committee safety").
-    rounds = 1
+    rounds = 3
     honest = set(cluster.ids) - set(colluders)
     # Only honest peers are waited for: they ban the equivocators from gossip (peer scoring),
     # who then follow late, if at all.
@@ -103,6 +104,12 @@ def test_seat_holding_colluders_that_equivocate_cannot_fork_a_members_signed_cha
         assert report.ok and report.blocks == rounds, report.summary()
         for committed in chain:
             assert len(committed.certificate.votes) >= quorum_size(7)
+        # block 0 re-seated them (its election could not know); block 1 records the proofs,
+        # is made without their vectors, and seats neither again
+        assert set(colluders) <= set(chain[1].block.committee)
+        assert {evidence_member(pair[0]) for pair in chain[1].block.evidence} == set(colluders)
+        assert not set(colluders) & set(chain[1].block.next_committee)
+        assert not set(colluders) & set(chain[2].block.committee)
 
 
 def test_genesis_new_writes_the_consensus_key_only_for_members(tmp_path):

@@ -1,11 +1,13 @@
 """The round core without a network: every peer's machine fed every message, in order."""
 
+import dataclasses
 from collections import deque
 
+import pytest
 import torch
 
-from chain.block import Block, CommitCertificate, CommittedBlock
-from chain.round_rules import RoundContext, check_evidence, trainers_for
+from chain.block import Block, BlockError, CommitCertificate, CommittedBlock
+from chain.round_rules import RoundContext, check_evidence, derive_block, trainers_for
 from gossip.envelope import Envelope, decode_envelope
 from gossip.peer_keys import Signer
 from learning.cmfl import RoundConfig
@@ -320,3 +322,72 @@ def test_a_block_with_a_forged_certificate_is_refused_as_misbehaviour():
     [rejected] = observer.on_envelope(env)
     assert rejected.penalty == "invalid-block" and rejected.sender == TRAINERS[1]
     assert observer.certified is None
+
+
+# A committee with convicted members (issue 14): block h records an equivocation proof and bars
+# its signer from the next election, but block h-1's election may have seated it already.
+def proof_against(member):
+    """Two different updates `member` signed in round 0: a proof check_evidence accepts."""
+    a, b = (Envelope("update", NET, 0, "", {"n": n}).signed_by(SIGNERS[member]).encode()
+            for n in (1, 2))
+    assert check_evidence(NET, (a, b)) == member
+    return a, b
+
+
+def test_convicted_committee_members_lower_the_score_vector_quorum_to_the_others():
+    ctx = context()  # a committee of 4: a quorum is 3
+    a, b, c, d = COMMITTEE
+    assert ctx.quorum == 3
+    assert ctx.enough_score_vectors({a, b, c}, ()) and not ctx.enough_score_vectors({a, b}, ())
+    # with c and d convicted, a quorum of the other two (both) is enough ...
+    assert ctx.enough_score_vectors({a, b}, {c, d})
+    # ... but only from them: the convicted members' own vectors do not make up the lower
+    # quorum (they count towards the committee's, as in every block before this rule)
+    assert not ctx.enough_score_vectors({a, c}, {c, d}) and not ctx.enough_score_vectors({a}, {c, d})
+    assert ctx.enough_score_vectors({a, c, d}, {c, d})
+    # one convicted: the three others are needed (a quorum of 3 is 2 there, plus 3 in all)
+    assert ctx.enough_score_vectors({a, b}, {d}) and not ctx.enough_score_vectors({a, d}, {d})
+    # a convicted trainer changes nothing; a fully convicted committee needs the old quorum
+    assert not ctx.enough_score_vectors({a, b}, {TRAINERS[0]})
+    assert ctx.enough_score_vectors({a, b, c}, set(COMMITTEE))
+    assert not ctx.enough_score_vectors({a, b}, set(COMMITTEE))
+
+
+def members_network(crashed, evidence):
+    """Every member runs pBFT (genesis consensus = "members"); each holds `evidence`."""
+    ctx = dataclasses.replace(context(), validators=MEMBERS)
+    net = Network(crashed=crashed)
+    net.machines = {p: RoundMachine(ctx, p, evidence=evidence) for p in MEMBERS}
+    return ctx, net
+
+
+def test_seated_convicted_members_that_stay_silent_do_not_stall_the_round():
+    """Two of the four committee members are convicted by proofs every peer holds (from the last
+    round, not yet recorded) and send nothing (banned from gossip): the other two members'
+    vectors make the block, which records the proofs and seats neither again."""
+    convicted = COMMITTEE[2:]
+    evidence = tuple(sorted(proof_against(m) for m in convicted))
+    ctx, net = members_network(set(convicted), evidence)
+    net.run()  # no deadline needed: convicted members are not waited for
+    assert set(net.commits) == set(MEMBERS) - set(convicted)
+    [block] = {c.block for c in net.commits.values()}
+    for committed in net.commits.values():
+        committed.certificate.verify(block, MEMBERS)
+    assert len(block.score_vectors) == 2 and set(block.evidence) == set(evidence)
+    assert not set(block.next_committee) & set(convicted)
+    assert len(block.next_committee) == len(COMMITTEE) and ATTACKER not in block.selected
+    # every peer re-derives it the same way; without the proofs the two vectors are too few
+    machine = net.machines[TRAINERS[0]]
+    assert derive_block(ctx, list(block.score_vectors), machine.updates, block.evidence)[0] == block
+    with pytest.raises(BlockError, match="a quorum is 3"):
+        derive_block(ctx, list(block.score_vectors), machine.updates, ())
+
+
+def test_without_the_proofs_the_silent_members_still_stall_the_round():
+    """The same two members silent but not convicted: two vectors of four are no quorum, and
+    the round waits (for them, or for a view change) rather than deciding on too few."""
+    ctx, net = members_network(set(COMMITTEE[2:]), ())
+    net.run()
+    net.expire("collect")
+    net.expire("propose")
+    assert not net.commits
