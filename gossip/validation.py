@@ -28,8 +28,26 @@ DISTINCT_PER_ROUND = {"update": 2, "scores": 2}
 #: limit an honest member could reach would silence its view changes when they matter most.
 DISTINCT_PER_ROUND_ALL = 128
 #: The kinds those limits apply to: a block, an equivocation proof or a join request may be
-#: forwarded for rounds long past, and are bounded elsewhere.
+#: forwarded after their round, and are bounded elsewhere.
 _UNLIMITED_KINDS = ("block", "evidence", "join")
+#: Kinds valid rounds after they were signed: an equivocation proof (until a block records it)
+#: and a join request (chain.membership.JOIN_WINDOW decides for how long).
+_LASTING_KINDS = ("evidence", "join")
+#: Kinds that open the next round: the block of height h is what starts round h + 1 (a peer
+#: still in round h commits from it), and a member's metrics report on it is sent after it.
+_OPENING_KINDS = ("block", "metrics")
+
+
+def is_past(kind: str, round_: int, current_round: int) -> bool:
+    """Whether a message belongs to a round a peer in `current_round` has moved past: it is
+    then neither relayed nor replayed nor gossiped (docs/network.md, "A peer grafted
+    mid-training"). A round-scoped message is past once its round is over; a block or a
+    metrics report once the round it opened is over too; evidence and join requests never."""
+    if kind in _LASTING_KINDS:
+        return False
+    if kind in _OPENING_KINDS:
+        return round_ < current_round - 1
+    return round_ < current_round
 
 
 @dataclass(frozen=True)
@@ -106,12 +124,12 @@ class EnvelopeAdmission:
             # peer admitted (or departed) in a block we have not reached (or have passed).
             return Verdict(None, "not-member", f"sender {env.sender[-8:]} is not a member",
                            benign=env.round != self.current_round)
-        # A committed block or a proof of equivocation stays valid after its round; a join
-        # request for a few rounds (chain.membership.JOIN_WINDOW decides which). A stale message
-        # is dropped before its signature is checked: nothing is done with it either way, and a
-        # flood of well-signed old messages would otherwise cost one Ed25519 check each.
-        if env.round < self.current_round and env.kind not in ("block", "evidence", "join",
-                                                               "metrics"):
+        # A stale message is dropped before its signature is checked: nothing is done with it
+        # either way, and a flood of well-signed old messages would otherwise cost one Ed25519
+        # check each. A metrics report is admitted for the federated evaluation's window
+        # (p2p_node/federated_eval.py: an evaluation may finish rounds late), but the message
+        # cache does not replay it once is_past (gossip/round_gossip.py).
+        if env.kind != "metrics" and is_past(env.kind, env.round, self.current_round):
             return Verdict(None, "stale-round", f"round {env.round} < {self.current_round}",
                            benign=True)
         if not env.has_valid_signature():

@@ -28,7 +28,7 @@ from libp2p.tools.anyio_service.exceptions import LifecycleError
 from gossip.envelope import MAX_ENVELOPE_BYTES
 from gossip.guarded_pubsub import GuardedPubsub, guard_host
 from gossip.peer_keys import Signer
-from gossip.peer_scoring import ScoredGossipSub
+from gossip.round_gossip import RoundScopedGossipSub
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
@@ -79,17 +79,20 @@ async def _never_dial() -> None:
 
 
 def build_host(signer: Signer, mdns: bool = False) -> tuple[IHost, GuardedPubsub,
-                                                             ScoredGossipSub]:
+                                                             RoundScopedGossipSub]:
     """A TCP host with Noise pinned (no plaintext, no secio) and yamux, plus gossipsub v1.1.
 
     The router scores peers (gossip/peer_scoring.py): negative-score peers leave the mesh.
+    It forgets past rounds (gossip/round_gossip.py): what a peer moved past is not replayed,
+    gossiped or served on IWANT, once the validator notes each message's round (`note_admitted`)
+    and the driver the peer's (`enter_round`).
     Pubsub is guarded (gossip/guarded_pubsub.py): no peer input can end the process, each
     forwarder has a budget, and graylisted peers are disconnected and refused.
     With `mdns`, the host answers and sends mDNS queries on the LAN; that only fills the
     peerstore, so p2p_node.discovery is what dials the peers found.
     """
     host = build_transport_host(signer, mdns)
-    router = ScoredGossipSub(
+    router = RoundScopedGossipSub(
         protocols=[PROTOCOL_ID_V11], degree=6, degree_low=4, degree_high=12,
         heartbeat_interval=HEARTBEAT_SECONDS, heartbeat_initial_delay=0.1,
         spam_protection_enabled=True,
@@ -117,7 +120,7 @@ def _is_shutdown_race(exc: BaseException) -> bool:
 
 @asynccontextmanager
 async def running_host(signer: Signer, listen: list[str], mdns: bool = False) -> AsyncIterator[
-        tuple[IHost, GuardedPubsub, ScoredGossipSub]]:
+        tuple[IHost, GuardedPubsub, RoundScopedGossipSub]]:
     """Build, start and listen; everything stops when the block exits."""
     host, pubsub, router = build_host(signer, mdns)
     stopping = False

@@ -182,7 +182,7 @@ class Node:
         self._pubsub: Any = None
         self._inbox_send, self._inbox = trio.open_memory_channel[Any](100_000)
         self.host: Any = None
-        self.router: Any = None  # gossip.peer_scoring.ScoredGossipSub: penalize(peer, reason)
+        self.router: Any = None  # gossip.round_gossip.RoundScopedGossipSub: penalize, enter_round
 
     # set-up ------------------------------------------------------------------------------------
     def _load_task(self) -> Task:
@@ -291,6 +291,8 @@ class Node:
             origin = None if topic in RELAYED_TOPICS else ID(msg.from_id).to_base58()
             verdict = self.admission.admit(msg.data, kinds, origin=origin)
             report_verdict(self.router, forwarder, verdict)  # misbehaviour lowers its score
+            if verdict.envelope is not None:  # its round: not replayed once we move past it
+                self.router.note_admitted(msg, verdict.envelope.kind, verdict.envelope.round)
             if not verdict.accepted:
                 if verdict.code == "future-round":
                     self.sync.hint_behind()  # peers are rounds ahead: are we behind?
@@ -453,6 +455,7 @@ class Node:
         for kind in machine.written_ahead:
             log.info("round %d: publishing the %s signed before a restart", ctx.height, kind)
         self.admission.current_round = ctx.height
+        self.router.enter_round(ctx.height)  # past rounds' messages are not replayed to anyone
         self.admission.members = frozenset(ctx.members)
         if self.discovery is not None:  # dial admitted members too (the founders stay dialled)
             self.discovery.allowed = frozenset(self.genesis.members) | frozenset(ctx.members)

@@ -7,7 +7,7 @@ from libp2p.peer.id import ID
 
 from gossip.envelope import MAX_ENVELOPE_BYTES, Envelope, EnvelopeError, decode_envelope
 from gossip.peer_keys import Signer, peer_id_from_public_key, public_key_from_peer_id
-from gossip.validation import DISTINCT_PER_ROUND_ALL, EnvelopeAdmission
+from gossip.validation import DISTINCT_PER_ROUND_ALL, EnvelopeAdmission, is_past
 
 NET = bytes(range(32))
 ALICE, BOB, MALLORY = (Signer(bytes([i]) * 32) for i in (1, 2, 3))
@@ -53,8 +53,14 @@ def test_admission_rejects_with_a_reason(mutate, code):
     assert not verdict.accepted and verdict.code == code and verdict.reason
 
 
-def test_a_committed_block_stays_admissible_after_its_round():
-    assert admission().admit(signed(kind="block", round_=1).encode()).accepted
+def test_a_committed_block_is_admissible_for_the_round_it_opens_then_stale():
+    assert admission().admit(signed(kind="block", round_=2).encode()).accepted
+    assert admission().admit(signed(kind="block", round_=1).encode()).code == "stale-round"
+    # a metrics report is a report, admitted for the federated evaluation's window
+    assert admission().admit(signed(kind="metrics", round_=1).encode()).accepted
+    for kind in ("evidence", "join"):  # valid rounds after they were signed
+        assert not is_past(kind, 0, 10)
+    assert is_past("commit", 2, 3) and not is_past("commit", 3, 3)
 
 
 def test_topic_accepts_only_its_kinds():
