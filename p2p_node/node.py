@@ -617,16 +617,20 @@ class Node:
 
     async def _fetch_model(self, height: int, action: FetchModel) -> None:
         """Fetch a certified block's model by its hash from any connected peer (those that
-        committed it serve it as a checkpoint); retried until it arrives or the round ends."""
+        committed it serve it as a checkpoint), the certificate's signers first; retried until
+        it arrives or the round ends."""
         delay = 0.5
         started = time.monotonic()
+        first = set(action.providers)
         while True:
             held = self.models.get(action.ref.digest)
             if held is not None:
                 data = held
                 break
+            connected = self.host.get_connected_peers()
+            providers = sorted(connected, key=lambda p: p.to_base58() not in first)
             try:
-                data = await fetch_blob(self.host, self.host.get_connected_peers(), action.ref,
+                data = await fetch_blob(self.host, providers, action.ref,
                                         max_bytes=action.ref.size,
                                         on_bad_provider=self.router.penalize)
                 self.traffic.add("blob", "in", len(data))

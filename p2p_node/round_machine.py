@@ -184,6 +184,9 @@ class FetchModel:
     takes the model the certificate binds instead of re-deriving it."""
 
     ref: BlobRef
+    #: who to ask first: the certificate's signers (each committed the block, so it holds the
+    #: model unless it crashed since)
+    providers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -860,4 +863,5 @@ class RoundMachine:
                                           f"invalid: {exc}")]
         # Any model of this layout encodes to the base's size (learning.tensors.state_bytes).
         self._model_ref = BlobRef(block.model_hash, len(state_bytes(self.ctx.base_state)))
-        return [FetchModel(self._model_ref)]
+        signers = tuple(member for member, _ in self.certified.certificate.votes)
+        return [FetchModel(self._model_ref, signers)]
