@@ -630,8 +630,9 @@ class Node:
             connected = self.host.get_connected_peers()
             providers = sorted(connected, key=lambda p: p.to_base58() not in first)
             try:
+                # A short chunk deadline: one stalled provider must not hold up the others.
                 data = await fetch_blob(self.host, providers, action.ref,
-                                        max_bytes=action.ref.size,
+                                        max_bytes=action.ref.size, chunk_timeout=10.0,
                                         on_bad_provider=self.router.penalize)
                 self.traffic.add("blob", "in", len(data))
                 break
