@@ -90,3 +90,21 @@ def test_a_keys_map_must_name_exactly_the_readers_with_well_sized_wraps():
         parse_wraps({**sealed.wraps, readers[0]: b"short"}, readers)
     with pytest.raises(SealError, match="not a map"):
         parse_wraps([1, 2], readers)
+
+
+def test_genesis_writes_the_sealing_key_only_when_set_and_refuses_unknown_values(tmp_path):
+    from dataclasses import replace
+
+    from chain.genesis import Genesis, GenesisError
+    from p2p_node.cli import main
+
+    ids = [s.peer_id for s in SIGNERS]
+    base = ["genesis", "new", "--committee-size", "3", *[a for p in ids for a in ("--member", p)]]
+    assert main([*base, "--out", str(tmp_path / "plain.json")]) == 0
+    assert main([*base, "--out", str(tmp_path / "sealed.json"), "--sealing", "validators"]) == 0
+    plain, sealed = Genesis.load(tmp_path / "plain.json"), Genesis.load(tmp_path / "sealed.json")
+    assert "sealing" not in plain.to_dict()  # as every genesis before the key: same id
+    assert sealed.to_dict()["sealing"] == "validators" and sealed.sealing == "validators"
+    assert sealed.network_id != plain.network_id
+    with pytest.raises(GenesisError, match="sealing must be one of"):
+        replace(plain, sealing="everyone").check()
