@@ -7,6 +7,7 @@ the network's start-up.
 
     python bench/round_cost.py [--peers 10] [--rounds 6] [--attackers 2] [--hidden 2048,1024]
         [--compression int8]   (the genesis codec: none, fp16, int8 or topk:<fraction>)
+        [--sealing validators] (updates sealed to the committee: docs/privacy.md)
 
 `--hidden 2048,1024` makes each update ~9 MB (over 8 MiB): updates then travel as signed blob
 references and are fetched over streams, so the gossip stage includes the fetches.
@@ -53,6 +54,8 @@ def main() -> int:
                         help="hidden layer widths, comma-separated (default 64)")
     parser.add_argument("--compression", default="none",
                         help="the genesis update codec: none, fp16, int8 or topk:<fraction>")
+    parser.add_argument("--sealing", choices=["none", "validators"], default="none",
+                        help="genesis sealing (docs/privacy.md)")
     parser.add_argument("--out", type=Path, help="keep the demo's folder here")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="round-cost-"))
@@ -60,7 +63,7 @@ def main() -> int:
     codec = UpdateCodec.from_text(args.compression)
     code = run_demo(DemoConfig(out=out, peers=args.peers, attackers=args.attackers,
                                rounds=args.rounds, hidden=hidden,
-                               compression=codec.to_settings()))
+                               compression=codec.to_settings(), sealing=args.sealing))
     events = [json.loads(line) for d in sorted(out.glob("peer-*"))
               for line in (d / "events.jsonl").read_text().splitlines()]
     split = stage_split([e for e in events if e["event"] == "committed"])
@@ -72,7 +75,7 @@ def main() -> int:
     for stage in ("train", "gossip", "score", "agree", "store"):
         print(f"  {stage:<7} {split[stage]:8.3f}  {100 * split[stage] / split['round']:5.1f}%")
     print(f"  {'round':<7} {split['round']:8.3f}")
-    print(f"update codec: {args.compression}")
+    print(f"update codec: {args.compression}, sealing: {args.sealing}")
     print(f"ratio round / local training alone: {split['round'] / split['train']:.1f}x")
     moved = [e["bytes"] for e in events
              if e["event"] == "committed" and e["height"] > 0 and "bytes" in e]
@@ -80,6 +83,11 @@ def main() -> int:
         print("payload bytes per peer per round (mean over peers and rounds 1+; KiB):")
         for key in ("gossip_in", "gossip_published", "blob_in", "blob_out", "in", "out"):
             print(f"  {key:<17} {statistics.fmean(m[key] for m in moved) / 1024:10.1f}")
+        for role, on in (("committee", True), ("not on the committee", False)):
+            got = [e["bytes"]["in"] for e in events if e["event"] == "committed" and
+                   e["height"] > 0 and "bytes" in e and (e["peer"] in e["committee"]) == on]
+            if got:
+                print(f"  in, {role:<21} {statistics.fmean(got) / 1024:10.1f}")
         peers_heard = statistics.fmean(len(m["by_peer"]) for m in moved)
         print(f"  (each peer received from {peers_heard:.1f} distinct peers a round)")
     fetched = [e for e in events if e["event"] == "blob_fetched" and e["height"] > 0]

@@ -24,6 +24,9 @@ class GenesisError(ValueError):
 
 #: who signs commit certificates (Genesis.consensus)
 CONSENSUS_SETS = ("committee", "members")
+#: who can read an update (Genesis.sealing): everyone ("none", updates in the clear) or only
+#: the round's validators, the peers that score or re-derive its block ("validators")
+SEALING_MODES = ("none", "validators")
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,9 @@ class Genesis:
     #: how updates travel (learning.compression.UpdateCodec): {"codec": "fp16"}, {"codec":
     #: "int8"} or {"codec": "topk", "fraction": f}; empty: the trained state itself
     compression: dict[str, Any] = field(default_factory=dict)
+    #: "validators": every update is sealed to the round's validators (gossip.sealing): the
+    #: committee, or every member under `consensus = "members"`; "none": in the clear
+    sealing: str = "none"
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -81,6 +87,8 @@ class Genesis:
             d["consensus"] = self.consensus
         if self.compression:  # likewise: a genesis without compression keeps its id
             d["compression"] = self.compression
+        if self.sealing != "none":  # likewise: a genesis without sealing keeps its id
+            d["sealing"] = self.sealing
         return d
 
     @property
@@ -100,7 +108,8 @@ class Genesis:
                     membership=dict(d.get("membership", {})),
                     task=dict(d.get("task", {})),
                     consensus=str(d.get("consensus", "committee")),
-                    compression=dict(d.get("compression", {})))
+                    compression=dict(d.get("compression", {})),
+                    sealing=str(d.get("sealing", "none")))
         except (KeyError, TypeError, ValueError) as exc:
             raise GenesisError(f"genesis is missing or has a bad field: {exc}") from None
         g.check()
@@ -133,6 +142,8 @@ class Genesis:
         if self.consensus not in CONSENSUS_SETS:
             raise GenesisError(f"consensus must be one of {CONSENSUS_SETS}, got "
                                f"{self.consensus!r}")
+        if self.sealing not in SEALING_MODES:
+            raise GenesisError(f"sealing must be one of {SEALING_MODES}, got {self.sealing!r}")
         try:
             UpdateCodec.from_settings(self.compression)
         except (TypeError, ValueError) as exc:

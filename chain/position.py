@@ -43,6 +43,8 @@ class ChainPosition:
         self.codec = UpdateCodec.from_settings(genesis.compression)
         #: whether the whole membership, not the committee, signs certificates
         self.members_sign = genesis.consensus == "members"
+        #: whether updates are sealed to the round's validators (genesis `sealing`)
+        self.sealed = genesis.sealing == "validators"
         #: height of the next block
         self.height = 0
         self.prev_hash = self.network_id
@@ -66,7 +68,7 @@ class ChainPosition:
             trainers=trainers_for(self.members, self.committee), base_state={},
             base_hash=self.head_model or b"", selection=self.selection, excluded=self.excluded,
             dp=self.dp, membership=self.rules, roster=self.roster, codec=self.codec,
-            validators=self.members if self.members_sign else ())
+            validators=self.members if self.members_sign else (), sealed=self.sealed)
 
     def convicts(self, committed: CommittedBlock) -> set[str]:
         """The members this block convicts for the first time (before `advance` over it)."""

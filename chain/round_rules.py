@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from bft.messages import KINDS as PBFT_KINDS
 from bft.quorum import quorum_size
 from chain.block import Block, BlockError, MembershipChange, UpdateRef
-from chain.membership import MembershipRules, Roster, derive_changes
+from chain.membership import MembershipRules, Roster, derive_changes, join_requests
 from gossip.envelope import Envelope, EnvelopeError, decode_envelope
 from gossip.peer_record import RecordError, decode_record, is_peer_record, twin_records
 from learning.cmfl import (
@@ -58,6 +58,14 @@ class RoundContext:
     #: how updates travel (genesis `compression`): scoring and aggregation take each update as
     #: decoded against `base_state` (learning.compression), so every peer holds the same one
     codec: UpdateCodec = UpdateCodec()
+    #: genesis `sealing = "validators"`: updates are sealed to `readers` (gossip.sealing)
+    sealed: bool = False
+
+    @property
+    def readers(self) -> tuple[str, ...]:
+        """Who may read this round's updates: on a sealed network its validators (they score
+        it or re-derive its block), on any other every peer (empty: no list)."""
+        return tuple(sorted(self.consensus_members)) if self.sealed else ()
 
     @property
     def consensus_members(self) -> tuple[str, ...]:
@@ -245,6 +253,41 @@ def outline_round(ctx: RoundContext, score_vectors: list[bytes],
     membership = derive_changes(ctx.membership, ctx.current_roster, ctx.network_id, ctx.height,
                                 ctx.committee, ctx.trainers, named, joins)
     return RoundOutline(digests, selection, evidence, tuple(sorted(next_committee)), membership)
+
+
+#: Largest sample count a valid update carries (the round core refuses larger ones).
+MAX_SAMPLES = 2**40
+
+
+def check_outline(ctx: RoundContext, block: Block) -> RoundOutline:
+    """Raise BlockError unless everything `block` records but its new model follows from its
+    signed score vectors, evidence and join requests in this round's context: what a peer that
+    holds no update (chain.verify, a sync, a non-reader of a sealed network) checks, besides
+    the certificate."""
+    if block.committee != ctx.committee:
+        raise BlockError("committee is not the one the previous block elected")
+    if block.trainers != ctx.trainers:
+        raise BlockError("trainers are not the members off the committee")
+    if block.score_vectors != tuple(sorted(block.score_vectors)):
+        raise BlockError("score vectors are not in canonical order")
+    outline = outline_round(ctx, list(block.score_vectors), block.evidence,
+                            join_requests(block))
+    if block.evidence != outline.evidence:
+        raise BlockError("evidence is not sorted and unique")
+    if block.selected != outline.selection.selected:
+        raise BlockError("selected trainers do not follow from the score vectors")
+    refs = [(u.peer, u.digest) for u in block.updates]
+    if refs != [(t, outline.digests[t]) for t in outline.selection.selected]:
+        raise BlockError("update references are not the selected, scored updates")
+    if any(not 0 < u.samples < MAX_SAMPLES for u in block.updates):
+        raise BlockError("an update reference has an impossible sample count")
+    check_recorded_dp(ctx, block.updates)
+    if block.next_committee != outline.next_committee:
+        raise BlockError("next committee does not follow the election rule")
+    if block.membership != outline.membership:
+        raise BlockError("membership changes are not the admissions of the block's join "
+                         "requests and the departures its chain implies")
+    return outline
 
 
 def derive_block(

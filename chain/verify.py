@@ -17,16 +17,14 @@ from typing import TYPE_CHECKING
 
 from chain.block import BlockError, CommittedBlock
 from chain.genesis import Genesis
-from chain.membership import join_requests
 from chain.position import ChainPosition
-from chain.round_rules import check_recorded_dp, outline_round
+from chain.round_rules import MAX_SAMPLES, check_outline
 from learning.tensors import state_from_bytes
 
 if TYPE_CHECKING:  # the checks are pure; only verify_store walks a store on disk (sqlite)
     from chain.store import BlockStore, ModelStore
 
-#: Largest sample count a valid update carries (the round core refuses larger ones).
-MAX_SAMPLES = 2**40
+__all__ = ["MAX_SAMPLES", "ChainVerifier", "VerifyReport", "check_model", "verify_store"]
 
 
 class ChainVerifier(ChainPosition):
@@ -46,28 +44,8 @@ class ChainVerifier(ChainPosition):
         ctx = self.context()
         if block.committee != ctx.committee:
             raise BlockError("committee is not the one the previous block elected")
-        if block.trainers != ctx.trainers:
-            raise BlockError("trainers are not the members off the committee")
         committed.certificate.verify(block, ctx.consensus_members)
-        if block.score_vectors != tuple(sorted(block.score_vectors)):
-            raise BlockError("score vectors are not in canonical order")
-        outline = outline_round(ctx, list(block.score_vectors), block.evidence,
-                                join_requests(block))
-        if block.evidence != outline.evidence:
-            raise BlockError("evidence is not sorted and unique")
-        if block.selected != outline.selection.selected:
-            raise BlockError("selected trainers do not follow from the score vectors")
-        refs = [(u.peer, u.digest) for u in block.updates]
-        if refs != [(t, outline.digests[t]) for t in outline.selection.selected]:
-            raise BlockError("update references are not the selected, scored updates")
-        if any(not 0 < u.samples < MAX_SAMPLES for u in block.updates):
-            raise BlockError("an update reference has an impossible sample count")
-        check_recorded_dp(ctx, block.updates)
-        if block.next_committee != outline.next_committee:
-            raise BlockError("next committee does not follow the election rule")
-        if block.membership != outline.membership:
-            raise BlockError("membership changes are not the admissions of the block's join "
-                             "requests and the departures its chain implies")
+        check_outline(ctx, block)
 
 
 def check_model(committed: CommittedBlock, models: ModelStore) -> bool | None:

@@ -127,7 +127,8 @@ def _cmd_genesis_new(args: argparse.Namespace) -> int:
               "test_fraction": 0.2},
         selection={"rule": args.selection, "fraction": args.fraction, "scoring": args.scoring,
                    "election": args.election, "outlier_ratio": args.outlier_ratio},
-        membership=membership, consensus=args.consensus, **_genesis_task(args.task))
+        membership=membership, consensus=args.consensus, sealing=args.sealing,
+        **_genesis_task(args.task))
     genesis.check()
     genesis.save(args.out)
     print(f"wrote {args.out}: network id {genesis.network_id.hex()}")
@@ -480,7 +481,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         out=args.out, peers=args.peers, attackers=args.attackers, attack=args.attack,
         rounds=args.rounds, committee_size=args.committee_size, seed=args.seed,
         partition=args.partition, compare=args.compare, hidden=tuple(args.hidden),
-        task=args.task, consensus=args.consensus))
+        task=args.task, consensus=args.consensus, sealing=args.sealing))
 
 
 #: who signs certificates in a new genesis (chain.genesis.Genesis.consensus)
@@ -493,6 +494,19 @@ def _consensus_option(p: argparse.ArgumentParser) -> None:
                         "committee, or every member (a quorum of the whole membership, so a "
                         "captured committee cannot fork the chain: docs/consensus.md, "
                         f"\"Committee safety\"; default {DEFAULT_CONSENSUS})")
+
+
+#: who can read an update in a new genesis (chain.genesis.Genesis.sealing)
+DEFAULT_SEALING = "none"
+
+
+def _sealing_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sealing", choices=["none", "validators"], default=DEFAULT_SEALING,
+                   help="who can read an update: everyone (none: gossiped in the clear) or "
+                        "only the round's validators (the committee; every member with "
+                        "--consensus members): updates are encrypted to their keys, and other "
+                        "peers commit on the certificate and fetch the new model by its hash "
+                        f"(docs/privacy.md; default {DEFAULT_SEALING})")
 
 
 def _widths(text: str) -> list[int]:
@@ -590,6 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a trainer silent for this many rounds in a row leaves the pool (it may "
                         "join again); 0 never (default: 3 with --admission, else never)")
     _consensus_option(p)
+    _sealing_option(p)
     p.set_defaults(func=_cmd_genesis_new)
 
     p = command("run", "run a peer until stopped (SIGINT/SIGTERM) or for --rounds blocks",
@@ -679,6 +694,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "conv + batch norm) or credit (German Credit, AUC and KS); each peer "
                         "also reports metrics on its own held-out shard")
     _consensus_option(p)
+    _sealing_option(p)
     p.set_defaults(func=_cmd_demo)
     return parser
 

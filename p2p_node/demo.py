@@ -51,6 +51,8 @@ class DemoConfig:
     compression: dict[str, Any] = field(default_factory=dict)
     #: who signs certificates: the committee or every member (chain.genesis.Genesis.consensus)
     consensus: str = "committee"
+    #: who can read an update: "none" or "validators" (chain.genesis.Genesis.sealing)
+    sealing: str = "none"
 
 
 @dataclass
@@ -190,7 +192,8 @@ def _run_network(cfg: DemoConfig, out: Path, n_attackers: int,
     genesis = Genesis(name=f"demo-{name}", members=tuple(ids),
                       committee=tuple(ids[:cfg.committee_size]), seed=cfg.seed,
                       data={"dataset": "digits", "partition": cfg.partition, "alpha": 0.5,
-                            "test_fraction": 0.2}, consensus=cfg.consensus, **extra)
+                            "test_fraction": 0.2}, consensus=cfg.consensus,
+                      sealing=cfg.sealing, **extra)
     genesis.save(out / "genesis.json")
     ports = free_ports(cfg.peers)
     addrs = [f"/ip4/127.0.0.1/tcp/{p}/p2p/{pid}" for p, pid in zip(ports, ids)]
@@ -201,6 +204,8 @@ def _run_network(cfg: DemoConfig, out: Path, n_attackers: int,
     rule = "FedAvg (every update)" if selection else "CMFL selection"
     if cfg.consensus == "members":
         rule += ", every member signs certificates"
+    if cfg.sealing != "none":
+        rule += f", updates sealed to the {cfg.sealing}"
     print(f"demo: {cfg.peers} peers ({who}), committee of {cfg.committee_size}, "
           f"{cfg.rounds} rounds, task {cfg.task} ({cfg.partition}), {rule}")
     print(f"demo: network id {genesis.network_id.hex()[:16]}, output in {out}/")

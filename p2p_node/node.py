@@ -30,6 +30,7 @@ from chain.store import BlockStore, ModelStore, retain_checkpoints
 from chain.verify import ChainVerifier
 from gossip.envelope import MAX_ENVELOPE_BYTES, Envelope, decode_envelope
 from gossip.peer_record import RecordSigner
+from gossip.sealing import SealKey
 from gossip.transfer import BlobServer, BlobSources, BlobStore, TransferError, fetch_blob
 from gossip.validation import EnvelopeAdmission
 from learning.attacks import Attack, make_attack
@@ -70,7 +71,9 @@ from p2p_node.round_machine import (
     BlobArrived,
     Commit,
     FetchBlob,
+    FetchModel,
     HintBehind,
+    ModelArrived,
     OfferBlob,
     Persist,
     Publish,
@@ -168,7 +171,8 @@ class Node:
                                            joiners=self.membership.joiners())
         #: the protocol state across rounds (evidence, joins, later rounds' messages) and the
         #: current round's machine
-        self.core = RoundCore(self.network_id, self.me, self.membership, config.timeouts)
+        self.core = RoundCore(self.network_id, self.me, self.membership, config.timeouts,
+                              seal_key=SealKey(self.signer))
         self.discovery: Discovery | None = None
         self.on_event = on_event or (lambda e: None)
         self.rejections: dict[str, int] = defaultdict(int)
@@ -511,6 +515,8 @@ class Node:
                 self._keep_blob(ctx.height, action.data)
             elif isinstance(action, FetchBlob):
                 nursery.start_soon(self._fetch_update_blob, ctx.height, action)
+            elif isinstance(action, FetchModel):
+                nursery.start_soon(self._fetch_model, ctx.height, action)
             elif isinstance(action, SetTimer):
                 nursery.start_soon(self._timer, ctx.height, action)
             elif isinstance(action, HintBehind):
@@ -611,6 +617,36 @@ class Node:
                        "seconds": round(seconds, 3)})
         self._keep_blob(height, data)  # serve it on: peers not connected to the trainer
         await self._inbox_send.send(BlobArrived(height, action.ref.digest, data))
+
+    async def _fetch_model(self, height: int, action: FetchModel) -> None:
+        """Fetch a certified block's model by its hash from any connected peer (those that
+        committed it serve it as a checkpoint), the certificate's signers first; retried until
+        it arrives or the round ends."""
+        delay = 0.5
+        started = time.monotonic()
+        first = set(action.providers)
+        while True:
+            held = self.models.get(action.ref.digest)
+            if held is not None:
+                data = held
+                break
+            connected = self.host.get_connected_peers()
+            providers = sorted(connected, key=lambda p: p.to_base58() not in first)
+            try:
+                # A short chunk deadline: one stalled provider must not hold up the others.
+                data = await fetch_blob(self.host, providers, action.ref,
+                                        max_bytes=action.ref.size, chunk_timeout=10.0,
+                                        on_bad_provider=self.router.penalize)
+                self.traffic.add("blob", "in", len(data))
+                break
+            except TransferError as exc:
+                log.info("round %d: model %s not fetched yet (%s)", height,
+                         action.ref.digest.hex()[:12], exc)
+            await trio.sleep(delay)
+            delay = min(2 * delay, 4.0)
+        log.debug("round %d: fetched the %d-byte model %s in %.2fs", height, len(data),
+                  action.ref.digest.hex()[:12], time.monotonic() - started)
+        await self._inbox_send.send(ModelArrived(height, action.ref.digest, data))
 
     async def _train(self, ctx: RoundContext, times: RoundTimes) -> None:
         g = self.genesis

@@ -19,6 +19,7 @@ from chain.block import BlockError
 from chain.membership import JOIN_WINDOW, MembershipRules, admissible_joins, join_request
 from chain.round_rules import MAX_EVIDENCE_PER_BLOCK, RoundContext, check_evidence
 from gossip.envelope import Envelope
+from gossip.sealing import SealKey
 from p2p_node.future_messages import FutureMessages
 from p2p_node.round_machine import (
     Action,
@@ -88,8 +89,11 @@ class RoundCore:
                  timeouts: RoundTimeouts = RoundTimeouts(),
                  future: FutureMessages | None = None,
                  max_joins: int = MAX_HELD_JOINS,
-                 max_evidence: int = MAX_HELD_EVIDENCE) -> None:
+                 max_evidence: int = MAX_HELD_EVIDENCE,
+                 seal_key: SealKey | None = None) -> None:
         self.network_id = network_id
+        #: our X25519 key for sealed networks (gossip.sealing), handed to every round's machine
+        self.seal_key = seal_key
         self.me = me
         self.membership = membership
         self.timeouts = timeouts
@@ -122,7 +126,8 @@ class RoundCore:
         self.ctx = ctx
         self.machine = RoundMachine(ctx, self.me, evidence=evidence, joins=joins,
                                     timeouts=self.timeouts, persisted=persisted,
-                                    residual=residual, **machine_options)
+                                    residual=residual, seal_key=self.seal_key,
+                                    **machine_options)
         # A lagging peer may still fetch last round's blobs: their failures stay relevant.
         self._unserved = {(h, t) for h, t in self._unserved if h >= ctx.height - 1}
         self._future_logged = {(r, s) for r, s in self._future_logged if r > ctx.height}

@@ -10,7 +10,11 @@ Flow: trainers publish updates; each committee member scores every update agains
 publishes the signed score vector; once it holds enough vectors, every member derives the block
 they imply and hands it to its pBFT core as its candidate; the leader of the view proposes it and
 the committee agrees (bft.pbft: prepare, commit, view change). A quorum of signed commits is the
-block's certificate. Every peer, member or not, re-derives the block before it commits it.
+block's certificate. Every peer, member or not, re-derives the block before it commits it,
+except on a network whose genesis seals updates to the round's validators (`sealing =
+"validators"`, gossip.sealing): there a peer that cannot read the updates checks the certified
+block's certificate and everything its score vectors decide (chain.round_rules.check_outline),
+then fetches the new model by its hash (FetchModel) and commits it.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from chain.round_rules import (
     MissingUpdates,
     ReceivedUpdate,
     RoundContext,
+    check_outline,
     derive_block,
     evidence_member,
     parse_scores_body,
@@ -38,6 +43,8 @@ from chain.round_rules import (
 )
 from gossip.envelope import MAX_ENVELOPE_BYTES, Envelope, decode_envelope
 from gossip.blob_ref import BlobRef, TransferError
+from gossip.sealing import SealError, SealKey, open_sealed, parse_wraps, seal, sealed_size, \
+    wraps_size
 from learning.compression import (
     decode_delta,
     delta_from_bytes,
@@ -46,7 +53,14 @@ from learning.compression import (
 )
 from learning.dp_accounting import DpReport
 from learning.scoring import score_updates
-from learning.tensors import ModelState, decode_state, encode_state, state_from_bytes
+from learning.tensors import (
+    ModelState,
+    decode_state,
+    encode_state,
+    state_bytes,
+    state_from_bytes,
+    state_hash,
+)
 
 #: An update whose tensors encode to more than this travels as a blob reference (gossip carries
 #: the signed digest, a stream carries the bytes): the rest of the envelope is well under 4 KiB.
@@ -117,7 +131,17 @@ class TimerFired:
     view: int
 
 
-Input = Union[Received, Trained, BlobArrived, TimerFired]
+@dataclass(frozen=True)
+class ModelArrived:
+    """The bytes of a certified block's new model, fetched by its hash (FetchModel; the hash
+    already checked)."""
+
+    height: int
+    digest: bytes
+    data: bytes
+
+
+Input = Union[Received, Trained, BlobArrived, TimerFired, ModelArrived]
 
 
 # actions ---------------------------------------------------------------------------------------
@@ -151,6 +175,18 @@ class FetchBlob:
 
     ref: BlobRef
     provider: str
+
+
+@dataclass(frozen=True)
+class FetchModel:
+    """Fetch the checkpoint `ref` (a certified block's new model, by its hash) from any peer
+    that holds it, and hand it to on_model: a peer that cannot read a sealed round's updates
+    takes the model the certificate binds instead of re-deriving it."""
+
+    ref: BlobRef
+    #: who to ask first: the certificate's signers (each committed the block, so it holds the
+    #: model unless it crashed since)
+    providers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -221,8 +257,8 @@ class Commit:
     new_state: ModelState
 
 
-Action = Union[Publish, PublishSigned, OfferBlob, FetchBlob, SetTimer, Persist, HintBehind,
-               Evidence, Rejected, Withheld, Commit]
+Action = Union[Publish, PublishSigned, OfferBlob, FetchBlob, FetchModel, SetTimer, Persist,
+               HintBehind, Evidence, Rejected, Withheld, Commit]
 
 
 @dataclass(frozen=True)
@@ -235,6 +271,8 @@ class PendingUpdate:
     ref: BlobRef
     #: the announcement's "dp" entry ({} without), checked with the tensors once they arrive
     dp_entry: dict = field(default_factory=dict)
+    #: on a sealed network, the key wraps the blob's ciphertext opens with (gossip.sealing)
+    wraps: dict = field(default_factory=dict)
 
 
 class RoundMachine:
@@ -247,8 +285,11 @@ class RoundMachine:
                  timeouts: RoundTimeouts = RoundTimeouts(),
                  persisted: Mapping[str, bytes | None] | None = None,
                  residual: ModelState | None = None,
+                 seal_key: SealKey | None = None,
                  ) -> None:
         self.ctx = ctx
+        #: our X25519 key (gossip.sealing): opens what is sealed to us, keys what we seal
+        self.seal_key = seal_key
         #: a trainer's error-feedback residual (topk: what earlier updates left unsent),
         #: carried in from the last round and replaced by this round's once we train
         self.residual = residual
@@ -296,6 +337,8 @@ class RoundMachine:
         self.validated: dict[bytes, tuple[Block, ModelState]] = {}
         self._pending_validity: dict[bytes, Block] = {}
         self.committed: Commit | None = None
+        #: a non-reader's fetch of the certified block's model (FetchModel), once asked
+        self._model_ref: BlobRef | None = None
         self.consensus: pbft.PbftCore | None = None
         if self.is_validator:
             args = (ctx.consensus_members, me, self._validate_value, self._verify_message)
@@ -318,6 +361,12 @@ class RoundMachine:
     def is_trainer(self) -> bool:
         return self.me in self.ctx.trainers
 
+    @property
+    def is_reader(self) -> bool:
+        """Whether this peer reads the round's updates: every peer, unless the genesis seals
+        them to the round's validators (then only those, who score or re-derive the block)."""
+        return not self.ctx.sealed or self.me in self.ctx.readers
+
     # inputs ------------------------------------------------------------------------------------
     def start(self) -> list[Action]:
         """Begin the round: arm the collect deadline and the stall watch; committee members
@@ -339,6 +388,8 @@ class RoundMachine:
                 return self._write_ahead(self.on_own_update(state, samples, dp))
             case BlobArrived(_, digest, data):
                 return self._write_ahead(self.on_blob(digest, data))
+            case ModelArrived(_, digest, data):
+                return self.on_model(digest, data)
             case TimerFired(_, name, view):
                 return self._write_ahead(self.on_timer(name, view))
         raise TypeError(f"not a round input: {event!r}")
@@ -384,12 +435,38 @@ class RoundMachine:
                 tensors, self.residual = encode_with_feedback(
                     self.ctx.base_state, state, self.ctx.codec, self.residual)
             data = cbor2.dumps(tensors, canonical=True)
+            if self.ctx.sealed:
+                return self._sealed_update(data, common)
             if len(data) <= INLINE_UPDATE_BYTES:
                 return [Publish("update", {key: tensors, **common})]
             # Too large for one gossip message: gossip the signed reference, serve the bytes.
             return [OfferBlob(data),
                     Publish("update", {"blob": BlobRef.of(data).to_obj(), **common})]
         return []
+
+    def _sealed_update(self, data: bytes, common: dict[str, Any]) -> list[Action]:
+        """Our update's bytes sealed to the round's readers (docs/protocol.md, "Sealed
+        updates"): inline if it fits a gossip message, else the ciphertext as a blob."""
+        if self.seal_key is None:
+            raise ValueError("a sealed network's trainer needs its seal key")
+        key, nonce = self.seal_key.content_key(self._seal_context(), data)
+        sealed = seal(data, self.ctx.readers, key, nonce)
+        keys = {"keys": sealed.wraps_obj()}
+        if len(sealed.ciphertext) + wraps_size(self.ctx.readers) <= INLINE_UPDATE_BYTES:
+            return [Publish("update", {"sealed": sealed.ciphertext, **keys, **common})]
+        return [OfferBlob(sealed.ciphertext),
+                Publish("update", {"blob": BlobRef.of(sealed.ciphertext).to_obj(), **keys,
+                                   **common})]
+
+    def _seal_context(self) -> bytes:
+        """What a content key is bound to besides the plaintext: the network and round."""
+        return self.ctx.network_id + self.ctx.height.to_bytes(8, "big")
+
+    def _open(self, ciphertext: bytes, wraps: dict[str, bytes]) -> bytes:
+        """The plaintext of an update sealed to us; SealError if it does not open."""
+        if self.seal_key is None:
+            raise SealError("this peer holds no seal key")
+        return open_sealed(ciphertext, wraps, self.seal_key)
 
     def on_blob(self, digest: bytes, data: bytes) -> list[Action]:
         """The bytes of an update announced by reference arrived (already hash-checked)."""
@@ -398,7 +475,12 @@ class RoundMachine:
             return []
         del self.pending_blobs[pending.sender]
         try:
+            if self.ctx.sealed:
+                data = self._open(data, pending.wraps)
             state = self._decode_tensors(data)
+        except SealError as exc:
+            self._refused_updates.add(pending.digest)
+            return [Rejected(pending.sender, "update", f"sealed blob: {exc}", "invalid-update")]
         except ValueError as exc:
             self._refused_updates.add(pending.digest)
             return [Rejected(pending.sender, "update", f"bad tensors: {exc}",
@@ -408,6 +490,28 @@ class RoundMachine:
         if actions:
             self._refused_updates.add(pending.digest)
         return actions + self._progress()
+
+    def on_model(self, digest: bytes, data: bytes) -> list[Action]:
+        """A non-reader's fetched checkpoint of the certified block's model (hash checked)."""
+        if self.committed or self.certified is None or self._model_ref is None or \
+                digest != self._model_ref.digest:
+            return []
+        certified = self.certified
+        base = self.ctx.base_state
+        try:
+            state = state_from_bytes(data)
+            if set(state) != set(base) or any(state[k].shape != base[k].shape or
+                                              state[k].dtype != base[k].dtype for k in base):
+                raise ValueError("its tensors do not match the model")
+            if state_hash(state) != certified.block.model_hash:
+                raise ValueError("it re-encodes to another hash")
+        except ValueError as exc:
+            # Hash-correct bytes that are no model: a quorum certified garbage.
+            self.certified = None
+            return [Rejected("", "block", f"certified block {certified.block.hash().hex()[:12]}"
+                                          f"'s model is invalid: {exc}")]
+        self.committed = Commit(certified, state)
+        return [self.committed, Publish("block", certified.to_obj(), repeat=False)]
 
     def on_collect_deadline(self) -> list[Action]:
         """Stop waiting for late updates: score what has arrived."""
@@ -453,6 +557,8 @@ class RoundMachine:
     def _on_update(self, env: Envelope) -> list[Action]:
         if env.sender not in self.ctx.trainers:
             return [Rejected(env.sender, "update", "sender is not a trainer this round")]
+        if not self.is_reader:
+            return []  # sealed to the validators: the block comes certified, the model by hash
         digest = env.digest()
         if digest in self._refused_updates:
             return []  # refused once already (its blob did not decode): a rebroadcast
@@ -463,19 +569,28 @@ class RoundMachine:
             return self._second_message(self._update_envelopes[env.sender], env)
         body = env.payload
         # Exactly one of the inline tensors or a blob reference; "dp" when training used DP.
-        # Inline tensors are the state itself ("model") or, under a genesis codec, a "delta".
-        inline = "delta" if self.ctx.codec.compresses else "model"
-        if not isinstance(body, dict) or not (set(body) - {"dp"} == {inline, "samples", "base"}
-                                              or set(body) - {"dp"} == {"blob", "samples", "base"}):
+        # Inline tensors are the state itself ("model") or, under a genesis codec, a "delta";
+        # on a sealed network, their ciphertext ("sealed") and its key wraps ("keys").
+        inline = "sealed" if self.ctx.sealed else "delta" if self.ctx.codec.compresses \
+            else "model"
+        extra = {"keys"} if self.ctx.sealed else set()
+        if not isinstance(body, dict) or set(body) - {"dp"} not in (
+                {inline, "samples", "base", *extra}, {"blob", "samples", "base", *extra}):
             return [Rejected(env.sender, "update", "malformed update body" + (
-                f" (this network's updates carry a {inline!r} map: genesis compression "
-                f"{self.ctx.codec.name})" if isinstance(body, dict) and
-                {"model", "delta"} & set(body) else ""), "invalid-update")]
+                self._body_hint(inline) if isinstance(body, dict) and
+                {"model", "delta", "sealed"} & set(body) else ""), "invalid-update")]
         if body["base"] != self.ctx.base_hash:
             return [Rejected(env.sender, "update", "trained from another base model")]
         samples = body["samples"]
         if not isinstance(samples, int) or isinstance(samples, bool) or not 0 < samples < 2**40:
             return [Rejected(env.sender, "update", "bad sample count", "invalid-update")]
+        wraps: dict[str, bytes] = {}
+        if self.ctx.sealed:
+            try:
+                wraps = parse_wraps(body["keys"], self.ctx.readers)
+            except SealError as exc:
+                return [Rejected(env.sender, "update", f"sealed update: {exc}",
+                                 "invalid-update")]
         if "blob" in body:
             try:
                 ref = BlobRef.from_obj(body["blob"], max_size=self._expected_blob_size())
@@ -489,11 +604,17 @@ class RoundMachine:
             dp_entry = {"dp": body["dp"]} if "dp" in body else {}
             self._update_envelopes[env.sender] = env
             self.pending_blobs[env.sender] = PendingUpdate(env.sender, digest, samples, ref,
-                                                           dp_entry)
+                                                           dp_entry, wraps)
             return [FetchBlob(ref, env.sender)]
         try:
-            state = (decode_delta(self.ctx.base_state, body["delta"], self.ctx.codec)
-                     if self.ctx.codec.compresses else decode_state(body["model"]))
+            if self.ctx.sealed:
+                state = self._decode_tensors(self._open(body["sealed"], wraps))
+            elif self.ctx.codec.compresses:
+                state = decode_delta(self.ctx.base_state, body["delta"], self.ctx.codec)
+            else:
+                state = decode_state(body["model"])
+        except SealError as exc:
+            return [Rejected(env.sender, "update", f"sealed update: {exc}", "invalid-update")]
         except ValueError as exc:
             return [Rejected(env.sender, "update", f"bad tensors: {exc}",
                              "invalid-update")]
@@ -501,6 +622,13 @@ class RoundMachine:
         if env.sender in self.updates:
             self._update_envelopes[env.sender] = env
         return actions
+
+    def _body_hint(self, inline: str) -> str:
+        """Why an update body with the wrong inline key is refused, for the log."""
+        if self.ctx.sealed:
+            return " (this network seals updates: genesis sealing validators)"
+        return (f" (this network's updates carry a {inline!r} map: genesis compression "
+                f"{self.ctx.codec.name}, no sealing)")
 
     def _second_message(self, first: Envelope, second: Envelope) -> list[Action]:
         """A second, different update or score vector signed by one sender this round: honest
@@ -519,7 +647,8 @@ class RoundMachine:
         """Bytes of any update's tensors: the layout is the base model's and the codec the
         genesis', so the size is fixed too."""
         if self._blob_size is None:
-            self._blob_size = encoded_size(self.ctx.base_state, self.ctx.codec)
+            size = encoded_size(self.ctx.base_state, self.ctx.codec)
+            self._blob_size = sealed_size(size) if self.ctx.sealed else size
         return self._blob_size
 
     def _decode_tensors(self, data: bytes) -> ModelState:
@@ -705,6 +834,8 @@ class RoundMachine:
     def _maybe_commit(self) -> list[Action]:
         if self.certified is None:
             return []
+        if not self.is_reader:
+            return self._fetch_certified_model()
         try:
             derived = self._rederive(self.certified.block)
         except BlockError as exc:
@@ -720,3 +851,22 @@ class RoundMachine:
                                   if p not in recorded and p != self.me]
         return withheld + [self.committed,
                            Publish("block", self.certified.to_obj(), repeat=False)]
+
+    def _fetch_certified_model(self) -> list[Action]:
+        """A non-reader of a sealed round holds no update to re-derive the certified block
+        from: it checks what the score vectors decide (their signatures included) and asks for
+        the model the certificate binds, by its hash (then on_model commits)."""
+        assert self.certified is not None
+        if self._model_ref is not None:
+            return []  # asked already: on_model commits
+        block = self.certified.block
+        try:
+            check_outline(self.ctx, block)
+        except BlockError as exc:
+            bad, self.certified = self.certified, None
+            return [Rejected("", "block", f"certified block {bad.block.hash().hex()[:12]} is "
+                                          f"invalid: {exc}")]
+        # Any model of this layout encodes to the base's size (learning.tensors.state_bytes).
+        self._model_ref = BlobRef(block.model_hash, len(state_bytes(self.ctx.base_state)))
+        signers = tuple(member for member, _ in self.certified.certificate.votes)
+        return [FetchModel(self._model_ref, signers)]

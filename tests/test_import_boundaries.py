@@ -16,7 +16,7 @@ PURE = [
     "chain.membership", "chain.genesis",
     "bft.pbft", "bft.messages", "bft.quorum", "bft.byzantine",
     "gossip.validation", "gossip.envelope", "gossip.cbor_profile", "gossip.peer_record",
-    "gossip.blob_ref",
+    "gossip.blob_ref", "gossip.sealing",
     "learning.scoring", "learning.selection", "learning.election", "learning.aggregation",
     "learning.tensors", "learning.compression", "learning.dp_accounting", "learning.dp_noise", "learning.cmfl",
 ]

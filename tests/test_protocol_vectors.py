@@ -142,3 +142,30 @@ def test_each_codec_vector_decodes_to_its_documented_tensors(vectors):
     for c in v["codecs"]:
         got = state_from_bytes(bytes.fromhex(c["decoded"]))
         assert got["n"].tolist() == trained["n"].tolist() and float(got["count"]) == 6.0
+
+
+def test_sealed_update_opens_for_each_reader_and_only_with_its_key(vectors):
+    """docs/protocol.md, Sealed updates: the wraps are libsodium sealed boxes to the readers'
+    X25519 keys, the ciphertext a secretbox of the plaintext under the wrapped key."""
+    import nacl.bindings as sodium
+
+    from gossip.peer_keys import Signer
+    from gossip.sealing import SealError, SealKey, open_sealed
+
+    v = vectors["sealed_update"]
+    env = decode_envelope(bytes.fromhex(v["envelope"]["wire"]))
+    assert env.has_valid_signature() and env.payload["sealed"].hex() == v["ciphertext"]
+    assert v["ciphertext"].startswith(v["nonce"])
+    seeds = {k["peer_id"]: bytes.fromhex(k["seed"]) for k in vectors["keys"]}
+    for row in v["readers"]:
+        signer = Signer(seeds[row["peer_id"]])
+        x_secret = sodium.crypto_sign_ed25519_sk_to_curve25519(signer.seed + signer.public_key)
+        assert x_secret.hex() == row["x25519_secret"]
+        assert sodium.crypto_scalarmult_base(x_secret).hex() == row["x25519_public"]
+        key = SealKey(signer)
+        assert key.unwrap(bytes.fromhex(row["wrap"])).hex() == v["content_key"]
+        assert open_sealed(env.payload["sealed"], env.payload["keys"], key).hex() == \
+            v["plaintext"]
+    trainer = Signer(seeds[env.sender])
+    with pytest.raises(SealError, match="not sealed to us"):
+        open_sealed(env.payload["sealed"], env.payload["keys"], SealKey(trainer))

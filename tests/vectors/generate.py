@@ -71,6 +71,47 @@ def int8_update(trainer: Signer, base_hash: bytes) -> Envelope:
                                                   "base": base_hash}).signed_by(trainer)
 
 
+def sealed_update(trainer: Signer, readers: list[Signer], base_hash: bytes) -> dict[str, Any]:
+    """An inline update on a network whose genesis sets sealing validators: the content key,
+    nonce and ciphertext as a sender derives them, and each key wrap built with a fixed
+    ephemeral key (crypto_box_seal's own layout, which otherwise draws that key at random)."""
+    import nacl.bindings as sodium
+    import nacl.encoding
+    import nacl.hash
+
+    from gossip.sealing import SealKey, seal
+
+    plaintext = cbor2.dumps({"w": {"dtype": "float32", "shape": [2],
+                                   "data": bytes.fromhex("0000803f00000040")}}, canonical=True)
+    context = NETWORK_ID + (1).to_bytes(8, "big")
+    key, nonce = SealKey(trainer).content_key(context, plaintext)
+    ciphertext = seal(plaintext, [], key, nonce).ciphertext
+    wraps, rows = {}, []
+    for i, reader in enumerate(sorted(readers, key=lambda r: r.peer_id)):
+        x_public = sodium.crypto_sign_ed25519_pk_to_curve25519(reader.public_key)
+        x_secret = sodium.crypto_sign_ed25519_sk_to_curve25519(reader.seed + reader.public_key)
+        eph_secret = hashlib.sha256(b"cmfl test vectors ephemeral %d" % i).digest()
+        eph_public = sodium.crypto_scalarmult_base(eph_secret)
+        box_nonce = nacl.hash.blake2b(eph_public + x_public, digest_size=24,
+                                      encoder=nacl.encoding.RawEncoder)
+        wrap = eph_public + sodium.crypto_box(key, box_nonce, x_public, eph_secret)
+        wraps[reader.peer_id] = wrap
+        rows.append({"peer_id": reader.peer_id, "x25519_public": x_public.hex(),
+                     "x25519_secret": x_secret.hex(), "ephemeral_secret": eph_secret.hex(),
+                     "wrap": wrap.hex()})
+    env = Envelope("update", NETWORK_ID, 1, "", {"sealed": ciphertext, "keys": wraps,
+                                                 "samples": 10, "base": base_hash}
+                   ).signed_by(trainer)
+    return {"note": "an inline update sealed to the committee (genesis sealing validators; "
+                    "docs/protocol.md, Sealed updates): ciphertext = nonce | "
+                    "crypto_secretbox_easy(plaintext, nonce, content_key); each wrap = "
+                    "crypto_box_seal(content_key, reader's X25519 key), here with a fixed "
+                    "ephemeral key",
+            "plaintext": plaintext.hex(), "content_key": key.hex(), "nonce": nonce.hex(),
+            "ciphertext": ciphertext.hex(), "readers": rows,
+            "envelope": _env(env, "sealed inline update")}
+
+
 def build() -> dict[str, Any]:
     keys = signers()
     committee = sorted(k.peer_id for k in keys[:4])
@@ -125,6 +166,7 @@ def build() -> dict[str, Any]:
                       _env(int8_update(trainer, base), "inline int8 delta update (genesis "
                            "compression int8): q [127, -64], float32 scale 0.5/127")],
         "update_codecs": codec_vectors(),
+        "sealed_update": sealed_update(trainer, [by_id[m] for m in committee], base),
         "block": {"committee": committee, "encoded": block.encode().hex(),
                   "hash": block.hash().hex(), "prev_hash": block.prev_hash.hex(),
                   "certificate": {"view": view, "commits": [[m, s.hex()] for m, s in votes]},
