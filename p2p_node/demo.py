@@ -51,6 +51,8 @@ class DemoConfig:
     compression: dict[str, Any] = field(default_factory=dict)
     #: who signs certificates: the committee or every member (chain.genesis.Genesis.consensus)
     consensus: str = "committee"
+    #: the genesis `training` map (epochs, lr, batch_size), {} for the genesis default
+    training: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -182,6 +184,8 @@ def _run_network(cfg: DemoConfig, out: Path, n_attackers: int,
         extra["model"] = {"layers": [64, *cfg.hidden, 10]}
     if cfg.compression:
         extra["compression"] = dict(cfg.compression)
+    if cfg.training:
+        extra["training"] = dict(cfg.training)
     if cfg.task != "digits":
         from learning.task import load_task
 
