@@ -46,6 +46,8 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
+if not __package__:  # run as a script: bench/ is sys.path[0], and bench/gossip.py would shadow
+    sys.path[0] = str(ROOT)  # the gossip package
 BENCH_VENV = ROOT / ".venv-bench"
 BENCH_BIN = BENCH_VENV / "bin"
 CLIENTS = 10
@@ -542,8 +544,9 @@ def main() -> int:
                  "heavy": [Workload("heavy", "cnn", args.heavy_epochs)]}
     chosen = (workloads["demo"] + workloads["heavy"] if args.workload == "both"
               else workloads[args.workload])
-    out = args.out or Path(tempfile.mkdtemp(prefix="vs-flower-"))
+    out = (args.out or Path(tempfile.mkdtemp(prefix="vs-flower-"))).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    os.chdir(ROOT)  # our peers run `python -m p2p_node` from here: this tree's code
     results: dict = {}
     for w in chosen:
         by_system: dict[str, list[RunResult]] = {s: [] for s in systems}
