@@ -34,15 +34,20 @@ def stage_split(events: list[dict]) -> dict[str, float]:
             continue  # not a committee member this round (or the start-up round)
         score = m.get("score_seconds", 0.0)
         store = m["store_seconds"]
-        rows.append({
+        row = {
             "train": m["train_seconds"],
             "gossip": m["collected"] - m["trained"] - score,
             "score": score,
             "agree": m["committed"] - m["collected"] - store,
             "store": store,
             "round": m["committed"],
-        })
-    return {k: statistics.fmean(r[k] for r in rows) for k in rows[0]} if rows else {}
+        }
+        if "proposed" in m:  # agree = scores in -> pre-prepare, then prepare + commit
+            row["to_proposal"] = m["proposed"] - m["collected"]
+            row["to_commit"] = m["committed"] - store - m["proposed"]
+        rows.append(row)
+    keys = {k for r in rows for k in r}
+    return {k: statistics.fmean(r[k] for r in rows if k in r) for k in keys} if rows else {}
 
 
 def main() -> int:
@@ -74,6 +79,9 @@ def main() -> int:
           "mean over committee members (seconds):")
     for stage in ("train", "gossip", "score", "agree", "store"):
         print(f"  {stage:<7} {split[stage]:8.3f}  {100 * split[stage] / split['round']:5.1f}%")
+        if stage == "agree" and "to_proposal" in split:
+            print(f"    scores -> pre-prepare {split['to_proposal']:8.3f}   "
+                  f"pre-prepare -> commit {split['to_commit']:8.3f}  (members that saw one)")
     print(f"  {'round':<7} {split['round']:8.3f}")
     print(f"update codec: {args.compression}, sealing: {args.sealing}")
     print(f"ratio round / local training alone: {split['round'] / split['train']:.1f}x")

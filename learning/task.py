@@ -234,7 +234,9 @@ def sgd_cross_entropy(model: torch.nn.Module, data: Dataset, epochs: int, lr: fl
     """Plain SGD on cross-entropy, shuffled from seed (the digits task's training)."""
     if epochs < 0 or batch_size < 1 or not lr > 0:
         raise ValueError(f"bad hyper-parameters: epochs={epochs} lr={lr} batch_size={batch_size}")
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.0)
+    from learning.training import PlainSgd
+
+    opt = PlainSgd(model.parameters(), lr)
     gen = torch.Generator().manual_seed(seed)
     n = len(data)
     for _ in range(epochs):
@@ -244,7 +246,7 @@ def sgd_cross_entropy(model: torch.nn.Module, data: Dataset, epochs: int, lr: fl
             if len(batch) < 2 and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
                                       for m in model.modules()):
                 continue  # batch norm cannot train on one sample
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             loss = torch.nn.functional.cross_entropy(model(data.x[batch]), data.y[batch])
             loss.backward()
             opt.step()

@@ -53,6 +53,8 @@ class DemoConfig:
     consensus: str = "committee"
     #: who can read an update: "none" or "validators" (chain.genesis.Genesis.sealing)
     sealing: str = "none"
+    #: the genesis `training` map (epochs, lr, batch_size), {} for the genesis default
+    training: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -184,6 +186,8 @@ def _run_network(cfg: DemoConfig, out: Path, n_attackers: int,
         extra["model"] = {"layers": [64, *cfg.hidden, 10]}
     if cfg.compression:
         extra["compression"] = dict(cfg.compression)
+    if cfg.training:
+        extra["training"] = dict(cfg.training)
     if cfg.task != "digits":
         from learning.task import load_task
 

@@ -163,3 +163,37 @@ def test_false_scores_pull_colluders_in_and_push_honest_out():
     base = {"w": torch.tensor([1.0])}
     flipped = att.poison_update(base, {"w": torch.tensor([3.0])}, np.random.default_rng(0))
     assert torch.equal(flipped["w"], torch.tensor([-1.0]))
+
+
+def test_plain_sgd_makes_the_bits_of_torch_optim_sgd():
+    """PlainSgd (no torch.optim, so no torch._dynamo import) trains the same bits as
+    torch.optim.SGD(momentum=0) on the MLP and on the cnn task (batch norm buffers too)."""
+    import learning.training as training
+    from learning.builtin_tasks import DigitsCnnTask, DigitsTask
+    from learning.task import demo_shard
+
+    class TorchSgd:
+        def __init__(self, params, lr):
+            self.opt = torch.optim.SGD(list(params), lr=lr, momentum=0.0)
+
+        def zero_grad(self):
+            self.opt.zero_grad(set_to_none=True)
+
+        def step(self):
+            self.opt.step()
+
+    settings = {"partition": "iid", "test_fraction": 0.2}
+    hp = {"epochs": 2, "lr": 0.1, "batch_size": 16}
+    for task in (DigitsTask({}), DigitsCnnTask({})):
+        local = demo_shard(task, 0, settings, 10, 1)[0]
+        base = task.initial_state(0)
+        ours = task.train_state(base, local, hp, 7)
+        plain = training.PlainSgd
+        training.PlainSgd = TorchSgd
+        try:
+            reference = task.train_state(base, local, hp, 7)
+        finally:
+            training.PlainSgd = plain
+        assert sorted(ours) == sorted(reference)
+        for k in ours:
+            assert torch.equal(ours[k], reference[k]), k
