@@ -24,6 +24,8 @@ JS = ROOT / "interop" / "js"
 ROUNDS = 10
 #: the height after which the js peer sends its hostile envelopes (and is pruned for them)
 HOSTILE_AT = 6
+#: a byte of the domain string inside the signed layout (array head, text head, then the text)
+FLIPPED_LAYOUT_BYTE = 5
 #: what each hostile envelope must be refused as (live_peer.mjs sends each to one peer)
 EXPECTED = {"forged-signature": ("forged-signature", "signature does not verify"),
             "undecodable": ("undecodable", "not profile CBOR"),
@@ -126,5 +128,27 @@ def test_a_js_libp2p_peer_verifies_a_live_network_and_its_hostile_envelopes_are_
             assert len({c[h] for c in chains}) == 1, f"peers disagree at height {h}"
         assert chains[0][chain["height"]] == chain["head"]
         assert not net.dead()
+        print(f"js verifier against {report['peers_dialled']} of our peers: "
+              f"{chain['blocks_verified']} blocks ({chain['certificate_signatures_verified']} "
+              f"certificate and {chain['score_vector_signatures_verified']} score-vector "
+              f"signatures), {gossip['envelope_signatures_verified']} gossip envelope "
+              f"signatures, {len(report['failures'])} failures")
+
+        # The same verifier with one byte of the signed layout changed (a letter of the domain
+        # string, §4) fails against the same live network. A fresh key: a reader, not a member.
+        flipped_key = tmp_path / "flipped.key"
+        flipped_key.write_text(hashlib.sha256(b"flipped").hexdigest())
+        flipped = subprocess.run(
+            [node, str(JS / "live_peer.mjs"), "--genesis", str(tmp_path / "genesis.json"),
+             "--key-file", str(flipped_key), "--rounds", "2", "--timeout", "120",
+             "--flip-layout-byte", str(FLIPPED_LAYOUT_BYTE), "--fail-fast",
+             *[x for i in ours for x in ("--peer", net.addrs[i])]],
+            capture_output=True, text=True, timeout=200)
+        failures = json.loads(flipped.stdout.strip().splitlines()[-1])["failures"]
+        print(f"with byte {FLIPPED_LAYOUT_BYTE} of the signed layout flipped: exit "
+              f"{flipped.returncode}, first failure: {failures[:1]}")
+        assert flipped.returncode == 1 and any(
+            "does not verify" in f or "bad certificate signature" in f for f in failures), (
+            failures, flipped.stderr[-2000:])
     finally:
         net.stop_all()

@@ -8,6 +8,11 @@
 //
 //   node live_peer.mjs --genesis G --key-file K --peer MULTIADDR... [--rounds 10]
 //                      [--timeout 240] [--hostile] [--hostile-at 3]
+//                      [--flip-layout-byte N] [--fail-fast]
+//
+// --flip-layout-byte N verifies against a signed layout with byte N flipped (a check that a
+// one-byte disagreement with docs/protocol.md §4 fails the run); --fail-fast stops at the
+// first failure.
 //
 // Prints one JSON report on stdout; progress on stderr. Exit 0 iff nothing failed to verify.
 import './node20.mjs'; // before any libp2p module
@@ -24,11 +29,11 @@ import { generateKeyPairFromSeed, generateKeyPair } from '@libp2p/crypto/keys';
 import { peerIdFromPrivateKey } from '@libp2p/peer-id';
 import { multiaddr } from '@multiformats/multiaddr';
 import { decode, encode } from './cbor.mjs';
-import { decodeEnvelope, ed25519Verify, envelopeValid, hex, isPeerRecord, sha256, signedBytes, verifyCommitted, verifyPeerRecord } from './protocol.mjs';
+import { decodeEnvelope, ed25519Verify, envelopeValid, flipSignedLayoutByte, hex, isPeerRecord, sha256, signedBytes, verifyCommitted, verifyPeerRecord } from './protocol.mjs';
 import { networkIdOf, parseGenesisJson } from './genesis.mjs';
 
 // ---- arguments -------------------------------------------------------------------------------
-const args = { peer: [], rounds: 10, timeout: 240, hostile: false, hostileAt: 3 };
+const args = { peer: [], rounds: 10, timeout: 240, hostile: false, hostileAt: 3, flipLayoutByte: -1, failFast: false };
 for (let i = 2; i < process.argv.length; i++) {
   const a = process.argv[i];
   const next = () => process.argv[++i];
@@ -39,12 +44,15 @@ for (let i = 2; i < process.argv.length; i++) {
   else if (a === '--timeout') args.timeout = Number(next());
   else if (a === '--hostile') args.hostile = true;
   else if (a === '--hostile-at') args.hostileAt = Number(next());
+  else if (a === '--flip-layout-byte') args.flipLayoutByte = Number(next());
+  else if (a === '--fail-fast') args.failFast = true;
   else { console.error(`unknown argument ${a}`); process.exit(2); }
 }
 if (!args.genesis || !args.keyFile || args.peer.length === 0) {
   console.error('usage: live_peer.mjs --genesis G --key-file K --peer MULTIADDR... [--rounds N] [--hostile]');
   process.exit(2);
 }
+if (args.flipLayoutByte >= 0) flipSignedLayoutByte(args.flipLayoutByte);
 const say = (...m) => console.error(`[js ${((Date.now() - t0) / 1000).toFixed(1)}s]`, ...m);
 const t0 = Date.now();
 
@@ -474,6 +482,7 @@ while (Date.now() < deadline) {
   if (Date.now() - lastPing > 5000) { lastPing = Date.now(); pingAll(); }
   const afterHostile = !args.hostile || (report.hostile.at_height !== undefined && report.chain.height >= report.hostile.at_height + 2);
   if (report.chain.blocks_verified >= args.rounds && hostileDone && afterHostile) break;
+  if (args.failFast && report.failures.length) break;
   await new Promise((r) => setTimeout(r, 1000));
 }
 if (report.chain.blocks_verified < args.rounds) fail(`only ${report.chain.blocks_verified} blocks verified before the deadline`);

@@ -49,8 +49,15 @@ export function decodeEnvelope(wire) {
   return env;
 }
 
+// A verifier whose signed layout differs from the specified one by one byte (tests only:
+// `live_peer.mjs --flip-layout-byte N` must then fail against a live network).
+let flipAt = -1;
+export function flipSignedLayoutByte(offset) { flipAt = offset; }
+
 export function signedBytes(env) {
-  return encode([DOMAIN, env.kind, env.networkId, env.round, env.sender, env.payload]);
+  const bytes = Uint8Array.from(encode([DOMAIN, env.kind, env.networkId, env.round, env.sender, env.payload]));
+  if (flipAt >= 0) bytes[flipAt] ^= 1;
+  return bytes;
 }
 
 export function envelopeValid(env) {
