@@ -64,7 +64,8 @@ class Workload:
     def shard(self, index: int) -> tuple[Dataset, Dataset, Dataset]:
         return demo_shard(self.task, SEED, DATA, self.clients, index)
 
-    def train(self, arrays: list[np.ndarray], data: Dataset, seed: int) -> tuple[list[np.ndarray], float]:
+    def train(self, arrays: list[np.ndarray], data: Dataset,
+              seed: int) -> tuple[list[np.ndarray], float]:
         started = time.perf_counter()
         state = self.task.train_state(self.to_state(arrays), data, self.training, seed)
         return self.to_arrays(state), time.perf_counter() - started

@@ -93,7 +93,11 @@ def build_host(signer: Signer, mdns: bool = False) -> tuple[IHost, GuardedPubsub
     """
     host = build_transport_host(signer, mdns)
     router = RoundScopedGossipSub(
-        protocols=[PROTOCOL_ID_V11], degree=6, degree_low=4, degree_high=12,
+        # Mesh degree 4 (3-6), not py-libp2p's 6 (4-12): on 10 peer processes sharing 2 cores a
+        # round's CPU is mostly py-libp2p handling duplicate wire copies (each peer receives
+        # about D copies of every message); D = 4 cut CPU per round 4.8 -> 2.6 s and a round
+        # 2.5 -> 1.3 s (bench/vs_flower.py --systems ours, docs/results/cost.md).
+        protocols=[PROTOCOL_ID_V11], degree=4, degree_low=3, degree_high=6,
         heartbeat_interval=HEARTBEAT_SECONDS, heartbeat_initial_delay=0.1,
         spam_protection_enabled=True,
         max_messages_per_topic_per_second=MAX_MESSAGES_PER_TOPIC_PER_SECOND,
