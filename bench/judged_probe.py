@@ -1,6 +1,12 @@
 """Prototype: every member judges every update on its own data (issue 14, fifth pass).
 
     python -m bench.judged_probe VARIANTS ATTACKS dirichlet|iid SEEDS [rounds]
+    python -m bench.judged_probe choose VARIANTS ATTACKS dirichlet|iid SEEDS [rounds]
+
+Superseded by the harness rules `cmfl-choose*` (learning.choice, learning.simulation), whose
+liars (attacks.lie_votes) are stronger than this probe's: the probe's liars of the `choose`
+mode back the candidate with the most colluders even when it cannot win, which flattered the
+rule (docs/learning.md, issue 14 fifth pass). Kept as the record of what was tried.
 
 Each round every peer trains (as in learning.simulation); every peer but the trainer itself
 votes on each update t: v_jt = L_j(base) - L_j(base + u_t), the loss change on judge j's own

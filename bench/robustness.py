@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from learning.attacks import ATTACKS, CLASSIC_ATTACKS
-from learning.simulation import CMFL_RULES, RULE_NAMES, RunSpec, run
+from learning.simulation import CMFL_RULES, JUDGED_RULES, RULE_NAMES, RunSpec, run
 
 OUT_DIR = Path(__file__).resolve().parent.parent / "docs" / "results"
 SPLITS = {"iid": ("iid", 0.5), "noniid": ("dirichlet", 0.5)}
@@ -34,6 +34,9 @@ SPLITS = {"iid": ("iid", 0.5), "noniid": ("dirichlet", 0.5)}
 OURS = "cmfl-auto"
 #: Issue 14's candidate default (learning.simulation.CMFL_RULES), reported beside OURS.
 CANDIDATE = "cmfl-clip-far"
+#: Our rules (CMFL's committee rules and the judged choice, learning.choice); the rest of
+#: RULE_NAMES are the baselines.
+OUR_RULES = tuple(CMFL_RULES) + tuple(JUDGED_RULES)
 
 
 @dataclass(frozen=True)
@@ -52,8 +55,9 @@ ALL_ATTACKS = tuple(sorted(ATTACKS))
 #: The attacks of issue 14: omniscient colluders from the literature and against cmfl-auto.
 ADAPTIVE_ATTACKS = tuple(a for a in ALL_ATTACKS if a not in CLASSIC_ATTACKS)
 #: The rules compared in the adaptive campaign: ours, the previous default and the baselines.
-ADAPTIVE_RULES = tuple(dict.fromkeys((CANDIDATE, "cmfl-robust2", "cmfl-robust", OURS) + tuple(
-    r for r in RULE_NAMES if r not in CMFL_RULES)))
+ADAPTIVE_RULES = tuple(dict.fromkeys((CANDIDATE, "cmfl-robust2", "cmfl-robust", OURS) +
+                                     tuple(JUDGED_RULES) + tuple(
+    r for r in RULE_NAMES if r not in OUR_RULES)))
 PRESETS = {
     # The issue's bar: 20 peers, MLP 64-64-10 on digits, 2 local epochs (lr 0.1, batch 16),
     # 40 rounds, 30% attackers, IID and Dirichlet(0.5). Its attacks are the classic ones, so
@@ -150,7 +154,7 @@ def run_grid(specs: list[RunSpec], csv_path: Path, jobs: int, resume: bool,
     if reuse is not None and reuse.exists():
         with reuse.open() as f:
             for r in csv.DictReader(f):
-                if r["rule"] not in CMFL_RULES and r["attack"] in CLASSIC_ATTACKS + ("none",):
+                if r["rule"] not in OUR_RULES and r["attack"] in CLASSIC_ATTACKS + ("none",):
                     rows[(r["rule"], r["attack"], r["fraction"], r["split"], int(r["seed"]),
                           int(r["rounds"]))] = {k: r.get(k, "") for k in fields}
     if resume and csv_path.exists():
@@ -293,14 +297,14 @@ def _losses(cells: dict, worst: dict, rules: tuple[str, ...], splits: list[str],
                 if not mine:
                     continue
                 for rule in rules:
-                    if rule in CMFL_RULES or not cells.get((split, frac, a, rule)):
+                    if rule in OUR_RULES or not cells.get((split, frac, a, rule)):
                         continue
                     theirs = _stats(cells[(split, frac, a, rule)])[0]
                     if theirs > _stats(mine)[0]:
                         losses.append(f"- {split}, {float(frac):.0%}, {a}: {rule} "
                                       f"{theirs:.3f} > {ours} {_stats(mine)[0]:.3f}")
             base_worst = [(worst[(split, fr, r)], r) for r in rules
-                          if r not in CMFL_RULES and (split, fr, r) in worst]
+                          if r not in OUR_RULES and (split, fr, r) in worst]
             if (split, fr, ours) in worst and base_worst:
                 (bw, ba), br = max(base_worst)
                 if bw > worst[(split, fr, ours)][0]:
@@ -336,7 +340,7 @@ def plot(rows: list[dict], rules: tuple[str, ...], path_prefix: Path) -> list[Pa
                     continue
                 n = min(map(len, curves))
                 mean = [statistics.fmean(c[i] for c in curves) for i in range(n)]
-                style = "-" if rule in CMFL_RULES else "--"
+                style = "-" if rule in OUR_RULES else "--"
                 ax.plot(range(1, n + 1), mean, style, label=rule, linewidth=1.4)
             ax.set_title(f"{attack}, {float(fr):.0%} attackers", fontsize=9)
             ax.set_ylim(0, 1)

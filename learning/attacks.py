@@ -743,3 +743,41 @@ def make_attack(name: str) -> Attack | None:
     if cls is None:
         raise ValueError(f"unknown attack {name!r}; valid: none, {', '.join(sorted(ATTACKS))}")
     return cls()
+
+
+
+def lie_votes(honest_votes: dict[str, tuple[float, ...]], candidates: list, colluders,
+              rule) -> tuple[float, ...]:
+    """The colluding judges' vote vector (all of them send this one) against a choice `rule`
+    (votes -> chosen index, e.g. learning.choice.choose with its config), knowing every honest
+    judge's votes (a rushing, omniscient liar). For every candidate it tries the lies that
+    push that one up and all others down (with each candidate in turn held at 0, the reference
+    of a relative rule, or none) and keeps those that make it win; the favourite among those
+    is the one holding the most colluders, then the one the honest judges like least. If no
+    lie wins anything the liars vote for the candidate with the most colluders."""
+    count = len(candidates)
+    honest = sorted(honest_votes)
+    liars = sorted(colluders)
+
+    def held(i: int) -> tuple[int, float]:
+        return (len(set(candidates[i].trainers) & set(colluders)),
+                -math.fsum(honest_votes[j][i] for j in honest))
+
+    def lie(i: int, zero: int | None) -> tuple[float, ...]:
+        return tuple(1e9 if k == i else 0.0 if k == zero else -1e9 for k in range(count))
+
+    def wins(vec: tuple[float, ...], i: int) -> bool:
+        votes = dict(honest_votes)
+        votes.update({j: vec for j in liars})
+        return rule(votes) == i
+
+    best = None
+    for i in sorted(range(count), key=held, reverse=True):
+        for zero in (None,) + tuple(k for k in range(min(count, 4)) if k != i):
+            vec = lie(i, zero)
+            if wins(vec, i):
+                best = vec
+                break
+        if best is not None:
+            break
+    return best if best is not None else lie(max(range(count), key=held), None)

@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from learning.attacks import Attack, Omniscient, RoundView, make_attack
+from learning.attacks import Attack, Omniscient, RoundView, lie_votes, make_attack
 from learning.baselines import BASELINES, aggregate_baseline
+from learning.choice import (ChoiceConfig, build_candidate, candidate_sets, choice_seed,
+                             choose, judge_votes)
 from learning.cmfl import RoundConfig, finish_round, select_round
 from learning.compression import UpdateCodec, round_trip
 from learning.data import Dataset, load_digits_split, shard_indices, subset
@@ -23,7 +25,7 @@ from learning.model import ModelSpec, build_model, initial_state, load_state
 from learning.privacy import DpPolicy, DpReport, noise_consistent, train_local_dp
 from learning.scoring import score_updates
 from learning.task import Task, load_task, num_classes, split_by_group
-from learning.tensors import ModelState
+from learning.tensors import ModelState, state_hash
 from learning.training import evaluate, train_local
 
 #: CMFL variants by name: the genesis `selection` settings they stand for.
@@ -74,7 +76,13 @@ CMFL_RULES: dict[str, RoundConfig] = {
                                   sample_cap="median", aggregate="clipped-aligned",
                                   drop_ratio=1.3),
 }
-RULE_NAMES = tuple(CMFL_RULES) + BASELINES
+#: Rules where the peers judge candidate aggregates on their own data (learning.choice):
+#: every peer trains and every peer judges; colluding judges lie (attacks.lie_votes).
+JUDGED_RULES: dict[str, ChoiceConfig] = {
+    "cmfl-choose": ChoiceConfig(),
+    "cmfl-choose-low-rel": ChoiceConfig(statistic="low", reference="clipped"),
+}
+RULE_NAMES = tuple(CMFL_RULES) + tuple(JUDGED_RULES) + BASELINES
 
 
 @dataclass(frozen=True)
@@ -255,6 +263,49 @@ def _as_sent(spec: RunSpec, base: ModelState, models: dict[str, ModelState],
     return out
 
 
+class JudgeLosses:
+    """Every judge's mean cross-entropy of a model on its own data, in one forward pass."""
+
+    def __init__(self, spec: ModelSpec | Task, data: dict[str, Dataset]) -> None:
+        self.model = build_model(spec, seed=0)
+        self.model.eval()
+        self.ids = sorted(data)
+        self.x = torch.cat([data[p].x for p in self.ids])
+        self.y = torch.cat([data[p].y for p in self.ids])
+        sizes = [len(data[p]) for p in self.ids]
+        self.segment = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+        self.sizes = torch.tensor(sizes, dtype=torch.float64)
+
+    def __call__(self, state: ModelState) -> dict[str, float]:
+        load_state(self.model, state)
+        with torch.no_grad():
+            per = torch.nn.functional.cross_entropy(self.model(self.x), self.y,
+                                                    reduction="none").to(torch.float64)
+        sums = torch.zeros(len(self.ids), dtype=torch.float64).index_add_(0, self.segment, per)
+        return dict(zip(self.ids, (sums / self.sizes).tolist()))
+
+
+def judged_round(rnd: int, state: ModelState, sent: dict[str, ModelState],
+                 samples: dict[str, int], judge: JudgeLosses, attackers: frozenset[str],
+                 config: ChoiceConfig, previous: bytes):
+    """One round of learning.choice: candidates from every update, every peer's votes (the
+    attackers' the strongest lie), the chosen model. Returns (model, candidate, next seed)."""
+    seed = choice_seed(rnd, previous, [state_hash(sent[t]) for t in sorted(sent)])
+    cands = candidate_sets(sorted(sent), seed, config)
+    models = [build_candidate(state, sent, samples, c) for c in cands]
+    base_loss = judge(state)
+    losses = [judge(m) for m in models]
+    votes = {j: judge_votes(base_loss[j], [ls[j] for ls in losses])
+             for j in judge.ids if j not in attackers}
+    liars = sorted(set(judge.ids) & attackers)
+    if liars:
+        lie = lie_votes(dict(votes), cands, frozenset(liars),
+                        lambda v: choose(v, len(cands), config))
+        votes.update({j: lie for j in liars})
+    best = choose(votes, len(cands), config)
+    return models[best], cands[best], state_hash(models[best])
+
+
 def run(spec: RunSpec) -> RunResult:
     """Run spec.rounds rounds and record the test accuracy after each."""
     if spec.rule not in RULE_NAMES:
@@ -327,6 +378,17 @@ def run(spec: RunSpec) -> RunResult:
             result.attackers_on_committee.append(len(set(committee) & attackers))
             result.applied.append(decision.applied)
             state, committee = decision.new_state, decision.next_committee
+            record(state)
+    elif spec.rule in JUDGED_RULES:
+        judge = JudgeLosses(mspec, data)
+        previous = b"genesis"
+        for rnd in range(spec.rounds):
+            sent, _ = _round_models(spec, rnd, state, data, attackers, attack, task=task)
+            sent = _as_sent(spec, state, sent, residuals)
+            state, chosen, previous = judged_round(rnd, state, sent, samples, judge, attackers,
+                                                   JUDGED_RULES[spec.rule], previous)
+            result.attackers_selected.append(len(set(chosen.trainers) & attackers))
+            result.applied.append(chosen.kind)
             record(state)
     else:
         for rnd in range(spec.rounds):

@@ -19,6 +19,7 @@ PURE = [
     "gossip.blob_ref", "gossip.sealing",
     "learning.scoring", "learning.selection", "learning.election", "learning.aggregation",
     "learning.tensors", "learning.compression", "learning.dp_accounting", "learning.dp_noise", "learning.cmfl",
+    "learning.choice",
 ]
 #: What a pure core must not load: I/O (trio, libp2p, sqlite, the blob stream protocol, the
 #: block store) and training or data loading (sklearn, DP-SGD, local training, the data sets).

@@ -1,0 +1,213 @@
+"""Judged choice of the round's model (issue 14, fifth pass): the peers pick, by their own data,
+one of a few candidate aggregates.
+
+Why: every rule that looks only at the updates' geometry (distances, norms, directions) can be
+read by an attacker who sees every update and knows the rule, and be walked around by updates
+that sit where the rule looks for honest ones (docs/learning.md, issue 14 passes 1-4). What an
+attacker cannot move is the honest peers' own data. So each round:
+
+1. `candidate_sets` lists the candidates, derived by every peer alike from the round's trainer
+   ids and a seed: the base model itself (no change), FedAvg, centered clipping and the
+   coordinate median of all updates, and `subsets` FedAvgs of `size` trainers drawn by hashing
+   (trainer, seed, index), so a seed the trainers cannot steer gives subsets they cannot choose.
+   With 30% attackers about 13% of 5-subsets hold no attacker (4 of 32).
+2. `build_candidate` aggregates one (bit-reproducible: numpy float64, fixed order).
+3. Each judge reports, per candidate, the decrease of its own data's loss (`judge_votes`).
+4. `choose` takes, per candidate, the lower median over the judges' votes and picks the largest
+   (ties to the lower index: the base model first). Votes cannot be checked, so a liar says
+   anything; but with fewer than half of the judges lying, the median of any candidate lies
+   between two honest judges' votes. A candidate wins only if at least half of the honest
+   judges (counting from its median's rank) find it better than the median honest judge finds
+   the best honest candidate, which an update crafted against the geometry does not get.
+
+Pure: no trio, libp2p, clock or disk; numpy and torch arithmetic only.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from learning.aggregation import (aggregate_clipped, aggregate_weighted, cap_samples,
+                                  coordinate_median)
+from learning.tensors import ModelState
+
+#: the full-set candidates, in this order after the base model
+FULL_SET = ("fedavg", "clipped", "median")
+
+
+@dataclass(frozen=True)
+class ChoiceConfig:
+    """How many candidates a round has: the base, FULL_SET, and `subsets` subsets of `size`."""
+
+    subsets: int = 32
+    size: int = 5
+    #: how a candidate's votes over judges combine: "median" (the lower median) or "low" (the
+    #: value at rank floor(tolerate * judges) from the bottom: above it stand at least
+    #: (1 - 2 tolerate) of the judges honestly, whatever the liars say)
+    statistic: str = "median"
+    tolerate: float = 0.3
+    #: votes are taken relative to this candidate ("base": as voted; "clipped": each judge's
+    #: vote minus its vote for the centered-clipped candidate, which then wins ties)
+    reference: str = "base"
+
+    def __post_init__(self) -> None:
+        if self.subsets < 0 or self.size < 1:
+            raise ValueError(f"need subsets >= 0 and size >= 1, got {self.subsets}, {self.size}")
+        if self.statistic not in ("median", "low"):
+            raise ValueError(f"unknown statistic {self.statistic!r}")
+        if self.reference not in ("base",) + FULL_SET:
+            raise ValueError(f"unknown reference {self.reference!r}")
+        if not 0.0 <= self.tolerate < 0.5:
+            raise ValueError(f"tolerate must be in [0, 0.5), got {self.tolerate}")
+
+    @property
+    def reference_index(self) -> int:
+        """The reference candidate's index in `candidate_sets`."""
+        return 0 if self.reference == "base" else 1 + FULL_SET.index(self.reference)
+
+    @property
+    def count(self) -> int:
+        """How many candidates `candidate_sets` returns (with at least `size` trainers)."""
+        return 1 + len(FULL_SET) + self.subsets
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One candidate model: how it aggregates (`kind`: base, fedavg, clipped, median, subset)
+    which trainers' updates."""
+
+    kind: str
+    trainers: tuple[str, ...]
+
+
+def _draw(seed: bytes, index: int, trainer: str) -> bytes:
+    return hashlib.blake2b(seed + index.to_bytes(4, "big") + trainer.encode(),
+                           digest_size=16, person=b"cmfl-choice").digest()
+
+
+def candidate_sets(trainers: Sequence[str], seed: bytes, config: ChoiceConfig = ChoiceConfig()
+                   ) -> list[Candidate]:
+    """The round's candidates, identical on every peer for the same trainers and seed. Subset
+    k holds the `size` trainers with the smallest BLAKE2b(seed, k, trainer): a fresh uniformly
+    random subset per k. With fewer than `size` trainers there are no subsets."""
+    ids = tuple(sorted(set(trainers)))
+    out = [Candidate("base", ())]
+    if not ids:
+        return out
+    out += [Candidate(kind, ids) for kind in FULL_SET]
+    if len(ids) < config.size:
+        return out
+    for k in range(config.subsets):
+        pick = sorted(ids, key=lambda t: (_draw(seed, k, t), t))[:config.size]
+        out.append(Candidate("subset", tuple(sorted(pick))))
+    return out
+
+
+def aggregate_median(base: ModelState, updated: Mapping[str, ModelState]) -> ModelState:
+    """base + the coordinate-wise median of the updates' deltas (float64, one float32 rounding:
+    exact, order-free)."""
+    new = {k: base[k].detach().to(torch.float32).clone() for k in sorted(base)}
+    if not updated:
+        return new
+    for k in sorted(base):
+        b = base[k].detach().to(torch.float64).numpy()
+        rows = [updated[t][k].detach().to(torch.float64).numpy() - b for t in sorted(updated)]
+        med = coordinate_median([r.reshape(-1) for r in rows]).reshape(b.shape)
+        new[k] = torch.from_numpy(b + med).to(torch.float32)
+    return new
+
+
+def build_candidate(base: ModelState, updates: Mapping[str, ModelState],
+                    samples: Mapping[str, int], candidate: Candidate) -> ModelState:
+    """The candidate's model. Declared sample counts are capped (`cap_samples`) before
+    weighting: nothing can check them."""
+    chosen = {t: updates[t] for t in candidate.trainers}
+    weights = cap_samples({t: samples[t] for t in candidate.trainers})
+    if candidate.kind == "base" or not chosen:
+        return {k: base[k].detach().to(torch.float32).clone() for k in sorted(base)}
+    if candidate.kind in ("fedavg", "subset"):
+        return aggregate_weighted(base, chosen, weights)
+    if candidate.kind == "clipped":
+        return aggregate_clipped(base, chosen, weights)
+    if candidate.kind == "median":
+        return aggregate_median(base, chosen)
+    raise ValueError(f"unknown candidate kind {candidate.kind!r}")
+
+
+def judge_votes(base_loss: float, candidate_losses: Sequence[float]) -> tuple[float, ...]:
+    """A judge's vote vector: how much each candidate lowers the loss on its own data."""
+    return tuple(float(base_loss) - float(x) for x in candidate_losses)
+
+
+def _clean(v: float) -> float:
+    # A NaN vote says nothing; it counts as the worst vote a judge can give.
+    return -math.inf if math.isnan(v) else float(v)
+
+
+def candidate_statistics(votes: Mapping[str, Sequence[float]], count: int,
+                         config: ChoiceConfig = ChoiceConfig()) -> list[float]:
+    """Per candidate, the config's statistic over the judges' votes (relative to the reference
+    candidate): an order statistic, exact. Every vector must have `count` entries; a judge
+    missing from `votes` does not count."""
+    for judge, vec in sorted(votes.items()):
+        if len(vec) != count:
+            raise ValueError(f"judge {judge!r} voted on {len(vec)} candidates, expected {count}")
+    if not votes:
+        return [-math.inf] * count
+    ref = config.reference_index if config.reference != "base" else None
+    n = len(votes)
+    rank = (n - 1) // 2 if config.statistic == "median" else \
+        min(int(math.floor(config.tolerate * n)), n - 1)
+    out = []
+    for i in range(count):
+        column = []
+        for j in sorted(votes):
+            v = _clean(votes[j][i])
+            if ref is not None:
+                r = _clean(votes[j][ref])
+                # relative votes: a judge who gives the reference -inf says nothing of others
+                v = 0.0 if i == ref else (v - r if math.isfinite(r) else
+                                          (0.0 if v == r else v))
+            column.append(v)
+        column.sort()
+        out.append(column[rank])
+    return out
+
+
+def choose(votes: Mapping[str, Sequence[float]], count: int,
+           config: ChoiceConfig = ChoiceConfig()) -> int:
+    """The index of the candidate with the largest statistic; ties go to the reference
+    candidate (the base model by default), then to the lowest index; the reference without
+    votes."""
+    stats = candidate_statistics(votes, count, config)
+    best = config.reference_index if count > config.reference_index else 0
+    for i, m in enumerate(stats):
+        if m > stats[best] or (m == stats[best] and i < best and best != config.reference_index):
+            best = i
+    return best
+
+
+def choice_seed(round_number: int, previous: bytes, update_hashes: Sequence[bytes]) -> bytes:
+    """The subsets' seed: the previous block's hash, the round and every admitted update's
+    hash. A trainer who wants different subsets must change its update after seeing the
+    others' (it is the last to publish), and each try redraws all subsets at random."""
+    h = hashlib.blake2b(digest_size=32, person=b"cmfl-choice-sd")
+    h.update(round_number.to_bytes(8, "big"))
+    h.update(previous)
+    for u in sorted(update_hashes):
+        h.update(u)
+    return h.digest()
+
+
+def subset_share(candidates: Sequence[Candidate], attackers: frozenset[str] | set[str]
+                 ) -> float:
+    """Of the subset candidates, the share holding no attacker (a harness statistic)."""
+    subs = [c for c in candidates if c.kind == "subset"]
+    if not subs:
+        return 0.0
+    return sum(1 for c in subs if not set(c.trainers) & set(attackers)) / len(subs)
+
