@@ -216,6 +216,10 @@ class RoundView:
     #: what each colluder trained on its own (possibly poisoned) data, by peer
     colluders: dict[str, ModelState]
     committee: tuple[str, ...] = ()
+    #: the colluders' pooled training data and the model they train (attacks that train a
+    #: crafted model of their own, ChoiceUnlearn)
+    colluder_data: Dataset | None = None
+    model_spec: object = None
 
     @property
     def honest_trainers(self) -> list[str]:
@@ -721,13 +725,86 @@ class CoherenceFrame(Omniscient):
         return victim + share * float(victim.norm()) * noise / (noise.norm() + 1e-12)
 
 
+@dataclass(frozen=True)
+class ChoiceUnlearn(Omniscient):
+    """Aimed at judges who choose by their own data's loss (learning.choice): from the honest
+    mean the colluders train, on their pooled data, a model that fits every class but one and
+    unlearns that one (its loss subtracted, capped), and send that delta times `boost`. Judges
+    who hold little of the target class (most, on non-IID data) see a better model than any
+    honest candidate; the test set loses a class. `rotate`: the target changes every round (a
+    function of the base model, the same for all colluders)."""
+
+    name: ClassVar[str] = "choice_unlearn"
+    target: int = 3
+    rotate: bool = False
+    boost: float = 1.0
+    steps: int = 30
+    lr: float = 0.1
+    unlearn: float = 1.0
+    spread: float = 0.05
+
+    def craft(self, view: RoundView, own: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        if view.colluder_data is None or view.model_spec is None:
+            return own
+        from learning.model import build_model, load_state  # training code: not at import
+        d = _deltas(view, view.honest_trainers or sorted(view.honest))
+        mean = d.mean(dim=0)
+        x, y = view.colluder_data.x, view.colluder_data.y
+        classes = int(y.max()) + 1 if len(y) else 1
+        target = self.target % classes
+        if self.rotate:
+            target = int(view_digest(view.base)[0]) % classes
+        model = build_model(view.model_spec, seed=0)
+        load_state(model, _state(view, mean))
+        opt = torch.optim.SGD(model.parameters(), lr=self.lr)
+        keep, drop = y != target, y == target
+        for _ in range(self.steps):
+            opt.zero_grad()
+            out = model(x)
+            loss = torch.nn.functional.cross_entropy(out[keep], y[keep])
+            if bool(drop.any()):
+                bad = torch.nn.functional.cross_entropy(out[drop], y[drop])
+                loss = loss - self.unlearn * torch.clamp(bad, max=5.0)
+            loss.backward()
+            opt.step()
+        trained = {k: v.detach() for k, v in model.state_dict().items()}
+        delta = self.boost * (flatten_state(trained) - flatten_state(view.base))
+        noise = torch.from_numpy(rng.standard_normal(delta.numel())).to(delta.dtype)
+        return delta + self.spread * float(delta.norm()) * noise / (noise.norm() + 1e-12)
+
+
+def view_digest(state: ModelState) -> bytes:
+    """A digest of a model every colluder computes alike (the round's shared coin)."""
+    import hashlib
+    return hashlib.blake2b(flatten_state(state).numpy().tobytes(), digest_size=8).digest()
+
+
+@dataclass(frozen=True)
+class ChoiceUnlearnRotate(ChoiceUnlearn):
+    """ChoiceUnlearn with a new target class every round."""
+
+    name: ClassVar[str] = "choice_unlearn_rotate"
+    rotate: bool = True
+
+
+@dataclass(frozen=True)
+class ChoiceUnlearnBoost(ChoiceUnlearn):
+    """ChoiceUnlearn, rotating, each colluder's delta times 3 (one colluder in a subset of 5
+    moves its FedAvg by about 3/5 of the crafted step)."""
+
+    name: ClassVar[str] = "choice_unlearn_boost"
+    rotate: bool = True
+    boost: float = 3.0
+
+
 ATTACKS: dict[str, type[Attack]] = {
     cls.name: cls
     for cls in (SignFlip, GaussianNoise, Scaling, Zeros, LabelFlip, ALittleIsEnough, FalseScores,
                 AgrMinMax, AgrMinSum, InnerProduct, FangMedian, FangKrum, Mimic, SybilFlip,
                 CmflCapture, CmflCaptureNoisy, CmflCaptureStaggered, CmflElect,
                 CmflCaptureSpread, CmflCaptureHeavy, ClipPush, ClipOrthogonal, ClipSneak,
-                ClipPushNear, ClipPushLoose, ClipPushWide, CoherenceFrame)
+                ClipPushNear, ClipPushLoose, ClipPushWide, CoherenceFrame, ChoiceUnlearn,
+                ChoiceUnlearnRotate, ChoiceUnlearnBoost)
 }
 #: The attacks before issue 14 (docs/results/bar.csv was measured with exactly these).
 CLASSIC_ATTACKS = ("alie", "false_scores", "gaussian_noise", "label_flip", "scaling",

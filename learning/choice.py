@@ -53,6 +53,9 @@ class ChoiceConfig:
     #: votes are taken relative to this candidate ("base": as voted; "clipped": each judge's
     #: vote minus its vote for the centered-clipped candidate, which then wins ties)
     reference: str = "base"
+    #: "scale": each judge's relative votes divided by its largest one in size, so judges
+    #: whose loss moves a lot do not decide the median's place alone
+    normalize: str = "none"
 
     def __post_init__(self) -> None:
         if self.subsets < 0 or self.size < 1:
@@ -61,6 +64,8 @@ class ChoiceConfig:
             raise ValueError(f"unknown statistic {self.statistic!r}")
         if self.reference not in ("base",) + FULL_SET:
             raise ValueError(f"unknown reference {self.reference!r}")
+        if self.normalize not in ("none", "scale"):
+            raise ValueError(f"unknown normalize {self.normalize!r}")
         if not 0.0 <= self.tolerate < 0.5:
             raise ValueError(f"tolerate must be in [0, 0.5), got {self.tolerate}")
 
@@ -82,6 +87,11 @@ class Candidate:
 
     kind: str
     trainers: tuple[str, ...]
+
+
+#: The measured choice (docs/learning.md, issue 14 fifth pass): votes relative to the
+#: coordinate median's, each judge's scaled to its largest, the lower median over judges.
+RECOMMENDED = ChoiceConfig(reference="median", normalize="scale")
 
 
 def _draw(seed: bytes, index: int, trainer: str) -> bytes:
@@ -162,17 +172,25 @@ def candidate_statistics(votes: Mapping[str, Sequence[float]], count: int,
     n = len(votes)
     rank = (n - 1) // 2 if config.statistic == "median" else \
         min(int(math.floor(config.tolerate * n)), n - 1)
-    out = []
-    for i in range(count):
-        column = []
-        for j in sorted(votes):
+    rows = {}
+    for j in sorted(votes):
+        row = []
+        for i in range(count):
             v = _clean(votes[j][i])
             if ref is not None:
                 r = _clean(votes[j][ref])
                 # relative votes: a judge who gives the reference -inf says nothing of others
                 v = 0.0 if i == ref else (v - r if math.isfinite(r) else
                                           (0.0 if v == r else v))
-            column.append(v)
+            row.append(v)
+        if config.normalize == "scale":
+            top = max((abs(v) for v in row if math.isfinite(v)), default=0.0)
+            if top > 0.0:
+                row = [v / top if math.isfinite(v) else v for v in row]
+        rows[j] = row
+    out = []
+    for i in range(count):
+        column = [rows[j][i] for j in sorted(rows)]
         column.sort()
         out.append(column[rank])
     return out

@@ -14,7 +14,7 @@ import numpy as np
 
 from learning.attacks import Attack, Omniscient, RoundView, lie_votes, make_attack
 from learning.baselines import BASELINES, aggregate_baseline
-from learning.choice import (ChoiceConfig, build_candidate, candidate_sets, choice_seed,
+from learning.choice import (RECOMMENDED, ChoiceConfig, build_candidate, candidate_sets, choice_seed,
                              choose, judge_votes)
 from learning.cmfl import RoundConfig, finish_round, select_round
 from learning.compression import UpdateCodec, round_trip
@@ -79,8 +79,9 @@ CMFL_RULES: dict[str, RoundConfig] = {
 #: Rules where the peers judge candidate aggregates on their own data (learning.choice):
 #: every peer trains and every peer judges; colluding judges lie (attacks.lie_votes).
 JUDGED_RULES: dict[str, ChoiceConfig] = {
-    "cmfl-choose": ChoiceConfig(),
-    "cmfl-choose-low-rel": ChoiceConfig(statistic="low", reference="clipped"),
+    "cmfl-choose": RECOMMENDED,
+    # the first form: the lower median of the raw loss decreases (the lie breaks it)
+    "cmfl-choose-plain": ChoiceConfig(),
 }
 RULE_NAMES = tuple(CMFL_RULES) + tuple(JUDGED_RULES) + BASELINES
 
@@ -236,9 +237,12 @@ def _round_models(spec: RunSpec, rnd: int, base: ModelState, data: dict[str, Dat
     if attack is None or not attackers:
         return trained, reports
     if isinstance(attack, Omniscient):
+        pooled = [data[p] for p in ids if p in attackers]
         attack = attack.observe_round(RoundView(
             base, {p: trained[p] for p in ids if p not in attackers},
-            {p: trained[p] for p in ids if p in attackers}, tuple(committee)))
+            {p: trained[p] for p in ids if p in attackers}, tuple(committee),
+            Dataset(torch.cat([d.x for d in pooled]), torch.cat([d.y for d in pooled])),
+            ModelSpec(spec.layers) if task is None else task))
     elif attack.colluding:
         # The omniscient colluders: every benign model of the round (see ALittleIsEnough).
         benign = [trained[p] for p in ids if p not in attackers]

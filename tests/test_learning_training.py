@@ -132,7 +132,8 @@ def test_make_attack_registry():
         "min_max", "min_sum", "ipm", "fang_median", "fang_krum", "mimic", "sybil_flip",
         "cmfl_capture", "cmfl_capture_noisy", "cmfl_capture_staggered", "cmfl_capture_spread", "cmfl_capture_heavy", "cmfl_elect",
         "clip_push", "clip_push_near", "clip_orthogonal", "clip_sneak", "clip_push_loose",
-        "clip_push_wide", "coherence_frame"}
+        "clip_push_wide", "coherence_frame", "choice_unlearn", "choice_unlearn_rotate",
+        "choice_unlearn_boost"}
     for name, cls in ATTACKS.items():
         att = make_attack(name)
         assert isinstance(att, cls) and att.name == name
