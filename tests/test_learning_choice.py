@@ -148,3 +148,30 @@ def test_judged_rules_run_in_the_harness_and_learn():
     assert a.accuracy[-1] > 0.8
     assert set(a.applied) <= {"base", "subset", *FULL_SET} and len(a.applied) == 12
 
+
+
+def test_scaled_relative_votes_stay_between_honest_ones():
+    from learning.choice import RECOMMENDED
+    rng = np.random.default_rng(11)
+    count, ref = 8, RECOMMENDED.reference_index
+    for trial in range(30):
+        honest = {f"h{i}": tuple(rng.normal(0, 1 + i, count)) for i in range(14)}
+        votes = {**honest, **{f"l{i}": tuple(rng.choice([1e9, -1e9, 0.0], count))
+                              for i in range(6)}}
+        stats = candidate_statistics(votes, count, RECOMMENDED)
+        scaled = []
+        for v in honest.values():
+            row = [x - v[ref] for x in v]
+            top = max(abs(x) for x in row)
+            scaled.append([x / top for x in row])
+        for c in range(count):
+            col = [row[c] for row in scaled]
+            assert min(col) - 1e-12 <= stats[c] <= max(col) + 1e-12, (trial, c)
+        assert stats[ref] == 0.0
+
+
+def test_the_variants_bench_explains_itself_and_refuses_unknown_rules(capsys):
+    from bench import choice_variants
+    assert choice_variants.main(["--help"]) == 0
+    assert "rel-median-scaled" in capsys.readouterr().out
+    assert choice_variants.main(["no-such-rule", "none", "iid", "1", "1"]) == 2

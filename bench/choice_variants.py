@@ -1,0 +1,74 @@
+"""Variants of the judged choice (learning.choice) in the harness, side by side.
+
+    python -m bench.choice_variants VARIANTS ATTACKS dirichlet|iid SEEDS [ROUNDS]
+
+VARIANTS is a comma list of the names below or of any rule in learning.simulation.RULE_NAMES
+(e.g. cmfl-clip-far, median); each run prints its final accuracy, the lowest accuracy of the
+second half of the run, the attackers in the chosen candidate per round and which kinds of
+candidate were chosen. docs/learning.md ("Issue 14, fifth pass") was measured with it.
+"""
+from __future__ import annotations
+
+import sys
+from concurrent.futures import ProcessPoolExecutor
+
+from learning import simulation
+from learning.choice import ChoiceConfig
+
+VARIANTS = {
+    "raw-median": ChoiceConfig(),
+    "low-rel-clipped": ChoiceConfig(statistic="low", reference="clipped"),
+    "low-rel-median": ChoiceConfig(statistic="low", reference="median"),
+    "rel-median": ChoiceConfig(reference="median"),
+    "rel-median-scaled": ChoiceConfig(reference="median", normalize="scale"),
+    "rel-median-scaled-s8": ChoiceConfig(reference="median", normalize="scale", subsets=8),
+    "rel-median-scaled-s0": ChoiceConfig(reference="median", normalize="scale", subsets=0),
+    "rel-median-scaled-z10": ChoiceConfig(reference="median", normalize="scale", size=10),
+    "rel-clipped-scaled": ChoiceConfig(reference="clipped", normalize="scale"),
+}
+
+
+def _register() -> None:
+    for name, config in VARIANTS.items():
+        simulation.JUDGED_RULES.setdefault(name, config)
+    simulation.RULE_NAMES = tuple(dict.fromkeys(simulation.RULE_NAMES + tuple(VARIANTS)))
+
+
+def run_one(job: tuple[str, str, str, int, int]) -> tuple[tuple, float, float, float, dict]:
+    import torch
+
+    torch.set_num_threads(1)
+    _register()
+    rule, attack, partition, seed, rounds = job
+    res = simulation.run(simulation.RunSpec(
+        rule=rule, attack=attack, partition=partition, seed=seed, rounds=rounds,
+        fraction=0.0 if attack == "none" else 0.3))
+    k = max(len(res.attackers_selected), 1)
+    kinds = {x: res.applied.count(x) for x in sorted(set(res.applied))}
+    return (job, res.accuracy[-1], min(res.accuracy[len(res.accuracy) // 2:]),
+            sum(res.attackers_selected) / k, kinds)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 4 or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        print("\nvariants: " + ", ".join(VARIANTS))
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    _register()
+    rules, attacks, parts = (a.split(",") for a in argv[:3])
+    seeds, rounds = int(argv[3]), int(argv[4]) if len(argv) > 4 else 40
+    for r in rules:
+        if r not in simulation.RULE_NAMES:
+            print(f"unknown variant or rule {r!r}", file=sys.stderr)
+            return 2
+    jobs = [(r, a, p, s, rounds) for a in attacks for p in parts for r in rules
+            for s in range(seeds)]
+    with ProcessPoolExecutor(2) as ex:
+        for (r, a, p, s, _), acc, low, att, kinds in ex.map(run_one, jobs):
+            print(f"{r:22s} {a:22s} {p:9s} s{s} acc={acc:.3f} min2h={low:.3f} "
+                  f"att_in={att:.2f} {kinds}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
