@@ -12,6 +12,15 @@ BLAKE2b of the plaintext under the sender's own secret (a synthetic-IV construct
 distinct plaintext and unpredictable without the sender's key). A trainer restarted mid-round
 re-seals its update to the very ciphertext its written-ahead announcement names. Only the key
 wraps use fresh randomness (crypto_box_seal's ephemeral key); they travel in the signed payload.
+
+Key commitment: XSalsa20-Poly1305 does not commit to its key. A sender can wrap a different key
+for each reader, and can even craft one ciphertext that opens under two keys to two plaintexts
+("invisible salamanders"), so two honest readers of one signed update would decide the round
+on different tensors and neither could show the other who cheated. The signed body therefore
+carries `commit` = BLAKE2b-256(content key, person "cmfl-key-commit") (`key_commitment`), and a
+reader opens only with a wrapped key that hashes to it: there is one such key (collision
+resistance), decryption under it is deterministic, so every reader gets the same plaintext or
+none.
 """
 
 from __future__ import annotations
@@ -34,6 +43,9 @@ KEY_BYTES = nacl.secret.SecretBox.KEY_SIZE  # 32
 SEAL_OVERHEAD = NONCE_BYTES + nacl.secret.SecretBox.MACBYTES  # 40
 #: one key wrap: crypto_box_seal's ephemeral public key, the tag and the 32-byte content key
 WRAP_BYTES = sodium.crypto_box_SEALBYTES + KEY_BYTES  # 80
+#: the key commitment of an update body (`commit`): an unkeyed BLAKE2b-256 of the content key
+COMMIT_BYTES = 32
+COMMIT_PERSON = b"cmfl-key-commit"
 
 
 class SealError(ValueError):
@@ -46,6 +58,15 @@ def reader_key(peer_id: str) -> bytes:
         return sodium.crypto_sign_ed25519_pk_to_curve25519(public_key_from_peer_id(peer_id))
     except nacl.exceptions.CryptoError as exc:  # a point that is not on the curve
         raise ValueError(f"peer id {peer_id[-8:]} has no X25519 form: {exc}") from None
+
+
+def key_commitment(content_key: bytes) -> bytes:
+    """The `commit` of a payload sealed under `content_key`: BLAKE2b-256, personalised, so it
+    binds the one key every reader must unwrap (XSalsa20-Poly1305 alone binds none)."""
+    if len(content_key) != KEY_BYTES:
+        raise ValueError(f"a content key has {KEY_BYTES} bytes, not {len(content_key)}")
+    return nacl.hash.blake2b(content_key, digest_size=COMMIT_BYTES, person=COMMIT_PERSON,
+                             encoder=nacl.encoding.RawEncoder)
 
 
 class SealKey:
@@ -81,11 +102,12 @@ class SealKey:
 
 @dataclass(frozen=True)
 class Sealed:
-    """A sealed payload: the ciphertext (nonce, tag, encrypted bytes) and one key wrap per
-    reader, by peer id."""
+    """A sealed payload: the ciphertext (nonce, tag, encrypted bytes), one key wrap per
+    reader, by peer id, and the commitment to the content key they all wrap (`commit`)."""
 
     ciphertext: bytes
     wraps: dict[str, bytes]
+    key_commit: bytes
 
     def wraps_obj(self) -> dict[str, bytes]:
         """The CBOR-ready `keys` map of an update body."""
@@ -93,13 +115,13 @@ class Sealed:
 
 
 def seal(plaintext: bytes, readers: Iterable[str], content_key: bytes, nonce: bytes) -> Sealed:
-    """Encrypt `plaintext` under `content_key` and wrap the key for each reader."""
+    """Encrypt `plaintext` under `content_key`, wrap the key for each reader and commit to it."""
     if len(content_key) != KEY_BYTES or len(nonce) != NONCE_BYTES:
         raise ValueError("a content key has 32 bytes and a nonce 24")
     ciphertext = bytes(nacl.secret.SecretBox(content_key).encrypt(plaintext, nonce))
     wraps = {peer: nacl.public.SealedBox(nacl.public.PublicKey(reader_key(peer))).encrypt(
         content_key) for peer in sorted(set(readers))}
-    return Sealed(ciphertext, wraps)
+    return Sealed(ciphertext, wraps, key_commitment(content_key))
 
 
 def sealed_size(plaintext_size: int) -> int:
@@ -128,15 +150,30 @@ def parse_wraps(obj: Any, readers: Iterable[str]) -> dict[str, bytes]:
     return dict(obj)
 
 
-def open_sealed(ciphertext: bytes, wraps: dict[str, bytes], key: SealKey) -> bytes:
-    """The plaintext of a sealed payload, opened with our key; SealError says why not."""
+def parse_commit(obj: Any) -> bytes:
+    """Check an untrusted `commit`: COMMIT_BYTES bytes; SealError."""
+    if not isinstance(obj, bytes) or len(obj) != COMMIT_BYTES:
+        raise SealError(f"commit is not {COMMIT_BYTES} bytes")
+    return obj
+
+
+def open_sealed(ciphertext: bytes, wraps: dict[str, bytes], key: SealKey,
+                key_commit: bytes) -> bytes:
+    """The plaintext of a sealed payload, opened with our key and only with the committed
+    content key; SealError says why not."""
     wrap = wraps.get(key.peer_id)
     if wrap is None:
         raise SealError("not sealed to us (no key wrap for our peer id)")
+    parse_commit(key_commit)
     if not isinstance(ciphertext, bytes) or len(ciphertext) < SEAL_OVERHEAD:
         raise SealError(f"ciphertext shorter than its {SEAL_OVERHEAD}-byte nonce and tag")
+    content_key = key.unwrap(wrap)
+    # Before decrypting: a key other than the committed one could open this very ciphertext
+    # to another plaintext than the other readers get (the cipher does not commit to its key).
+    if key_commitment(content_key) != key_commit:
+        raise SealError("the key wrap for us holds a key other than the committed one (its "
+                        "sender's signed commit names another content key)")
     try:
-        return nacl.secret.SecretBox(key.unwrap(wrap)).decrypt(ciphertext)
+        return nacl.secret.SecretBox(content_key).decrypt(ciphertext)
     except nacl.exceptions.CryptoError:
-        raise SealError("ciphertext does not open under the wrapped key (tampered, or the "
-                        "key wrap is not its key)") from None
+        raise SealError("ciphertext does not open under the committed key (tampered)") from None

@@ -43,8 +43,8 @@ from chain.round_rules import (
 )
 from gossip.envelope import MAX_ENVELOPE_BYTES, Envelope, decode_envelope
 from gossip.blob_ref import BlobRef, TransferError
-from gossip.sealing import SealError, SealKey, open_sealed, parse_wraps, seal, sealed_size, \
-    wraps_size
+from gossip.sealing import COMMIT_BYTES, SealError, SealKey, open_sealed, parse_commit, \
+    parse_wraps, seal, sealed_size, wraps_size
 from learning.compression import (
     decode_delta,
     delta_from_bytes,
@@ -273,6 +273,8 @@ class PendingUpdate:
     dp_entry: dict = field(default_factory=dict)
     #: on a sealed network, the key wraps the blob's ciphertext opens with (gossip.sealing)
     wraps: dict = field(default_factory=dict)
+    #: and the signed commitment to the one content key they must all hold
+    key_commit: bytes = b""
 
 
 class RoundMachine:
@@ -451,8 +453,10 @@ class RoundMachine:
             raise ValueError("a sealed network's trainer needs its seal key")
         key, nonce = self.seal_key.content_key(self._seal_context(), data)
         sealed = seal(data, self.ctx.readers, key, nonce)
-        keys = {"keys": sealed.wraps_obj()}
-        if len(sealed.ciphertext) + wraps_size(self.ctx.readers) <= INLINE_UPDATE_BYTES:
+        keys = {"keys": sealed.wraps_obj(), "commit": sealed.key_commit}
+        # the ciphertext, the wraps and the commit (its bytes, key and CBOR headers) inline
+        if len(sealed.ciphertext) + wraps_size(self.ctx.readers) + COMMIT_BYTES + 8 <= \
+                INLINE_UPDATE_BYTES:
             return [Publish("update", {"sealed": sealed.ciphertext, **keys, **common})]
         return [OfferBlob(sealed.ciphertext),
                 Publish("update", {"blob": BlobRef.of(sealed.ciphertext).to_obj(), **keys,
@@ -462,11 +466,12 @@ class RoundMachine:
         """What a content key is bound to besides the plaintext: the network and round."""
         return self.ctx.network_id + self.ctx.height.to_bytes(8, "big")
 
-    def _open(self, ciphertext: bytes, wraps: dict[str, bytes]) -> bytes:
-        """The plaintext of an update sealed to us; SealError if it does not open."""
+    def _open(self, ciphertext: bytes, wraps: dict[str, bytes], key_commit: bytes) -> bytes:
+        """The plaintext of an update sealed to us, under the key its body commits to (so
+        every reader opens the same one); SealError if it does not open."""
         if self.seal_key is None:
             raise SealError("this peer holds no seal key")
-        return open_sealed(ciphertext, wraps, self.seal_key)
+        return open_sealed(ciphertext, wraps, self.seal_key, key_commit)
 
     def on_blob(self, digest: bytes, data: bytes) -> list[Action]:
         """The bytes of an update announced by reference arrived (already hash-checked)."""
@@ -476,7 +481,7 @@ class RoundMachine:
         del self.pending_blobs[pending.sender]
         try:
             if self.ctx.sealed:
-                data = self._open(data, pending.wraps)
+                data = self._open(data, pending.wraps, pending.key_commit)
             state = self._decode_tensors(data)
         except SealError as exc:
             self._refused_updates.add(pending.digest)
@@ -570,24 +575,27 @@ class RoundMachine:
         body = env.payload
         # Exactly one of the inline tensors or a blob reference; "dp" when training used DP.
         # Inline tensors are the state itself ("model") or, under a genesis codec, a "delta";
-        # on a sealed network, their ciphertext ("sealed") and its key wraps ("keys").
+        # on a sealed network, their ciphertext ("sealed"), its key wraps ("keys") and the
+        # commitment to the one content key every wrap must hold ("commit").
         inline = "sealed" if self.ctx.sealed else "delta" if self.ctx.codec.compresses \
             else "model"
-        extra = {"keys"} if self.ctx.sealed else set()
+        extra = {"keys", "commit"} if self.ctx.sealed else set()
         if not isinstance(body, dict) or set(body) - {"dp"} not in (
                 {inline, "samples", "base", *extra}, {"blob", "samples", "base", *extra}):
             return [Rejected(env.sender, "update", "malformed update body" + (
-                self._body_hint(inline) if isinstance(body, dict) and
-                {"model", "delta", "sealed"} & set(body) else ""), "invalid-update")]
+                self._body_hint(inline, set(body)) if isinstance(body, dict) else ""),
+                "invalid-update")]
         if body["base"] != self.ctx.base_hash:
             return [Rejected(env.sender, "update", "trained from another base model")]
         samples = body["samples"]
         if not isinstance(samples, int) or isinstance(samples, bool) or not 0 < samples < 2**40:
             return [Rejected(env.sender, "update", "bad sample count", "invalid-update")]
         wraps: dict[str, bytes] = {}
+        key_commit = b""
         if self.ctx.sealed:
             try:
                 wraps = parse_wraps(body["keys"], self.ctx.readers)
+                key_commit = parse_commit(body["commit"])
             except SealError as exc:
                 return [Rejected(env.sender, "update", f"sealed update: {exc}",
                                  "invalid-update")]
@@ -604,11 +612,11 @@ class RoundMachine:
             dp_entry = {"dp": body["dp"]} if "dp" in body else {}
             self._update_envelopes[env.sender] = env
             self.pending_blobs[env.sender] = PendingUpdate(env.sender, digest, samples, ref,
-                                                           dp_entry, wraps)
+                                                           dp_entry, wraps, key_commit)
             return [FetchBlob(ref, env.sender)]
         try:
             if self.ctx.sealed:
-                state = self._decode_tensors(self._open(body["sealed"], wraps))
+                state = self._decode_tensors(self._open(body["sealed"], wraps, key_commit))
             elif self.ctx.codec.compresses:
                 state = decode_delta(self.ctx.base_state, body["delta"], self.ctx.codec)
             else:
@@ -623,8 +631,15 @@ class RoundMachine:
             self._update_envelopes[env.sender] = env
         return actions
 
-    def _body_hint(self, inline: str) -> str:
-        """Why an update body with the wrong inline key is refused, for the log."""
+    def _body_hint(self, inline: str, keys: set) -> str:
+        """Why an update body with the wrong inline key, or a sealed one without its key wraps
+        or key commitment, is refused, for the log ("" if nothing more specific to say)."""
+        missing = sorted({"keys", "commit"} - keys)
+        if self.ctx.sealed and {"sealed", "blob"} & keys and missing:
+            return f" (a sealed update carries its key wraps and key commitment: no " \
+                   f"{' or '.join(map(repr, missing))})"
+        if not {"model", "delta", "sealed"} & keys:
+            return ""
         if self.ctx.sealed:
             return " (this network seals updates: genesis sealing validators)"
         return (f" (this network's updates carry a {inline!r} map: genesis compression "

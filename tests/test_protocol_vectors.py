@@ -146,16 +146,24 @@ def test_each_codec_vector_decodes_to_its_documented_tensors(vectors):
 
 def test_sealed_update_opens_for_each_reader_and_only_with_its_key(vectors):
     """docs/protocol.md, Sealed updates: the wraps are libsodium sealed boxes to the readers'
-    X25519 keys, the ciphertext a secretbox of the plaintext under the wrapped key."""
+    X25519 keys, the ciphertext a secretbox of the plaintext under the wrapped key, and the
+    signed commit the personalised BLAKE2b-256 of that key."""
     import nacl.bindings as sodium
+    import nacl.encoding
+    import nacl.hash
 
     from gossip.peer_keys import Signer
-    from gossip.sealing import SealError, SealKey, open_sealed
+    from gossip.sealing import SealError, SealKey, key_commitment, open_sealed
 
     v = vectors["sealed_update"]
     env = decode_envelope(bytes.fromhex(v["envelope"]["wire"]))
     assert env.has_valid_signature() and env.payload["sealed"].hex() == v["ciphertext"]
     assert v["ciphertext"].startswith(v["nonce"])
+    assert set(env.payload) == {"sealed", "keys", "commit", "samples", "base"}
+    content_key, commit = bytes.fromhex(v["content_key"]), env.payload["commit"]
+    assert commit.hex() == v["commit"] == key_commitment(content_key).hex() == nacl.hash.blake2b(
+        content_key, digest_size=32, person=b"cmfl-key-commit",
+        encoder=nacl.encoding.RawEncoder).hex()
     seeds = {k["peer_id"]: bytes.fromhex(k["seed"]) for k in vectors["keys"]}
     for row in v["readers"]:
         signer = Signer(seeds[row["peer_id"]])
@@ -164,8 +172,14 @@ def test_sealed_update_opens_for_each_reader_and_only_with_its_key(vectors):
         assert sodium.crypto_scalarmult_base(x_secret).hex() == row["x25519_public"]
         key = SealKey(signer)
         assert key.unwrap(bytes.fromhex(row["wrap"])).hex() == v["content_key"]
-        assert open_sealed(env.payload["sealed"], env.payload["keys"], key).hex() == \
+        assert open_sealed(env.payload["sealed"], env.payload["keys"], key, commit).hex() == \
             v["plaintext"]
+        # a commit to any other key is refused before decrypting, a malformed one as such
+        wrong = key_commitment(bytes(32))
+        with pytest.raises(SealError, match="holds a key other than the committed one"):
+            open_sealed(env.payload["sealed"], env.payload["keys"], key, wrong)
+        with pytest.raises(SealError, match="commit is not 32 bytes"):
+            open_sealed(env.payload["sealed"], env.payload["keys"], key, commit[:16])
     trainer = Signer(seeds[env.sender])
     with pytest.raises(SealError, match="not sealed to us"):
-        open_sealed(env.payload["sealed"], env.payload["keys"], SealKey(trainer))
+        open_sealed(env.payload["sealed"], env.payload["keys"], SealKey(trainer), commit)

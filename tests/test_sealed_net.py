@@ -113,13 +113,14 @@ def test_sealed_updates_reach_only_the_committee_and_every_chain_verifies(tmp_pa
         assert set(body["keys"]) == set(block.committee)
         with pytest.raises(ValueError):  # not a tensor map
             state_from_bytes(body["sealed"])
-        plain = open_sealed(body["sealed"], body["keys"], keys[block.committee[0]])
+        plain = open_sealed(body["sealed"], body["keys"], keys[block.committee[0]],
+                            body["commit"])
         tensors = state_from_bytes(plain)  # a committee member reads it
         chunk = next(iter(tensors.values())).numpy().tobytes()[:64]
         assert all(chunk not in raw for raw in seen), "plaintext tensor bytes on the wire"
         for peer in set(cluster.ids) - set(block.committee):
             with pytest.raises(SealError, match="not sealed to us"):
-                open_sealed(body["sealed"], body["keys"], keys[peer])
+                open_sealed(body["sealed"], body["keys"], keys[peer], body["commit"])
 
     # Bytes each peer received per round (committed events): non-committee peers fetch the
     # model (one checkpoint) and no update blob.

@@ -11,7 +11,7 @@ import p2p_node.round_machine as round_machine
 from chain.block import Block, CommittedBlock
 from gossip.blob_ref import BlobRef
 from gossip.envelope import Envelope
-from gossip.sealing import SealKey, seal
+from gossip.sealing import SealKey, key_commitment, seal
 from learning.tensors import encode_state, state_bytes, state_from_bytes, state_hash
 from p2p_node.round_machine import (
     Commit,
@@ -88,8 +88,8 @@ def test_only_the_committee_reads_updates_and_every_peer_commits_the_same_block(
     bodies = [a.payload for _, a in net.published if a.kind == "update"]
     assert len(bodies) == len(TRAINERS)
     for body in bodies:
-        assert set(body) == {"sealed", "keys", "samples", "base"}
-        assert set(body["keys"]) == set(COMMITTEE)
+        assert set(body) == {"sealed", "keys", "commit", "samples", "base"}
+        assert set(body["keys"]) == set(COMMITTEE) and len(body["commit"]) == 32
         with pytest.raises(Exception):  # the ciphertext is no tensor map
             state_from_bytes(body["sealed"])
 
@@ -141,8 +141,8 @@ def sealed_body(trainer, readers, plaintext=None, key_from=None):
     data = plaintext or cbor2.dumps(encode_state(update_of(trainer)), canonical=True)
     key, nonce = KEYS[key_from or trainer].content_key(b"ctx", data)
     sealed = seal(data, readers, key, nonce)
-    return {"sealed": sealed.ciphertext, "keys": sealed.wraps_obj(), "samples": 5,
-            "base": state_hash(BASE)}
+    return {"sealed": sealed.ciphertext, "keys": sealed.wraps_obj(),
+            "commit": sealed.key_commit, "samples": 5, "base": state_hash(BASE)}
 
 
 def test_updates_that_do_not_open_are_logged_rejections_not_crashes():
@@ -169,6 +169,54 @@ def test_updates_that_do_not_open_are_logged_rejections_not_crashes():
     ok = Envelope("update", NET, 0, "", sealed_body(TRAINERS[0], COMMITTEE)
                   ).signed_by(SIGNERS[TRAINERS[0]])
     assert machine.on_envelope(ok) == [] and set(machine.updates) == {TRAINERS[0]}
+
+
+def test_an_update_whose_wraps_do_not_hold_the_committed_key_is_refused():
+    """Key commitment (docs/protocol.md, Sealed updates): a reader opens only the key the
+    signed body commits to, so a sender cannot show two readers two payloads."""
+    member = COMMITTEE[0]
+    machine = RoundMachine(sealed_context(), member, seal_key=KEYS[member])
+    good = sealed_body(TRAINERS[0], COMMITTEE)
+    # an equivocating sender: our wrap holds the key of another payload than the committed one
+    poisoned = sealed_body(TRAINERS[1], COMMITTEE,
+                           cbor2.dumps(encode_state(update_of(ATTACKER)), canonical=True))
+    equivocating = {**good, "keys": {**good["keys"], member: poisoned["keys"][member]}}
+    cases = {
+        TRAINERS[0]: (equivocating, "holds a key other than the committed one"),
+        TRAINERS[1]: ({**good, "commit": poisoned["commit"]},
+                      "holds a key other than the committed one"),
+        TRAINERS[2]: ({**good, "commit": good["commit"][:31]}, "commit is not 32 bytes"),
+        TRAINERS[3]: ({k: v for k, v in good.items() if k != "commit"},
+                      "malformed update body (a sealed update carries its key wraps and key "
+                      "commitment: no 'commit')"),
+    }
+    for sender, (body, reason) in cases.items():
+        env = Envelope("update", NET, 0, "", body).signed_by(SIGNERS[sender])
+        [rejected] = machine.on_envelope(env)
+        assert reason in rejected.reason, rejected.reason
+        assert rejected.penalty == "invalid-update"
+    assert machine.updates == {}
+    # the other readers, whose wraps do hold the committed key, open it: the one payload
+    other = RoundMachine(sealed_context(), COMMITTEE[1], seal_key=KEYS[COMMITTEE[1]])
+    env = Envelope("update", NET, 0, "", equivocating).signed_by(SIGNERS[TRAINERS[0]])
+    assert other.on_envelope(env) == [] and set(other.updates) == {TRAINERS[0]}
+
+
+def test_a_blob_whose_wrap_does_not_hold_the_committed_key_is_refused():
+    member = COMMITTEE[0]
+    machine = RoundMachine(sealed_context(), member, seal_key=KEYS[member])
+    good = sealed_body(TRAINERS[0], COMMITTEE)
+    other_key, _ = KEYS[TRAINERS[0]].content_key(b"ctx", b"another payload")
+    ciphertext = good.pop("sealed")
+    body = {**good, "commit": key_commitment(other_key),
+            "blob": BlobRef.of(ciphertext).to_obj()}
+    env = Envelope("update", NET, 0, "", body).signed_by(SIGNERS[TRAINERS[0]])
+    [fetch] = machine.on_envelope(env)
+    assert fetch.ref == BlobRef.of(ciphertext)
+    [rejected] = machine.on_blob(fetch.ref.digest, ciphertext)
+    assert "sealed blob: the key wrap for us holds a key other than the committed one" in \
+        rejected.reason and rejected.penalty == "invalid-update"
+    assert machine.updates == {} and not machine.pending_blobs
 
 
 def test_a_non_reader_refuses_a_certified_model_that_is_not_the_blocks():

@@ -79,13 +79,15 @@ def sealed_update(trainer: Signer, readers: list[Signer], base_hash: bytes) -> d
     import nacl.encoding
     import nacl.hash
 
-    from gossip.sealing import SealKey, seal
+    from gossip.sealing import SealKey, key_commitment, seal
 
     plaintext = cbor2.dumps({"w": {"dtype": "float32", "shape": [2],
                                    "data": bytes.fromhex("0000803f00000040")}}, canonical=True)
     context = NETWORK_ID + (1).to_bytes(8, "big")
     key, nonce = SealKey(trainer).content_key(context, plaintext)
-    ciphertext = seal(plaintext, [], key, nonce).ciphertext
+    sealed = seal(plaintext, [], key, nonce)
+    ciphertext, commit = sealed.ciphertext, sealed.key_commit
+    assert commit == key_commitment(key)
     wraps, rows = {}, []
     for i, reader in enumerate(sorted(readers, key=lambda r: r.peer_id)):
         x_public = sodium.crypto_sign_ed25519_pk_to_curve25519(reader.public_key)
@@ -100,14 +102,17 @@ def sealed_update(trainer: Signer, readers: list[Signer], base_hash: bytes) -> d
                      "x25519_secret": x_secret.hex(), "ephemeral_secret": eph_secret.hex(),
                      "wrap": wrap.hex()})
     env = Envelope("update", NETWORK_ID, 1, "", {"sealed": ciphertext, "keys": wraps,
-                                                 "samples": 10, "base": base_hash}
+                                                 "commit": commit, "samples": 10,
+                                                 "base": base_hash}
                    ).signed_by(trainer)
     return {"note": "an inline update sealed to the committee (genesis sealing validators; "
                     "docs/protocol.md, Sealed updates): ciphertext = nonce | "
                     "crypto_secretbox_easy(plaintext, nonce, content_key); each wrap = "
                     "crypto_box_seal(content_key, reader's X25519 key), here with a fixed "
-                    "ephemeral key",
+                    "ephemeral key; commit = BLAKE2b-256(content_key, personalisation "
+                    "'cmfl-key-commit'), which a reader checks its unwrapped key against",
             "plaintext": plaintext.hex(), "content_key": key.hex(), "nonce": nonce.hex(),
+            "commit": commit.hex(),
             "ciphertext": ciphertext.hex(), "readers": rows,
             "envelope": _env(env, "sealed inline update")}
 
