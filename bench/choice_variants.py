@@ -26,12 +26,21 @@ VARIANTS = {
     "rel-median-scaled-z10": ChoiceConfig(reference="median", normalize="scale", size=10),
     "rel-clipped-scaled": ChoiceConfig(reference="clipped", normalize="scale"),
 }
+#: The default committee rule, its aggregate then judged against candidates by every peer
+#: (RunSpec.judge): name -> (cmfl rule, judge config)
+HYBRIDS = {
+    "clip-far+low": ("cmfl-clip-far", ChoiceConfig(statistic="low", reference="committee",
+                                                   normalize="scale")),
+    "clip-far+median": ("cmfl-clip-far", ChoiceConfig(reference="committee",
+                                                      normalize="scale")),
+}
 
 
 def _register() -> None:
     for name, config in VARIANTS.items():
         simulation.JUDGED_RULES.setdefault(name, config)
-    simulation.RULE_NAMES = tuple(dict.fromkeys(simulation.RULE_NAMES + tuple(VARIANTS)))
+    simulation.RULE_NAMES = tuple(dict.fromkeys(simulation.RULE_NAMES + tuple(VARIANTS) +
+                                                tuple(HYBRIDS)))
 
 
 def run_one(job: tuple[str, str, str, int, int]) -> tuple[tuple, float, float, float, dict]:
@@ -40,9 +49,10 @@ def run_one(job: tuple[str, str, str, int, int]) -> tuple[tuple, float, float, f
     torch.set_num_threads(1)
     _register()
     rule, attack, partition, seed, rounds = job
+    base_rule, judge = HYBRIDS.get(rule, (rule, None))
     res = simulation.run(simulation.RunSpec(
-        rule=rule, attack=attack, partition=partition, seed=seed, rounds=rounds,
-        fraction=0.0 if attack == "none" else 0.3))
+        rule=base_rule, attack=attack, partition=partition, seed=seed, rounds=rounds,
+        fraction=0.0 if attack == "none" else 0.3, judge=judge))
     k = max(len(res.attackers_selected), 1)
     kinds = {x: res.applied.count(x) for x in sorted(set(res.applied))}
     return (job, res.accuracy[-1], min(res.accuracy[len(res.accuracy) // 2:]),
@@ -52,7 +62,7 @@ def run_one(job: tuple[str, str, str, int, int]) -> tuple[tuple, float, float, f
 def main(argv: list[str]) -> int:
     if len(argv) < 4 or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
-        print("\nvariants: " + ", ".join(VARIANTS))
+        print("\nvariants: " + ", ".join(VARIANTS) + "\nhybrids: " + ", ".join(HYBRIDS))
         return 0 if argv[:1] in (["-h"], ["--help"]) else 2
     _register()
     rules, attacks, parts = (a.split(",") for a in argv[:3])

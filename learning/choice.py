@@ -62,7 +62,7 @@ class ChoiceConfig:
             raise ValueError(f"need subsets >= 0 and size >= 1, got {self.subsets}, {self.size}")
         if self.statistic not in ("median", "low"):
             raise ValueError(f"unknown statistic {self.statistic!r}")
-        if self.reference not in ("base",) + FULL_SET:
+        if self.reference not in ("base", "committee") + FULL_SET:
             raise ValueError(f"unknown reference {self.reference!r}")
         if self.normalize not in ("none", "scale"):
             raise ValueError(f"unknown normalize {self.normalize!r}")
@@ -70,14 +70,24 @@ class ChoiceConfig:
             raise ValueError(f"tolerate must be in [0, 0.5), got {self.tolerate}")
 
     @property
+    def leading(self) -> tuple[str, ...]:
+        """Candidates between the base and FULL_SET: the committee's own aggregate (built by
+        the caller, learning.cmfl) when it is the reference."""
+        return ("committee",) if self.reference == "committee" else ()
+
+    @property
     def reference_index(self) -> int:
         """The reference candidate's index in `candidate_sets`."""
-        return 0 if self.reference == "base" else 1 + FULL_SET.index(self.reference)
+        if self.reference == "base":
+            return 0
+        if self.reference == "committee":
+            return 1
+        return 1 + len(self.leading) + FULL_SET.index(self.reference)
 
     @property
     def count(self) -> int:
         """How many candidates `candidate_sets` returns (with at least `size` trainers)."""
-        return 1 + len(FULL_SET) + self.subsets
+        return 1 + len(self.leading) + len(FULL_SET) + self.subsets
 
 
 @dataclass(frozen=True)
@@ -108,7 +118,7 @@ def candidate_sets(trainers: Sequence[str], seed: bytes, config: ChoiceConfig = 
     out = [Candidate("base", ())]
     if not ids:
         return out
-    out += [Candidate(kind, ids) for kind in FULL_SET]
+    out += [Candidate(kind, ids) for kind in config.leading + FULL_SET]
     if len(ids) < config.size:
         return out
     for k in range(config.subsets):
@@ -132,9 +142,14 @@ def aggregate_median(base: ModelState, updated: Mapping[str, ModelState]) -> Mod
 
 
 def build_candidate(base: ModelState, updates: Mapping[str, ModelState],
-                    samples: Mapping[str, int], candidate: Candidate) -> ModelState:
-    """The candidate's model. Declared sample counts are capped (`cap_samples`) before
-    weighting: nothing can check them."""
+                    samples: Mapping[str, int], candidate: Candidate,
+                    committee: ModelState | None = None) -> ModelState:
+    """The candidate's model (`committee`: the committee's aggregate, for that kind). Declared
+    sample counts are capped (`cap_samples`) before weighting: nothing can check them."""
+    if candidate.kind == "committee":
+        if committee is None:
+            raise ValueError("a committee candidate needs the committee's aggregate")
+        return committee
     chosen = {t: updates[t] for t in candidate.trainers}
     weights = cap_samples({t: samples[t] for t in candidate.trainers})
     if candidate.kind == "base" or not chosen:

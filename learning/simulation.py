@@ -121,6 +121,9 @@ class RunSpec:
     #: the genesis `compression`: every trainer's update is what its receivers decode of it
     #: (learning.compression), topk with each peer's error-feedback residual
     compression: UpdateCodec = UpdateCodec()
+    #: a cmfl-* rule whose committee aggregate is then judged by every peer among candidates
+    #: (learning.choice with reference "committee"); None: the committee's aggregate stands
+    judge: ChoiceConfig | None = None
 
     @property
     def dp(self) -> DpPolicy | None:
@@ -291,12 +294,13 @@ class JudgeLosses:
 
 def judged_round(rnd: int, state: ModelState, sent: dict[str, ModelState],
                  samples: dict[str, int], judge: JudgeLosses, attackers: frozenset[str],
-                 config: ChoiceConfig, previous: bytes):
+                 config: ChoiceConfig, previous: bytes,
+                 committee_model: ModelState | None = None):
     """One round of learning.choice: candidates from every update, every peer's votes (the
     attackers' the strongest lie), the chosen model. Returns (model, candidate, next seed)."""
     seed = choice_seed(rnd, previous, [state_hash(sent[t]) for t in sorted(sent)])
     cands = candidate_sets(sorted(sent), seed, config)
-    models = [build_candidate(state, sent, samples, c) for c in cands]
+    models = [build_candidate(state, sent, samples, c, committee_model) for c in cands]
     base_loss = judge(state)
     losses = [judge(m) for m in models]
     votes = {j: judge_votes(base_loss[j], [ls[j] for ls in losses])
@@ -345,7 +349,9 @@ def run(spec: RunSpec) -> RunResult:
         committee = genesis_committee(spec)
         excluded: set[str] = set()
         dp = spec.dp
+        judges, previous = None, b"genesis"
         for rnd in range(spec.rounds):
+            base_state = state
             sent, reports = _round_models(spec, rnd, state, data, attackers, attack, committee,
                                           task)
             trainers = [p for p in sorted(sent) if p not in committee]
@@ -382,6 +388,13 @@ def run(spec: RunSpec) -> RunResult:
             result.attackers_on_committee.append(len(set(committee) & attackers))
             result.applied.append(decision.applied)
             state, committee = decision.new_state, decision.next_committee
+            if spec.judge is not None:
+                if judges is None:
+                    judges = JudgeLosses(mspec, data)
+                state, chosen, previous = judged_round(
+                    rnd, base_state, updates, samples, judges, attackers, spec.judge, previous,
+                    decision.new_state)
+                result.applied[-1] = f"{decision.applied}:{chosen.kind}"
             record(state)
     elif spec.rule in JUDGED_RULES:
         judge = JudgeLosses(mspec, data)
