@@ -236,14 +236,10 @@ def _run_network(cfg: DemoConfig, out: Path, n_attackers: int,
     last_progress = last_notice = started
     try:
         while shown < cfg.rounds:
-            by_height: dict[int, list[dict]] = {}
-            listening = 0
-            for d in dirs:
-                events = _read_events(d / "events.jsonl")
-                listening += any(e.get("event") == "listening" for e in events)
-                for e in events:
-                    if e.get("event") == "committed":
-                        by_height.setdefault(e["height"], []).append(e)
+            peer_events = [_read_events(d / "events.jsonl") for d in dirs]
+            listening = sum(any(e.get("event") == "listening" for e in events)
+                            for events in peer_events)
+            by_height, synced = rounds_held(peer_events)
             if not listening_reported and listening == cfg.peers:
                 listening_reported = True
                 print(f"demo: all {cfg.peers} peers listening after "
@@ -253,8 +249,11 @@ def _run_network(cfg: DemoConfig, out: Path, n_attackers: int,
                       f"{'global test acc':>15} {'round s':>8}  federated (own held-out data: "
                       "mean / worst peer)", flush=True)
                 last_notice = time.monotonic()
-            while shown in by_height and len(by_height[shown]) == cfg.peers:
-                result.rows.append(_row(shown, by_height[shown], ids, label, attackers))
+            while shown in by_height and len(
+                    {e["peer"] for e in by_height[shown]} | synced.get(shown, set())) == cfg.peers:
+                late = synced.get(shown, set()) - {e["peer"] for e in by_height[shown]}
+                result.rows.append(_row(shown, by_height[shown], ids, label, attackers,
+                                        len(late)))
                 shown += 1
                 last_progress = last_notice = time.monotonic()
             if all(p.poll() is not None for p in procs) and shown < cfg.rounds:
@@ -293,9 +292,28 @@ def _run_network(cfg: DemoConfig, out: Path, n_attackers: int,
     return result
 
 
+def rounds_held(peer_events: list[list[dict]]) -> tuple[dict[int, list[dict]],
+                                                        dict[int, set[str]]]:
+    """From each peer's events: the "committed" events by height, and by height the peers
+    that stored that block by sync instead (a peer that missed a round's block on gossip
+    catches up with `synced`, holding the block without a "committed" event for it)."""
+    by_height: dict[int, list[dict]] = {}
+    synced: dict[int, set[str]] = {}
+    for events in peer_events:
+        for e in events:
+            if e.get("event") == "committed":
+                by_height.setdefault(e["height"], []).append(e)
+            elif e.get("event") == "synced" and isinstance(e.get("from"), int) \
+                    and isinstance(e.get("height"), int):
+                for h in range(e["from"], e["height"] + 1):
+                    synced.setdefault(h, set()).add(e.get("peer"))
+    return by_height, synced
+
+
 def _row(height: int, events: list[dict], ids: list[str], label: dict[str, str],
-         attackers: set[str]) -> dict:
-    """Print one committed round and return it as a summary row."""
+         attackers: set[str], synced: int = 0) -> dict:
+    """Print one committed round and return it as a summary row (`synced`: how many peers
+    stored its block by sync instead of committing it in the round)."""
     e = events[0]
     committee = " ".join(_mark(label[p], p in attackers) for p in e["committee"])
     trainers = len(set(ids) - set(e["committee"]))
@@ -305,13 +323,14 @@ def _row(height: int, events: list[dict], ids: list[str], label: dict[str, str],
            "committee": [label[p] for p in e["committee"]],
            "selected": [label[p] for p in e["selected"]],
            "attackers_selected": sum(p in attackers for p in e["selected"]),
-           "hashes_agree": len({x["hash"] for x in events}) == 1}
+           "hashes_agree": len({x["hash"] for x in events}) == 1, "synced_peers": synced}
     fed = _federated(events)
     row["federated"] = fed
     acc = "-" if e.get("accuracy") is None else f"{e['accuracy']:.3f}"
     print(f"{height:>6}  {committee:<18} {selected + f' ({trainers})':<28} "
           f"{acc:>15} {row['round_seconds']:>8.2f}  "
-          + " ".join(f"{k} {v['mean']:.3f}/{v['worst']:.3f}" for k, v in fed.items()),
+          + " ".join(f"{k} {v['mean']:.3f}/{v['worst']:.3f}" for k, v in fed.items())
+          + (f"  ({synced} peer{'s' if synced > 1 else ''} caught up by sync)" if synced else ""),
           flush=True)
     return row
 

@@ -243,3 +243,20 @@ def test_two_peers_status_peers_metrics_and_clean_sigterm(net: Path) -> None:
     common_height = min(s["height"] for s in shown)
     hashes = [{b["height"]: b["hash"] for b in s["last_blocks"]} for s in shown]
     assert hashes[0][common_height] == hashes[1][common_height]
+
+
+def test_the_demo_counts_a_block_stored_by_sync_as_held() -> None:
+    """A peer that missed a round's block on gossip and stored it by sync holds it: the demo
+    shows that round (it used to wait for a "committed" event that never comes)."""
+    from p2p_node.demo import rounds_held
+
+    def committed(peer: str, h: int) -> dict:
+        return {"event": "committed", "peer": peer, "height": h, "hash": f"h{h}"}
+
+    a = [committed("a", 0), committed("a", 1), committed("a", 2)]
+    b = [committed("b", 0), {"event": "synced", "peer": "b", "height": 2, "from": 1,
+                             "blocks": 2, "hash": "h2"}]
+    c = [committed("c", 0), {"event": "synced", "peer": "c", "height": "x", "from": 1}]
+    by_height, synced = rounds_held([a, b, c])
+    assert sorted(by_height) == [0, 1, 2] and len(by_height[0]) == 3
+    assert synced == {1: {"b"}, 2: {"b"}}  # a malformed synced event counts for nothing
