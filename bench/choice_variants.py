@@ -3,7 +3,8 @@
     python -m bench.choice_variants VARIANTS ATTACKS dirichlet|iid SEEDS [ROUNDS]
 
 VARIANTS is a comma list of the names below or of any rule in learning.simulation.RULE_NAMES
-(e.g. cmfl-clip-far, median); each run prints its final accuracy, the lowest accuracy of the
+(e.g. cmfl-clip-far, median), each optionally suffixed "/blind" (the lying judges vote before
+seeing the honest votes, as under a commit-reveal of the votes); each run prints its final accuracy, the lowest accuracy of the
 second half of the run, the attackers in the chosen candidate per round and which kinds of
 candidate were chosen. docs/learning.md ("Issue 14, fifth pass") was measured with it.
 """
@@ -49,10 +50,12 @@ def run_one(job: tuple[str, str, str, int, int]) -> tuple[tuple, float, float, f
     torch.set_num_threads(1)
     _register()
     rule, attack, partition, seed, rounds = job
+    blind = rule.endswith("/blind")  # the liars vote before seeing the honest votes
+    rule = rule.removesuffix("/blind")
     base_rule, judge = HYBRIDS.get(rule, (rule, None))
     res = simulation.run(simulation.RunSpec(
         rule=base_rule, attack=attack, partition=partition, seed=seed, rounds=rounds,
-        fraction=0.0 if attack == "none" else 0.3, judge=judge))
+        fraction=0.0 if attack == "none" else 0.3, judge=judge, blind_liars=blind))
     k = max(len(res.attackers_selected), 1)
     kinds = {x: res.applied.count(x) for x in sorted(set(res.applied))}
     return (job, res.accuracy[-1], min(res.accuracy[len(res.accuracy) // 2:]),
@@ -68,7 +71,7 @@ def main(argv: list[str]) -> int:
     rules, attacks, parts = (a.split(",") for a in argv[:3])
     seeds, rounds = int(argv[3]), int(argv[4]) if len(argv) > 4 else 40
     for r in rules:
-        if r not in simulation.RULE_NAMES:
+        if r.removesuffix("/blind") not in simulation.RULE_NAMES:
             print(f"unknown variant or rule {r!r}", file=sys.stderr)
             return 2
     jobs = [(r, a, p, s, rounds) for a in attacks for p in parts for r in rules

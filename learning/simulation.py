@@ -124,6 +124,9 @@ class RunSpec:
     #: a cmfl-* rule whose committee aggregate is then judged by every peer among candidates
     #: (learning.choice with reference "committee"); None: the committee's aggregate stands
     judge: ChoiceConfig | None = None
+    #: judged rules: the lying judges vote before seeing the honest votes (a commit-reveal
+    #: of the votes); they aim with their own data's votes standing in for the honest ones
+    blind_liars: bool = False
 
     @property
     def dp(self) -> DpPolicy | None:
@@ -295,7 +298,7 @@ class JudgeLosses:
 def judged_round(rnd: int, state: ModelState, sent: dict[str, ModelState],
                  samples: dict[str, int], judge: JudgeLosses, attackers: frozenset[str],
                  config: ChoiceConfig, previous: bytes,
-                 committee_model: ModelState | None = None):
+                 committee_model: ModelState | None = None, blind: bool = False):
     """One round of learning.choice: candidates from every update, every peer's votes (the
     attackers' the strongest lie), the chosen model. Returns (model, candidate, next seed)."""
     seed = choice_seed(rnd, previous, [state_hash(sent[t]) for t in sorted(sent)])
@@ -307,7 +310,13 @@ def judged_round(rnd: int, state: ModelState, sent: dict[str, ModelState],
              for j in judge.ids if j not in attackers}
     liars = sorted(set(judge.ids) & attackers)
     if liars:
-        lie = lie_votes(dict(votes), cands, frozenset(liars),
+        seen = dict(votes)
+        if blind:
+            # Their own data's votes, repeated to the honest judges' number, stand in for
+            # the votes they cannot see yet.
+            own = [judge_votes(base_loss[j], [ls[j] for ls in losses]) for j in liars]
+            seen = {j: own[k % len(own)] for k, j in enumerate(sorted(votes))}
+        lie = lie_votes(seen, cands, frozenset(liars),
                         lambda v: choose(v, len(cands), config))
         votes.update({j: lie for j in liars})
     best = choose(votes, len(cands), config)
@@ -393,7 +402,7 @@ def run(spec: RunSpec) -> RunResult:
                     judges = JudgeLosses(mspec, data)
                 state, chosen, previous = judged_round(
                     rnd, base_state, updates, samples, judges, attackers, spec.judge, previous,
-                    decision.new_state)
+                    decision.new_state, spec.blind_liars)
                 result.applied[-1] = f"{decision.applied}:{chosen.kind}"
             record(state)
     elif spec.rule in JUDGED_RULES:
@@ -403,7 +412,8 @@ def run(spec: RunSpec) -> RunResult:
             sent, _ = _round_models(spec, rnd, state, data, attackers, attack, task=task)
             sent = _as_sent(spec, state, sent, residuals)
             state, chosen, previous = judged_round(rnd, state, sent, samples, judge, attackers,
-                                                   JUDGED_RULES[spec.rule], previous)
+                                                   JUDGED_RULES[spec.rule], previous,
+                                                   blind=spec.blind_liars)
             result.attackers_selected.append(len(set(chosen.trainers) & attackers))
             result.applied.append(chosen.kind)
             record(state)

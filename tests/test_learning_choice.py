@@ -1,4 +1,5 @@
 """learning.choice: the judged choice among candidate aggregates, and the liar aimed at it."""
+import dataclasses
 import math
 
 import numpy as np
@@ -175,3 +176,13 @@ def test_the_variants_bench_explains_itself_and_refuses_unknown_rules(capsys):
     assert choice_variants.main(["--help"]) == 0
     assert "rel-median-scaled" in capsys.readouterr().out
     assert choice_variants.main(["no-such-rule", "none", "iid", "1", "1"]) == 2
+
+
+def test_blind_liars_aim_with_their_own_votes_and_choose_differently():
+    """Under a commit-reveal of the votes the liars cannot see the honest votes: the harness
+    then aims their lie with their own data's votes; the run stays seeded and differs."""
+    spec = RunSpec(rule="cmfl-choose", attack="sign_flip", fraction=0.3, rounds=6, seed=1,
+                   partition="dirichlet")
+    seeing, blind = run(spec), run(dataclasses.replace(spec, blind_liars=True))
+    assert blind.accuracy == run(dataclasses.replace(spec, blind_liars=True)).accuracy
+    assert blind.applied != seeing.applied or blind.accuracy != seeing.accuracy
