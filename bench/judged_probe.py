@@ -27,7 +27,8 @@ from learning.attacks import Omniscient, RoundView, make_attack, _deltas
 from learning.baselines import aggregate_baseline
 from learning.data import load_digits_split
 from learning.model import ModelSpec, build_model, initial_state, load_state
-from learning.simulation import RunSpec, _local_data, _round_models, choose_attackers
+from learning.simulation import (JudgeLosses, RunSpec, _local_data, _round_models,
+                                 choose_attackers)
 from learning.baselines import flatten_state, unflatten_state
 from learning.training import evaluate
 
@@ -60,26 +61,11 @@ VARIANTS = {
 }
 
 
-class Judge:
-    """Fast per-judge losses of many candidate models: one model, all judges' data at once."""
-
-    def __init__(self, spec: ModelSpec, data: dict[str, object]) -> None:
-        self.model = build_model(spec, seed=0)
-        self.model.eval()
-        self.ids = sorted(data)
-        self.x = torch.cat([data[p].x for p in self.ids])
-        self.y = torch.cat([data[p].y for p in self.ids])
-        sizes = [len(data[p]) for p in self.ids]
-        self.seg = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
-        self.sizes = torch.tensor(sizes, dtype=torch.float64)
+class Judge(JudgeLosses):
+    """Fast per-judge losses of many candidate models (learning.simulation.JudgeLosses)."""
 
     def losses(self, state) -> dict[str, float]:
-        load_state(self.model, state)
-        with torch.no_grad():
-            per = torch.nn.functional.cross_entropy(self.model(self.x), self.y,
-                                                    reduction="none").to(torch.float64)
-        sums = torch.zeros(len(self.ids), dtype=torch.float64).index_add_(0, self.seg, per)
-        return dict(zip(self.ids, (sums / self.sizes).tolist()))
+        return self(state)
 
 
 def combine(votes: list[float], stat: str, f: int) -> float:
