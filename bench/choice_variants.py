@@ -4,7 +4,9 @@
 
 VARIANTS is a comma list of the names below or of any rule in learning.simulation.RULE_NAMES
 (e.g. cmfl-clip-far, median), each optionally suffixed "/blind" (the lying judges vote before
-seeing the honest votes, as under a commit-reveal of the votes); each run prints its final accuracy, the lowest accuracy of the
+seeing the honest votes, as under a commit-reveal of the votes) or "/revealK" (under the
+commit-reveal they commit K different lies and reveal the subset that suits them; who withholds
+is barred from judging); each run prints its final accuracy, the lowest accuracy of the
 second half of the run, the attackers in the chosen candidate per round and which kinds of
 candidate were chosen. docs/learning.md ("Issue 14, fifth pass") was measured with it.
 """
@@ -52,12 +54,19 @@ def run_one(job: tuple[str, str, str, int, int]) -> tuple[tuple, float, float, f
     rule, attack, partition, seed, rounds = job
     blind = rule.endswith("/blind")  # the liars vote before seeing the honest votes
     rule = rule.removesuffix("/blind")
+    selective = 0
+    if "/reveal" in rule:  # "/revealK": commit K lies blind, reveal selectively
+        rule, k = rule.split("/reveal")
+        selective = int(k or 1)
     base_rule, judge = HYBRIDS.get(rule, (rule, None))
     res = simulation.run(simulation.RunSpec(
         rule=base_rule, attack=attack, partition=partition, seed=seed, rounds=rounds,
-        fraction=0.0 if attack == "none" else 0.3, judge=judge, blind_liars=blind))
+        fraction=0.0 if attack == "none" else 0.3, judge=judge, blind_liars=blind,
+        selective_reveal=selective))
     k = max(len(res.attackers_selected), 1)
     kinds = {x: res.applied.count(x) for x in sorted(set(res.applied))}
+    if res.barred_judges:
+        kinds["barred"] = res.barred_judges[-1]
     return (job, res.accuracy[-1], min(res.accuracy[len(res.accuracy) // 2:]),
             sum(res.attackers_selected) / k, kinds)
 
@@ -71,7 +80,7 @@ def main(argv: list[str]) -> int:
     rules, attacks, parts = (a.split(",") for a in argv[:3])
     seeds, rounds = int(argv[3]), int(argv[4]) if len(argv) > 4 else 40
     for r in rules:
-        if r.removesuffix("/blind") not in simulation.RULE_NAMES:
+        if r.removesuffix("/blind").split("/reveal")[0] not in simulation.RULE_NAMES:
             print(f"unknown variant or rule {r!r}", file=sys.stderr)
             return 2
     jobs = [(r, a, p, s, rounds) for a in attacks for p in parts for r in rules

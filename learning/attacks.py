@@ -858,3 +858,47 @@ def lie_votes(honest_votes: dict[str, tuple[float, ...]], candidates: list, coll
         if best is not None:
             break
     return best if best is not None else lie(max(range(count), key=held), None)
+
+
+def committed_lies(proxy_votes: dict[str, tuple[float, ...]], candidates: list, colluders,
+                   favourites: int) -> dict[str, tuple[float, ...]]:
+    """What colluding judges commit to under a commit-reveal of the votes, before any honest
+    vote is known, when they mean to reveal selectively: `favourites` different lies (+1e9 for
+    one candidate, -1e9 for every other), for the candidates holding the most colluders that
+    their own data's votes (`proxy_votes`) like least, shared round-robin among them."""
+    count = len(candidates)
+    liars = sorted(colluders)
+
+    def held(i: int) -> tuple[int, float]:
+        return (len(set(candidates[i].trainers) & set(colluders)),
+                -math.fsum(v[i] for v in proxy_votes.values()))
+
+    ranked = sorted(range(count), key=held, reverse=True)[:max(1, favourites)]
+    return {liar: tuple(1e9 if k == ranked[n % len(ranked)] else -1e9 for k in range(count))
+            for n, liar in enumerate(liars)}
+
+
+def selective_reveal(honest_votes: dict[str, tuple[float, ...]],
+                     commits: dict[str, tuple[float, ...]], candidates: list, colluders,
+                     rule) -> frozenset[str]:
+    """Which committed liars reveal, once every honest vote is revealed: the subset whose
+    winner (a withheld vote counts as -inf on every candidate) holds the most colluders, then
+    is the one the honest judges like least; ties go to the larger subset (each withheld
+    reveal is evidence that excludes its member from judging)."""
+    import itertools
+
+    count = len(candidates)
+    liars = sorted(commits)
+    honest = sorted(honest_votes)
+    withheld = tuple(-math.inf for _ in range(count))
+    best, best_key = frozenset(liars), None
+    for r in range(len(liars), -1, -1):
+        for subset in itertools.combinations(liars, r):
+            votes = dict(honest_votes)
+            votes.update({j: commits[j] if j in subset else withheld for j in liars})
+            i = rule(votes)
+            key = (len(set(candidates[i].trainers) & set(colluders)),
+                   -math.fsum(honest_votes[j][i] for j in honest), r)
+            if best_key is None or key > best_key:
+                best, best_key = frozenset(subset), key
+    return best

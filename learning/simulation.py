@@ -8,11 +8,13 @@ go through `learning.cmfl.select_round` / `finish_round`, the code the peers run
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from learning.attacks import Attack, Omniscient, RoundView, lie_votes, make_attack
+from learning.attacks import (Attack, Omniscient, RoundView, committed_lies, lie_votes,
+                             make_attack, selective_reveal)
 from learning.baselines import BASELINES, aggregate_baseline
 from learning.choice import (RECOMMENDED, ChoiceConfig, build_candidate, candidate_sets, choice_seed,
                              choose, judge_votes)
@@ -127,6 +129,10 @@ class RunSpec:
     #: judged rules: the lying judges vote before seeing the honest votes (a commit-reveal
     #: of the votes); they aim with their own data's votes standing in for the honest ones
     blind_liars: bool = False
+    #: > 0: under the commit-reveal, the liars commit this many different lies blind and
+    #: reveal the subset that suits them once the honest votes are out; a liar who withholds
+    #: its reveal is excluded from judging for the rest of the run
+    selective_reveal: int = 0
 
     @property
     def dp(self) -> DpPolicy | None:
@@ -148,6 +154,8 @@ class RunResult:
     attackers_selected: list[int] = field(default_factory=list)
     attackers_on_committee: list[int] = field(default_factory=list)
     applied: list[str] = field(default_factory=list)
+    #: judged rules with selective reveals: liars barred from judging so far, per round
+    barred_judges: list[int] = field(default_factory=list)
 
 
 def peer_ids(n: int) -> list[str]:
@@ -298,7 +306,8 @@ class JudgeLosses:
 def judged_round(rnd: int, state: ModelState, sent: dict[str, ModelState],
                  samples: dict[str, int], judge: JudgeLosses, attackers: frozenset[str],
                  config: ChoiceConfig, previous: bytes,
-                 committee_model: ModelState | None = None, blind: bool = False):
+                 committee_model: ModelState | None = None, blind: bool = False,
+                 selective: int = 0, barred: set[str] | None = None):
     """One round of learning.choice: candidates from every update, every peer's votes (the
     attackers' the strongest lie), the chosen model. Returns (model, candidate, next seed)."""
     seed = choice_seed(rnd, previous, [state_hash(sent[t]) for t in sorted(sent)])
@@ -308,8 +317,18 @@ def judged_round(rnd: int, state: ModelState, sent: dict[str, ModelState],
     losses = [judge(m) for m in models]
     votes = {j: judge_votes(base_loss[j], [ls[j] for ls in losses])
              for j in judge.ids if j not in attackers}
-    liars = sorted(set(judge.ids) & attackers)
-    if liars:
+    barred = set() if barred is None else barred
+    liars = sorted(set(judge.ids) & attackers - barred)
+    if liars and selective:
+        own = [judge_votes(base_loss[j], [ls[j] for ls in losses]) for j in liars]
+        commits = committed_lies({j: v for j, v in zip(liars, own)}, cands, frozenset(liars),
+                                 selective)
+        shown = selective_reveal(dict(votes), commits, cands, frozenset(liars),
+                                 lambda v: choose(v, len(cands), config))
+        withheld = tuple(-math.inf for _ in cands)
+        votes.update({j: commits[j] if j in shown else withheld for j in liars})
+        barred |= set(liars) - shown  # the withheld reveal is evidence: no more judging
+    elif liars:
         seen = dict(votes)
         if blind:
             # Their own data's votes, repeated to the honest judges' number, stand in for
@@ -408,14 +427,18 @@ def run(spec: RunSpec) -> RunResult:
     elif spec.rule in JUDGED_RULES:
         judge = JudgeLosses(mspec, data)
         previous = b"genesis"
+        barred: set[str] = set()
         for rnd in range(spec.rounds):
             sent, _ = _round_models(spec, rnd, state, data, attackers, attack, task=task)
             sent = _as_sent(spec, state, sent, residuals)
             state, chosen, previous = judged_round(rnd, state, sent, samples, judge, attackers,
                                                    JUDGED_RULES[spec.rule], previous,
-                                                   blind=spec.blind_liars)
+                                                   blind=spec.blind_liars,
+                                                   selective=spec.selective_reveal,
+                                                   barred=barred)
             result.attackers_selected.append(len(set(chosen.trainers) & attackers))
             result.applied.append(chosen.kind)
+            result.barred_judges.append(len(barred))
             record(state)
     else:
         for rnd in range(spec.rounds):

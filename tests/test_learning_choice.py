@@ -186,3 +186,31 @@ def test_blind_liars_aim_with_their_own_votes_and_choose_differently():
     seeing, blind = run(spec), run(dataclasses.replace(spec, blind_liars=True))
     assert blind.accuracy == run(dataclasses.replace(spec, blind_liars=True)).accuracy
     assert blind.applied != seeing.applied or blind.accuracy != seeing.accuracy
+
+
+def test_selective_reveal_picks_the_subset_whose_winner_suits_the_liars():
+    from learning.attacks import committed_lies, selective_reveal
+    cands = [Candidate("base", ()), Candidate("subset", ("good",)), Candidate("subset", ("bad",))]
+    honest = {f"h{i:02d}": (0.0, 0.5 + 0.01 * i, -1.0 if i < 9 else 1.0 + 0.1 * i)
+              for i in range(14)}
+    liars = frozenset({"bad"} | {f"l{i}" for i in range(6)})
+    commits = committed_lies(honest, cands, liars, 1)
+    assert all(v.index(1e9) == 2 for v in commits.values())  # the one holding a colluder
+    rule = lambda v: choose(v, 3)  # noqa: E731
+    shown = selective_reveal(honest, commits, cands, liars, rule)
+    votes = {**honest, **{j: commits[j] if j in shown else (-math.inf,) * 3 for j in commits}}
+    assert rule(votes) == 2 and shown == frozenset(commits)  # all reveal: none is burned
+    # split over two favourites, four lies for it are too few: the liars show what wins best
+    split = committed_lies(honest, cands, liars, 2)
+    shown = selective_reveal(honest, split, cands, liars, rule)
+    votes = {**honest, **{j: split[j] if j in shown else (-math.inf,) * 3 for j in split}}
+    assert rule(votes) != 2
+
+
+def test_withheld_reveals_bar_liars_from_judging():
+    spec = RunSpec(rule="cmfl-choose", attack="sign_flip", fraction=0.3, rounds=8, seed=0,
+                   partition="dirichlet", selective_reveal=6)
+    r = run(spec)
+    assert len(r.barred_judges) == 8
+    assert r.barred_judges == sorted(r.barred_judges)  # once barred, always barred
+    assert r.barred_judges[-1] <= 6
