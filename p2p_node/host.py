@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 #: Heartbeat: py-libp2p's default is 120 s, far too slow to form and repair meshes.
 HEARTBEAT_SECONDS = 1
+#: gossipsub mesh degree D and its bounds (see running_host for why not py-libp2p's 6, 4-12)
+MESH_DEGREE, MESH_DEGREE_LOW, MESH_DEGREE_HIGH = 4, 3, 6
 #: Spam protection counts messages per topic per *forwarding* peer: a committee member forwards
 #: one update per trainer within a second, so the default 10/s would drop honest traffic. Our own
 #: signature checks, not a rate, are what keep junk out.
@@ -97,7 +99,8 @@ def build_host(signer: Signer, mdns: bool = False) -> tuple[IHost, GuardedPubsub
         # round's CPU is mostly py-libp2p handling duplicate wire copies (each peer receives
         # about D copies of every message); D = 4 cut CPU per round 4.8 -> 2.6 s and a round
         # 2.5 -> 1.3 s (bench/vs_flower.py --systems ours, docs/results/cost.md).
-        protocols=[PROTOCOL_ID_V11], degree=4, degree_low=3, degree_high=6,
+        protocols=[PROTOCOL_ID_V11], degree=MESH_DEGREE, degree_low=MESH_DEGREE_LOW,
+        degree_high=MESH_DEGREE_HIGH,
         heartbeat_interval=HEARTBEAT_SECONDS, heartbeat_initial_delay=0.1,
         spam_protection_enabled=True,
         max_messages_per_topic_per_second=MAX_MESSAGES_PER_TOPIC_PER_SECOND,

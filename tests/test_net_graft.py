@@ -24,7 +24,7 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 from gossip.envelope import decode_envelope
 from gossip.peer_keys import Signer
 from gossip.validation import is_past
-from p2p_node.host import running_host
+from p2p_node.host import MESH_DEGREE_LOW, running_host
 from p2p_node.node import topic_name
 from p2p_node.round_core import TOPIC_KINDS
 from tests.cluster import Cluster, EventLog
@@ -41,6 +41,7 @@ def test_a_peer_grafted_after_round_3_receives_no_message_of_a_past_round(tmp_pa
     received: list[tuple[str, int, int]] = []  # (kind, round, its own round at receipt)
     head = [-1]  # the highest block height the fresh peer knows
     grafted: list[int] = []  # how many of our peers had the fresh host in their committee mesh
+    # (at some time while it watched)
 
     async def main():
         with trio.fail_after(240):
@@ -71,18 +72,29 @@ def test_a_peer_grafted_after_round_3_receives_no_message_of_a_past_round(tmp_pa
                         head[0] = max(head[0], env.round)
                     received.append((env.kind, env.round, head[0] + 1))
 
+            # Which of our peers had it in their committee mesh at some time: a peer may prune
+            # it again later (it forwards nothing, so its mesh-delivery score can fall), which
+            # is gossipsub doing its job, not a past message.
+            meshed: set[int] = set()
+
+            async def watch_mesh():
+                while True:
+                    meshed.update(i for i, n in enumerate(nodes)
+                                  if host.get_id() in n.router.mesh.get(committee, ()))
+                    await trio.sleep(0.2)
+
             async with trio.open_nursery() as readers:
                 head[0] = committed()
                 for topic in TOPIC_KINDS:
                     readers.start_soon(read, await pubsub.subscribe(topic_name(net, topic)))
+                readers.start_soon(watch_mesh)
                 for peer_id, d in zip(cluster.ids, cluster.dirs):
                     addr = (d / "listen_addrs").read_text().split()[0]
                     await host.connect(info_from_p2p_addr(multiaddr.Multiaddr(
                         f"{addr}/p2p/{peer_id}")))
                 start = network_round()
                 await log.wait_for(lambda ev: network_round() >= start + WATCH_ROUNDS)
-                grafted.append(sum(host.get_id() in n.router.mesh.get(committee, ())
-                                   for n in nodes))
+                grafted.append(len(meshed))
                 readers.cancel_scope.cancel()
 
     trio.run(main)
@@ -90,7 +102,9 @@ def test_a_peer_grafted_after_round_3_receives_no_message_of_a_past_round(tmp_pa
     if os.environ.get("GRAFT_REPORT"):
         print(f"\nfresh peer: {len(received)} messages over {WATCH_ROUNDS} rounds, "
               f"(kind, rounds behind its own): {sorted(by_age.items())}")
-    assert grafted == [4], f"grafted by {grafted} of 4 peers"
+    # Grafted into the committee mesh of at least D_low of our 4 peers: a joining peer grafts
+    # while its mesh is below D_low (3) and then stops, so the fourth may never mesh it.
+    assert grafted and grafted[0] >= MESH_DEGREE_LOW, f"grafted by {grafted} of 4 peers"
     # It does take part: it gets the current round's messages, live.
     current = {kind for kind, r, now in received if not is_past(kind, r, now)}
     assert current >= {"update", "scores", "prepare", "commit", "block"}, by_age
