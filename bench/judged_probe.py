@@ -195,20 +195,21 @@ def run_one(args):
     return args, accs, att_in, honest_out
 
 
-def main() -> None:
-    variants, attacks, parts = (a.split(",") for a in sys.argv[1:4])
-    seeds = int(sys.argv[4])
-    rounds = int(sys.argv[5]) if len(sys.argv) > 5 else 40
+def main(args: list[str], work, extra: str) -> None:
+    """Run the grid VARIANTS ATTACKS PARTITIONS SEEDS [ROUNDS] through `work`, one line per
+    run; `extra` names the run's last result (honest updates left out, or candidates chosen)."""
+    variants, attacks, parts = (a.split(",") for a in args[:3])
+    seeds = int(args[3])
+    rounds = int(args[4]) if len(args) > 4 else 40
     jobs = [(v, a, p, s, rounds) for a in attacks for p in parts for v in variants
             for s in range(seeds)]
     with ProcessPoolExecutor(2) as ex:
-        for (v, a, p, s, _), accs, att_in, h_out in ex.map(run_one, jobs):
+        for (v, a, p, s, _), accs, att_in, last in ex.map(work, jobs):
             k = max(len(att_in), 1)
+            shown = f"{sum(last) / k:.1f}" if isinstance(last, list) else last
             print(f"{v:14s} {a:24s} {p:9s} s{s} acc={accs[-1]:.3f} "
                   f"min2h={min(accs[len(accs) // 2:]):.3f} att_in={sum(att_in) / k:.2f} "
-                  f"honest_out={sum(h_out) / k:.1f}", flush=True)
-
-
+                  f"{extra}={shown}", flush=True)
 
 
 # --- the candidate-choice variant: judges pick among candidate aggregates -------------------
@@ -336,19 +337,8 @@ def run_choice(args):
     return args, accs, att_in, kinds
 
 
-def main_choice() -> None:
-    variants, attacks, parts = (a.split(",") for a in sys.argv[2:5])
-    seeds = int(sys.argv[5])
-    rounds = int(sys.argv[6]) if len(sys.argv) > 6 else 40
-    jobs = [(v, a, p, s, rounds) for a in attacks for p in parts for v in variants
-            for s in range(seeds)]
-    with ProcessPoolExecutor(2) as ex:
-        for (v, a, p, s, _), accs, att_in, kinds in ex.map(run_choice, jobs):
-            k = max(len(att_in), 1)
-            print(f"{v:12s} {a:24s} {p:9s} s{s} acc={accs[-1]:.3f} "
-                  f"min2h={min(accs[len(accs) // 2:]):.3f} att_in={sum(att_in) / k:.2f} "
-                  f"chosen={kinds}", flush=True)
-
-
 if __name__ == "__main__":
-    main_choice() if sys.argv[1] == "choose" else main()
+    if sys.argv[1] == "choose":
+        main(sys.argv[2:], run_choice, "chosen")
+    else:
+        main(sys.argv[1:], run_one, "honest_out")

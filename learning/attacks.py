@@ -10,6 +10,8 @@ Colluding attacks (ALIE) also read what the colluders observed this round, `obse
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import math
 import statistics
 from dataclasses import dataclass, replace
@@ -775,7 +777,6 @@ class ChoiceUnlearn(Omniscient):
 
 def view_digest(state: ModelState) -> bytes:
     """A digest of a model every colluder computes alike (the round's shared coin)."""
-    import hashlib
     return hashlib.blake2b(flatten_state(state).numpy().tobytes(), digest_size=8).digest()
 
 
@@ -820,7 +821,6 @@ def make_attack(name: str) -> Attack | None:
     if cls is None:
         raise ValueError(f"unknown attack {name!r}; valid: none, {', '.join(sorted(ATTACKS))}")
     return cls()
-
 
 
 def lie_votes(honest_votes: dict[str, tuple[float, ...]], candidates: list, colluders,
@@ -885,8 +885,6 @@ def selective_reveal(honest_votes: dict[str, tuple[float, ...]],
     winner (a withheld vote counts as -inf on every candidate) holds the most colluders, then
     is the one the honest judges like least; ties go to the larger subset (each withheld
     reveal is evidence that excludes its member from judging)."""
-    import itertools
-
     count = len(candidates)
     liars = sorted(commits)
     honest = sorted(honest_votes)

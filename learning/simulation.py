@@ -315,16 +315,16 @@ def judged_round(rnd: int, state: ModelState, sent: dict[str, ModelState],
     models = [build_candidate(state, sent, samples, c, committee_model) for c in cands]
     base_loss = judge(state)
     losses = [judge(m) for m in models]
-    votes = {j: judge_votes(base_loss[j], [ls[j] for ls in losses])
-             for j in judge.ids if j not in attackers}
+    # every judge's measured votes: the honest ones' are sent, the liars aim with theirs
+    measured = {j: judge_votes(base_loss[j], [ls[j] for ls in losses]) for j in judge.ids}
+    votes = {j: v for j, v in measured.items() if j not in attackers}
     barred = set() if barred is None else barred
     liars = sorted(set(judge.ids) & attackers - barred)
+    rule = lambda v: choose(v, len(cands), config)  # noqa: E731
     if liars and selective:
-        own = [judge_votes(base_loss[j], [ls[j] for ls in losses]) for j in liars]
-        commits = committed_lies({j: v for j, v in zip(liars, own)}, cands, frozenset(liars),
+        commits = committed_lies({j: measured[j] for j in liars}, cands, frozenset(liars),
                                  selective)
-        shown = selective_reveal(dict(votes), commits, cands, frozenset(liars),
-                                 lambda v: choose(v, len(cands), config))
+        shown = selective_reveal(dict(votes), commits, cands, frozenset(liars), rule)
         withheld = tuple(-math.inf for _ in cands)
         votes.update({j: commits[j] if j in shown else withheld for j in liars})
         barred |= set(liars) - shown  # the withheld reveal is evidence: no more judging
@@ -333,12 +333,10 @@ def judged_round(rnd: int, state: ModelState, sent: dict[str, ModelState],
         if blind:
             # Their own data's votes, repeated to the honest judges' number, stand in for
             # the votes they cannot see yet.
-            own = [judge_votes(base_loss[j], [ls[j] for ls in losses]) for j in liars]
-            seen = {j: own[k % len(own)] for k, j in enumerate(sorted(votes))}
-        lie = lie_votes(seen, cands, frozenset(liars),
-                        lambda v: choose(v, len(cands), config))
+            seen = {j: measured[liars[k % len(liars)]] for k, j in enumerate(sorted(votes))}
+        lie = lie_votes(seen, cands, frozenset(liars), rule)
         votes.update({j: lie for j in liars})
-    best = choose(votes, len(cands), config)
+    best = rule(votes)
     return models[best], cands[best], state_hash(models[best])
 
 

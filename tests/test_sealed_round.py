@@ -145,6 +145,17 @@ def sealed_body(trainer, readers, plaintext=None, key_from=None):
             "commit": sealed.key_commit, "samples": 5, "base": state_hash(BASE)}
 
 
+
+def assert_refused(machine: RoundMachine, cases: dict) -> None:
+    """Each sender's signed update body is refused with its reason and the invalid-update
+    penalty, and none is kept."""
+    for sender, (body, reason) in cases.items():
+        env = Envelope("update", NET, 0, "", body).signed_by(SIGNERS[sender])
+        [rejected] = machine.on_envelope(env)
+        assert reason in rejected.reason, rejected.reason
+        assert rejected.penalty == "invalid-update"
+    assert machine.updates == {}
+
 def test_updates_that_do_not_open_are_logged_rejections_not_crashes():
     member = COMMITTEE[0]
     machine = RoundMachine(sealed_context(), member, seal_key=KEYS[member])
@@ -160,12 +171,7 @@ def test_updates_that_do_not_open_are_logged_rejections_not_crashes():
         TRAINERS[3]: ({"model": encode_state(BASE), "samples": 5, "base": state_hash(BASE)},
                       "this network seals updates"),
     }
-    for sender, (body, reason) in cases.items():
-        env = Envelope("update", NET, 0, "", body).signed_by(SIGNERS[sender])
-        [rejected] = machine.on_envelope(env)
-        assert reason in rejected.reason, rejected.reason
-        assert rejected.penalty == "invalid-update"
-    assert machine.updates == {}
+    assert_refused(machine, cases)
     ok = Envelope("update", NET, 0, "", sealed_body(TRAINERS[0], COMMITTEE)
                   ).signed_by(SIGNERS[TRAINERS[0]])
     assert machine.on_envelope(ok) == [] and set(machine.updates) == {TRAINERS[0]}
@@ -190,12 +196,7 @@ def test_an_update_whose_wraps_do_not_hold_the_committed_key_is_refused():
                       "malformed update body (a sealed update carries its key wraps and key "
                       "commitment: no 'commit')"),
     }
-    for sender, (body, reason) in cases.items():
-        env = Envelope("update", NET, 0, "", body).signed_by(SIGNERS[sender])
-        [rejected] = machine.on_envelope(env)
-        assert reason in rejected.reason, rejected.reason
-        assert rejected.penalty == "invalid-update"
-    assert machine.updates == {}
+    assert_refused(machine, cases)
     # the other readers, whose wraps do hold the committed key, open it: the one payload
     other = RoundMachine(sealed_context(), COMMITTEE[1], seal_key=KEYS[COMMITTEE[1]])
     env = Envelope("update", NET, 0, "", equivocating).signed_by(SIGNERS[TRAINERS[0]])
