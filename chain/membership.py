@@ -129,7 +129,8 @@ def named_trainers(score_vectors: Iterable[bytes]) -> set[str]:
     named: set[str] = set()
     for raw in score_vectors:
         payload = decode_envelope(raw).payload
-        named |= {entry[0] for entry in payload["scores"]}
+        # a score vector's entries, or the updates a judge's vote vector judged
+        named |= {entry[0] for entry in payload.get("scores", payload.get("judged", []))}
     return named
 
 

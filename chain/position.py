@@ -62,10 +62,14 @@ class ChainPosition:
         """The next round's context, minus its model (`base_state` empty, `base_hash` the head
         block's model hash): a round driver fills in the model, outline_round does not read
         it."""
+        judged = self.selection.judged
+        # Judged rounds (learning.choice) have no elected committee: every member trains,
+        # judges and runs pBFT on the block.
+        committee = self.members if judged else self.committee
         return RoundContext(
             network_id=self.network_id, height=self.height, prev_hash=self.prev_hash,
-            members=self.members, committee=self.committee,
-            trainers=trainers_for(self.members, self.committee), base_state={},
+            members=self.members, committee=committee,
+            trainers=trainers_for(self.members, committee, judged), base_state={},
             base_hash=self.head_model or b"", selection=self.selection, excluded=self.excluded,
             dp=self.dp, membership=self.rules, roster=self.roster, codec=self.codec,
             validators=self.members if self.members_sign else (), sealed=self.sealed)

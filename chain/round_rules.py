@@ -25,6 +25,7 @@ from learning.cmfl import (
     finish_round,
     select_round,
 )
+from learning.choice import Candidate, build_candidate, candidate_sets, choice_seed, choose
 from learning.compression import UpdateCodec
 from learning.dp_accounting import DpPolicy, DpReport
 from learning.dp_noise import noise_consistent
@@ -163,9 +164,12 @@ def check_recorded_dp(ctx: RoundContext, refs: tuple[UpdateRef, ...]) -> None:
                 raise BlockError(f"update of {ref.peer[-8:]}: {exc}") from None
 
 
-def trainers_for(members: tuple[str, ...], committee: tuple[str, ...]) -> tuple[str, ...]:
+def trainers_for(members: tuple[str, ...], committee: tuple[str, ...],
+                 judged: bool = False) -> tuple[str, ...]:
     """A round's trainers: every current member (the chain's roster, chain.membership) not on
-    its committee, in id order."""
+    its committee, in id order; in judged rounds every member (each also judges)."""
+    if judged:
+        return tuple(sorted(members))
     return tuple(sorted(set(members) - set(committee)))
 
 
@@ -176,6 +180,13 @@ def scores_payload(scores: dict[str, tuple[bytes, float]]) -> dict:
 
 def parse_score_vector(ctx: RoundContext, raw: bytes) -> tuple[str, dict[str, tuple[bytes, float]]]:
     """Check one signed score vector for this round; BlockError names what is wrong."""
+    env = decode_vector(ctx, raw)
+    return env.sender, parse_scores_body(ctx, env)
+
+
+def decode_vector(ctx: RoundContext, raw: bytes) -> Envelope:
+    """A signed score or vote vector of this round from a committee member (its body not yet
+    read); BlockError names what is wrong."""
     try:
         env = decode_envelope(raw)
     except EnvelopeError as exc:
@@ -186,7 +197,15 @@ def parse_score_vector(ctx: RoundContext, raw: bytes) -> tuple[str, dict[str, tu
         raise BlockError(f"score vector from non-committee peer {env.sender[-8:]}")
     if not env.has_valid_signature():
         raise BlockError(f"score vector of {env.sender[-8:]} has a forged signature")
-    return env.sender, parse_scores_body(ctx, env)
+    return env
+
+
+def parse_vector_body(ctx: RoundContext, env: Envelope) -> dict[str, tuple[bytes, float]] | VoteVector:
+    """A scores message's body as this round reads it: a score vector (trainer -> (digest,
+    distance)) in scored rounds, a vote vector in judged ones; BlockError if malformed."""
+    if ctx.selection.judged:
+        return parse_votes_body(ctx, env)
+    return parse_scores_body(ctx, env)
 
 
 def parse_scores_body(ctx: RoundContext, env: Envelope) -> dict[str, tuple[bytes, float]]:
@@ -209,6 +228,80 @@ def parse_scores_body(ctx: RoundContext, env: Envelope) -> dict[str, tuple[bytes
     return out
 
 
+#: The lowest vote on the wire: a judge whose loss on a candidate is not finite votes this
+#: (the profile carries finite floats only; learning.choice counts it as the worst vote).
+WORST_VOTE = -1e30
+
+
+@dataclass(frozen=True)
+class VoteVector:
+    """A judge's signed vote (judged rounds, learning.choice): the updates it judged, as
+    (trainer, envelope digest) in trainer order, and per candidate of those updates how much
+    that candidate lowers the loss on its own data."""
+
+    updates: tuple[tuple[str, bytes], ...]
+    votes: tuple[float, ...]
+
+
+def votes_payload(updates: dict[str, bytes], votes: list[float]) -> dict:
+    """The body of a judge's `scores` message: the judged updates and its vote per candidate
+    (a non-finite vote sent as WORST_VOTE)."""
+    return {"judged": [[t, d] for t, d in sorted(updates.items())],
+            "votes": [float(v) if math.isfinite(v) else WORST_VOTE for v in votes]}
+
+
+def judged_candidates(ctx: RoundContext, updates: tuple[tuple[str, bytes], ...]
+                      ) -> list[Candidate]:
+    """The round's candidates over these updates: identical on every peer (the seed is the
+    round, the previous block and the updates' envelope digests: learning.choice)."""
+    assert ctx.selection.choice is not None
+    seed = choice_seed(ctx.height, ctx.prev_hash, [d for _, d in updates])
+    return candidate_sets([t for t, _ in updates], seed, ctx.selection.choice)
+
+
+def parse_votes_body(ctx: RoundContext, env: Envelope) -> VoteVector:
+    """A judge's vote vector; BlockError if malformed: trainers of this round in order, each
+    once, with 32-byte digests, and one finite vote per candidate of those updates."""
+    body = env.payload
+    if not isinstance(body, dict) or set(body) != {"judged", "votes"} or \
+            not isinstance(body["judged"], list) or not isinstance(body["votes"], list):
+        raise BlockError("vote body is not {judged, votes} lists")
+    updates = []
+    for item in body["judged"]:
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)):
+            raise BlockError("judged entry is not [trainer, digest]")
+        trainer, digest = item
+        if trainer not in ctx.trainers:
+            raise BlockError("vote names a non-trainer")
+        if not isinstance(digest, bytes) or len(digest) != 32:
+            raise BlockError("judged entry has a bad digest")
+        updates.append((trainer, digest))
+    if [t for t, _ in updates] != sorted({t for t, _ in updates}):
+        raise BlockError("judged updates are not in trainer order, each once")
+    count = len(judged_candidates(ctx, tuple(updates)))
+    votes = body["votes"]
+    if len(votes) != count:
+        raise BlockError(f"{len(votes)} votes for {count} candidates")
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+           for v in votes):
+        raise BlockError("a vote is not a finite number")
+    return VoteVector(tuple(updates), tuple(float(v) for v in votes))
+
+
+def judged_group(ctx: RoundContext, vectors: dict[str, bytes]) -> dict[str, bytes]:
+    """Of the vote vectors held (member -> signed bytes, each valid), those a block can be
+    built from: the ones naming the update set most of them name (ties: the larger set, then
+    the smaller digest list), as votes on different sets are votes on different candidates."""
+    groups: dict[tuple[tuple[str, bytes], ...], dict[str, bytes]] = {}
+    for member, raw in vectors.items():
+        updates = parse_vector_body(ctx, decode_envelope(raw)).updates
+        groups.setdefault(updates, {})[member] = raw
+    if not groups:
+        return {}
+    best = min(groups, key=lambda u: (-len(groups[u]), -len(u), u))
+    return groups[best]
+
+
 @dataclass(frozen=True)
 class RoundOutline:
     """All that a round's signed score vectors and evidence decide, before any update is needed:
@@ -222,6 +315,8 @@ class RoundOutline:
     next_committee: tuple[str, ...]
     #: admissions (of the join requests given) and departures, as the block records them
     membership: tuple[MembershipChange, ...] = ()
+    #: judged rounds: the candidate the votes chose (its trainers are `selection.selected`)
+    candidate: Candidate | None = None
 
 
 def outline_round(ctx: RoundContext, score_vectors: list[bytes],
@@ -229,16 +324,15 @@ def outline_round(ctx: RoundContext, score_vectors: list[bytes],
                   joins: tuple[bytes, ...] = ()) -> RoundOutline:
     """Check the signed score vectors, evidence and join requests; select, elect and derive the
     membership changes. BlockError if invalid."""
+    if ctx.selection.judged:
+        return outline_judged(ctx, score_vectors, evidence, joins)
     vectors: dict[str, dict[str, tuple[bytes, float]]] = {}
     for raw in score_vectors:
         member, scores = parse_score_vector(ctx, raw)
         if member in vectors:
             raise BlockError(f"two score vectors from {member[-8:]}")
         vectors[member] = scores
-    evidence = tuple(sorted(set(evidence)))
-    if len(evidence) > MAX_EVIDENCE_PER_BLOCK:
-        raise BlockError(f"{len(evidence)} evidence entries, at most {MAX_EVIDENCE_PER_BLOCK}")
-    offenders = {check_evidence(ctx.network_id, pair) for pair in evidence}
+    evidence, offenders = _checked_evidence(ctx, evidence)
     if not ctx.enough_score_vectors(vectors, offenders):
         raise BlockError(f"{len(vectors)} score vectors, a quorum is {ctx.quorum} (or of the "
                          "committee members this block's evidence does not convict)")
@@ -253,6 +347,46 @@ def outline_round(ctx: RoundContext, score_vectors: list[bytes],
     membership = derive_changes(ctx.membership, ctx.current_roster, ctx.network_id, ctx.height,
                                 ctx.committee, ctx.trainers, named, joins)
     return RoundOutline(digests, selection, evidence, tuple(sorted(next_committee)), membership)
+
+
+def _checked_evidence(ctx: RoundContext, evidence: tuple[tuple[bytes, bytes], ...]
+                      ) -> tuple[tuple[tuple[bytes, bytes], ...], set[str]]:
+    evidence = tuple(sorted(set(evidence)))
+    if len(evidence) > MAX_EVIDENCE_PER_BLOCK:
+        raise BlockError(f"{len(evidence)} evidence entries, at most {MAX_EVIDENCE_PER_BLOCK}")
+    return evidence, {check_evidence(ctx.network_id, pair) for pair in evidence}
+
+
+def outline_judged(ctx: RoundContext, score_vectors: list[bytes],
+                   evidence: tuple[tuple[bytes, bytes], ...] = (),
+                   joins: tuple[bytes, ...] = ()) -> RoundOutline:
+    """A judged round's outline: a quorum of vote vectors on one update set, the candidate
+    their votes choose (learning.choice.choose), whose trainers are the selected ones.
+    BlockError if invalid."""
+    assert ctx.selection.choice is not None
+    vectors: dict[str, VoteVector] = {}
+    for raw in score_vectors:
+        env = decode_vector(ctx, raw)
+        if env.sender in vectors:
+            raise BlockError(f"two vote vectors from {env.sender[-8:]}")
+        vectors[env.sender] = parse_votes_body(ctx, env)
+    sets = {v.updates for v in vectors.values()}
+    if len(sets) > 1:
+        raise BlockError("vote vectors judge different update sets")
+    evidence, offenders = _checked_evidence(ctx, evidence)
+    if not ctx.enough_score_vectors(vectors, offenders):
+        raise BlockError(f"{len(vectors)} vote vectors, a quorum is {ctx.quorum} (or of the "
+                         "members this block's evidence does not convict)")
+    updates = sets.pop()
+    candidates = judged_candidates(ctx, updates)
+    best = candidates[choose({m: v.votes for m, v in vectors.items()}, len(candidates),
+                             ctx.selection.choice)]
+    selection = RoundSelection(combined={}, selected=best.trainers, applied=f"choice:{best.kind}")
+    named = {t for t, _ in updates}
+    membership = derive_changes(ctx.membership, ctx.current_roster, ctx.network_id, ctx.height,
+                                ctx.committee, ctx.trainers, named, joins)
+    return RoundOutline(dict(updates), selection, evidence, tuple(sorted(ctx.committee)),
+                        membership, best)
 
 
 #: Largest sample count a valid update carries (the round core refuses larger ones).
@@ -308,11 +442,16 @@ def derive_block(
     missing = [t for t in selected if t not in held]
     if missing:
         raise MissingUpdates(missing)
-    # Only the aggregate is taken from finish_round: the next committee is the outline's, so the
-    # proposer and a syncing verifier (chain.verify, which has no updates) share one election.
-    new_state = finish_round(ctx.base_state, selection, {t: held[t].state for t in selected},
-                             {t: held[t].samples for t in selected}, len(ctx.committee),
-                             ctx.committee, ctx.selection, ctx.excluded).new_state
+    if outline.candidate is not None:  # judged: the chosen candidate's model
+        new_state = build_candidate(ctx.base_state, {t: held[t].state for t in selected},
+                                    {t: held[t].samples for t in selected}, outline.candidate)
+    else:
+        # Only the aggregate is taken from finish_round: the next committee is the outline's,
+        # so the proposer and a syncing verifier (chain.verify, which has no updates) share one
+        # election.
+        new_state = finish_round(ctx.base_state, selection, {t: held[t].state for t in selected},
+                                 {t: held[t].samples for t in selected}, len(ctx.committee),
+                                 ctx.committee, ctx.selection, ctx.excluded).new_state
     next_committee = outline.next_committee
     # Only aggregated updates are listed: every peer that re-derives holds exactly these, and their
     # sample counts and DP parameters are bound by the digest (they are inside the signed update).
@@ -380,6 +519,8 @@ def recorded_misbehaviour(block: Block, selection: RoundConfig) -> set[str]:
     twins), and committee members whose score vector contradicted the others'
     (learning.cmfl.find_dissenters)."""
     offenders = {evidence_member(pair[0]) for pair in block.evidence}
+    if selection.judged:  # votes cannot be checked against each other: only proofs convict
+        return offenders
     vectors = {}
     for raw in block.score_vectors:
         env = decode_envelope(raw)

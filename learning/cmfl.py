@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from learning.choice import ChoiceConfig
 from learning.aggregation import (aggregate_clipped, aggregate_weighted, cap_samples,
                                   collinear_extras, find_coherent, find_collinear,
                                   find_far, find_far_pairwise, find_misaligned)
@@ -76,6 +77,15 @@ class RoundConfig:
     #: cosine above this with another's (colluders pushing together;
     #: learning.aggregation.find_coherent); 0 off
     coherence: float = 0.0
+    #: judged rounds (learning.choice, genesis `selection.choice`): every member trains and
+    #: judges, the block's model is the candidate the members' votes choose; None: scored
+    #: rounds (the committee scores, the rest of this config selects and aggregates)
+    choice: ChoiceConfig | None = None
+
+    @property
+    def judged(self) -> bool:
+        """Whether rounds are judged (every member trains and votes on candidate models)."""
+        return self.choice is not None
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -121,7 +131,8 @@ class RoundConfig:
                    aggregate=str(selection.get("aggregate", d.aggregate)),
                    drop_ratio=float(selection.get("drop_ratio", d.drop_ratio)),
                    pair_far=float(selection.get("pair_far", d.pair_far)),
-                   coherence=float(selection.get("coherence", d.coherence)))
+                   coherence=float(selection.get("coherence", d.coherence)),
+                   choice=choice_config(selection.get("choice")))
 
     def to_selection(self) -> dict[str, Any]:
         """The genesis `selection` dict for this config (the issue-14 keys only when set, so
@@ -146,7 +157,40 @@ class RoundConfig:
             out["pair_far"] = self.pair_far
         if self.coherence != d.coherence:
             out["coherence"] = self.coherence
+        if self.choice is not None:
+            out["choice"] = choice_settings(self.choice)
         return out
+
+
+#: the genesis `selection.choice` keys (learning.choice.ChoiceConfig's fields)
+CHOICE_KEYS = ("subsets", "size", "statistic", "tolerate", "reference", "normalize")
+
+
+def choice_config(settings: Any) -> ChoiceConfig | None:
+    """A genesis `selection.choice` dict as a ChoiceConfig (None: not judged); ValueError
+    names an unknown key or a bad value."""
+    if settings is None:
+        return None
+    if not isinstance(settings, Mapping):
+        raise ValueError(f"selection.choice must be a table, got {settings!r}")
+    unknown = sorted(set(settings) - set(CHOICE_KEYS))
+    if unknown:
+        raise ValueError(f"selection.choice has unknown keys {unknown}; known: {CHOICE_KEYS}")
+    d = ChoiceConfig()
+    if "committee" == settings.get("reference"):
+        raise ValueError("selection.choice.reference 'committee' needs a scoring committee; "
+                         "judged rounds have none")
+    return ChoiceConfig(subsets=int(settings.get("subsets", d.subsets)),
+                        size=int(settings.get("size", d.size)),
+                        statistic=str(settings.get("statistic", d.statistic)),
+                        tolerate=float(settings.get("tolerate", d.tolerate)),
+                        reference=str(settings.get("reference", d.reference)),
+                        normalize=str(settings.get("normalize", d.normalize)))
+
+
+def choice_settings(config: ChoiceConfig) -> dict[str, Any]:
+    """The genesis `selection.choice` dict of a ChoiceConfig (every key written)."""
+    return {k: getattr(config, k) for k in CHOICE_KEYS}
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,12 @@ class Task:
             logits = model(data.x)
         return {"accuracy": float((logits.argmax(dim=1) == data.y).float().mean())}
 
+    def loss(self, model: torch.nn.Module, data: Dataset) -> float:
+        """The model's mean loss on data (what a judge of judged rounds compares candidate
+        models by, learning.choice): cross-entropy unless the task says otherwise."""
+        with torch.no_grad():
+            return float(torch.nn.functional.cross_entropy(model(data.x), data.y))
+
     def demo_data(self, seed: int, settings: dict[str, Any]
                   ) -> tuple[Dataset, Dataset, Groups]:
         raise TaskError(f"task {self.name!r} has no bundled data set: give each peer its own "
@@ -129,6 +135,18 @@ class Task:
         model = self.model_from(state)
         model.eval()
         return {k: float(v) for k, v in self.evaluate(model, data).items()}
+
+    def losses(self, states: list[ModelState], data: Dataset) -> list[float]:
+        """`loss` of each model on data, one model object reloaded per state."""
+        from learning.model import load_state
+
+        model = self.model(0)
+        model.eval()
+        out = []
+        for state in states:
+            load_state(model, state)
+            out.append(self.loss(model, data))
+        return out
 
     def worse(self, metric: str, a: float, b: float) -> bool:
         """Whether value a of `metric` is worse than b."""

@@ -92,8 +92,8 @@ class ScoreLie:
     colluders: frozenset[str]
 
     def outputs(self, actions: list[Action]) -> list[Action]:
-        return [self._lie(a) if isinstance(a, Publish) and a.kind == "scores" else a
-                for a in actions]
+        return [self._lie(a) if isinstance(a, Publish) and a.kind == "scores"
+                and "scores" in a.payload else a for a in actions]
 
     def _lie(self, scores: Publish) -> Publish:
         entries = scores.payload["scores"]  # scores_payload: [[trainer, digest, distance]]

@@ -73,6 +73,8 @@ from p2p_node.round_machine import (
     FetchBlob,
     FetchModel,
     HintBehind,
+    Judge,
+    Judged,
     ModelArrived,
     OfferBlob,
     Persist,
@@ -517,6 +519,8 @@ class Node:
                 nursery.start_soon(self._fetch_update_blob, ctx.height, action)
             elif isinstance(action, FetchModel):
                 nursery.start_soon(self._fetch_model, ctx.height, action)
+            elif isinstance(action, Judge):
+                nursery.start_soon(self._judge, action, times)
             elif isinstance(action, SetTimer):
                 nursery.start_soon(self._timer, ctx.height, action)
             elif isinstance(action, HintBehind):
@@ -686,6 +690,18 @@ class Node:
         if report is not None:
             self._spend_privacy(ctx.height, report)
         await self._inbox_send.send(Trained(ctx.height, state, samples, report))
+
+    async def _judge(self, action: Judge, times: RoundTimes) -> None:
+        """Judged rounds: our training data's loss on the base model and on every candidate
+        (off the event loop), fed back as `Judged`."""
+        started = time.monotonic()
+        losses = await trio.to_thread.run_sync(
+            self.task.losses, [action.base, *action.candidates], self.train_data,
+            abandon_on_cancel=True)
+        times.marks["judge_seconds"] = time.monotonic() - started
+        log.info("round %d: judged %d candidate models in %.2fs", action.height,
+                 len(action.candidates), time.monotonic() - started)
+        await self._inbox_send.send(Judged(action.height, losses[0], tuple(losses[1:])))
 
     async def _commit(self, ctx: RoundContext, action: Commit, times: RoundTimes) -> None:
         block = action.committed.block

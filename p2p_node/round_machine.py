@@ -37,9 +37,12 @@ from chain.round_rules import (
     check_outline,
     derive_block,
     evidence_member,
-    parse_scores_body,
+    judged_candidates,
+    judged_group,
+    parse_vector_body,
     scores_payload,
     update_dp,
+    votes_payload,
 )
 from gossip.envelope import MAX_ENVELOPE_BYTES, Envelope, decode_envelope
 from gossip.blob_ref import BlobRef, TransferError
@@ -51,6 +54,7 @@ from learning.compression import (
     encode_with_feedback,
     encoded_size,
 )
+from learning.choice import build_candidate, judge_votes
 from learning.dp_accounting import DpReport
 from learning.scoring import score_updates
 from learning.tensors import (
@@ -114,6 +118,15 @@ class Trained:
 
 
 @dataclass(frozen=True)
+class Judged:
+    """Our own data's loss on the base model and on each candidate a `Judge` asked about."""
+
+    height: int
+    base_loss: float
+    losses: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class BlobArrived:
     """The bytes of an update announced by reference, fetched (hash already checked)."""
 
@@ -141,7 +154,7 @@ class ModelArrived:
     data: bytes
 
 
-Input = Union[Received, Trained, BlobArrived, TimerFired, ModelArrived]
+Input = Union[Received, Trained, Judged, BlobArrived, TimerFired, ModelArrived]
 
 
 # actions ---------------------------------------------------------------------------------------
@@ -187,6 +200,16 @@ class FetchModel:
     #: who to ask first: the certificate's signers (each committed the block, so it holds the
     #: model unless it crashed since)
     providers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Judge:
+    """Judged rounds: measure our own data's loss on the base model and on each candidate
+    (learning.task.Task.losses, off the event loop), then feed `Judged`."""
+
+    height: int
+    base: ModelState
+    candidates: tuple[ModelState, ...]
 
 
 @dataclass(frozen=True)
@@ -257,8 +280,8 @@ class Commit:
     new_state: ModelState
 
 
-Action = Union[Publish, PublishSigned, OfferBlob, FetchBlob, FetchModel, SetTimer, Persist,
-               HintBehind, Evidence, Rejected, Withheld, Commit]
+Action = Union[Publish, PublishSigned, OfferBlob, FetchBlob, FetchModel, Judge, SetTimer,
+               Persist, HintBehind, Evidence, Rejected, Withheld, Commit]
 
 
 @dataclass(frozen=True)
@@ -334,6 +357,8 @@ class RoundMachine:
         self.collect_expired = False
         self.propose_expired = False
         self.scored = False
+        #: judged rounds: the updates our candidates were built from, until we vote
+        self._judging: tuple[tuple[str, bytes], ...] | None = None
         self.candidate: Block | None = None
         self.certified: CommittedBlock | None = None
         self.validated: dict[bytes, tuple[Block, ModelState]] = {}
@@ -388,6 +413,8 @@ class RoundMachine:
                 return []  # a worker or timer of a round already decided
             case Trained(_, state, samples, dp):
                 return self._write_ahead(self.on_own_update(state, samples, dp))
+            case Judged(_, base_loss, losses):
+                return self._write_ahead(self.on_judged(base_loss, losses))
             case BlobArrived(_, digest, data):
                 return self._write_ahead(self.on_blob(digest, data))
             case ModelArrived(_, digest, data):
@@ -425,26 +452,33 @@ class RoundMachine:
             self.own_reference = state
             if self.ctx.dp is not None:
                 self.own_noise_variance = self.ctx.dp.noise_variance(dp, samples)
-            return self._progress()
+            if not self.ctx.selection.judged:
+                return self._progress()
         if self.is_trainer:
-            common: dict[str, Any] = {"samples": samples, "base": self.ctx.base_hash}
-            if dp is not None:
-                common["dp"] = dp.to_dict()
-            # The genesis codec: the trained state itself, or a compressed delta over the base.
-            key, tensors = "model", encode_state(state)
-            if self.ctx.codec.compresses:
-                key = "delta"
-                tensors, self.residual = encode_with_feedback(
-                    self.ctx.base_state, state, self.ctx.codec, self.residual)
-            data = cbor2.dumps(tensors, canonical=True)
-            if self.ctx.sealed:
-                return self._sealed_update(data, common)
-            if len(data) <= INLINE_UPDATE_BYTES:
-                return [Publish("update", {key: tensors, **common})]
-            # Too large for one gossip message: gossip the signed reference, serve the bytes.
-            return [OfferBlob(data),
-                    Publish("update", {"blob": BlobRef.of(data).to_obj(), **common})]
+            # a judge's own update comes back through gossip like any other (then it judges)
+            return self._publish_update(state, samples, dp)
         return []
+
+    def _publish_update(self, state: ModelState, samples: int,
+                        dp: DpReport | None) -> list[Action]:
+        """Our update, as the genesis codec and sealing say it travels."""
+        common: dict[str, Any] = {"samples": samples, "base": self.ctx.base_hash}
+        if dp is not None:
+            common["dp"] = dp.to_dict()
+        # The genesis codec: the trained state itself, or a compressed delta over the base.
+        key, tensors = "model", encode_state(state)
+        if self.ctx.codec.compresses:
+            key = "delta"
+            tensors, self.residual = encode_with_feedback(
+                self.ctx.base_state, state, self.ctx.codec, self.residual)
+        data = cbor2.dumps(tensors, canonical=True)
+        if self.ctx.sealed:
+            return self._sealed_update(data, common)
+        if len(data) <= INLINE_UPDATE_BYTES:
+            return [Publish("update", {key: tensors, **common})]
+        # Too large for one gossip message: gossip the signed reference, serve the bytes.
+        return [OfferBlob(data),
+                Publish("update", {"blob": BlobRef.of(data).to_obj(), **common})]
 
     def _sealed_update(self, data: bytes, common: dict[str, Any]) -> list[Action]:
         """Our update's bytes sealed to the round's readers (docs/protocol.md, "Sealed
@@ -699,7 +733,7 @@ class RoundMachine:
         held = self.score_vectors.get(env.sender)
         if held is not None:
             return [] if held == raw else self._second_message(decode_envelope(held), env)
-        parse_scores_body(self.ctx, env)
+        parse_vector_body(self.ctx, env)
         self.score_vectors[env.sender] = raw
         return []
 
@@ -778,6 +812,8 @@ class RoundMachine:
     def _maybe_score(self) -> list[Action]:
         if self.scored or self.own_reference is None:
             return []
+        if self.ctx.selection.judged:
+            return self._maybe_judge()
         # Members with recorded or proven misbehaviour (a twin above all: two processes with one
         # key) are not waited for: their update is scored if it came, but cannot hold up the
         # round (their gossip score is already down: their messages may never come).
@@ -795,6 +831,30 @@ class RoundMachine:
         return [Publish("scores", scores_payload(
             {t: (self.updates[t].digest, d) for t, d in distances.items()}))]
 
+    def _maybe_judge(self) -> list[Action]:
+        """Judged rounds: once every trainer's update is in (or the collect deadline passed),
+        build the round's candidate models from the updates held and ask for our data's
+        loss on each (`Judge`; `on_judged` votes)."""
+        awaited = set(self.ctx.trainers) - self.ctx.excluded - self._proven
+        if not (self.collect_expired or set(self.updates) >= awaited):
+            return []
+        self.scored = True
+        self._judging = tuple(sorted((t, u.digest) for t, u in self.updates.items()))
+        states = {t: u.state for t, u in self.updates.items()}
+        samples = {t: u.samples for t, u in self.updates.items()}
+        models = tuple(build_candidate(self.ctx.base_state, states, samples, c)
+                       for c in judged_candidates(self.ctx, self._judging))
+        return [Judge(self.ctx.height, self.ctx.base_state, models)]
+
+    def on_judged(self, base_loss: float, losses: tuple[float, ...]) -> list[Action]:
+        """Our data's losses arrived: sign our vote vector (written ahead, like a score
+        vector: never two in a round)."""
+        if self._judging is None or self.committed:
+            return []
+        updates, self._judging = self._judging, None
+        votes = list(judge_votes(base_loss, losses))
+        return [Publish("scores", votes_payload(dict(updates), votes))] + self._progress()
+
     def _maybe_candidate(self) -> list[Action]:
         """Derive the block our score vectors imply; the pBFT core proposes it if we lead."""
         if self.consensus is None or self.candidate is not None:
@@ -802,13 +862,17 @@ class RoundMachine:
         # Every member's vector, or enough once the propose deadline passed. Members the
         # evidence we hold convicts are not waited for (the block records the proofs, which
         # lowers the quorum to the other members': chain.round_rules.enough_score_vectors).
-        senders = set(self.score_vectors)
-        if not (senders >= set(self.ctx.committee) - self._proven or self.propose_expired):
+        vectors = self.score_vectors
+        if self.ctx.selection.judged:  # only votes on one update set make a block
+            vectors = judged_group(self.ctx, vectors)
+        senders = set(vectors)
+        if not (set(self.score_vectors) >= set(self.ctx.committee) - self._proven
+                or self.propose_expired):
             return []
         if not self.ctx.enough_score_vectors(senders, self._proven):
             return []
         try:
-            block, state = derive_block(self.ctx, list(self.score_vectors.values()),
+            block, state = derive_block(self.ctx, list(vectors.values()),
                                         self.updates, self.evidence, self.joins)
         except MissingUpdates:
             return []

@@ -1,0 +1,264 @@
+"""Judged rounds (genesis `selection.choice`, learning.choice) in the round core, no network:
+every member trains and judges, the block's model is the candidate the votes choose."""
+
+import dataclasses
+from collections import deque
+
+import pytest
+import torch
+
+from chain.block import BlockError
+from chain.genesis import Genesis
+from chain.position import ChainPosition
+from chain.round_rules import (
+    RoundContext,
+    check_outline,
+    derive_block,
+    judged_candidates,
+    judged_group,
+    outline_round,
+    parse_votes_body,
+    trainers_for,
+    votes_payload,
+)
+from gossip.envelope import Envelope, decode_envelope
+from gossip.peer_keys import Signer
+from learning.choice import RECOMMENDED
+from learning.cmfl import RoundConfig, choice_config, choice_settings
+from learning.tensors import state_hash
+from p2p_node.round_machine import (
+    Commit,
+    Judge,
+    Judged,
+    Publish,
+    PublishSigned,
+    Received,
+    Rejected,
+    RoundMachine,
+    TimerFired,
+    Trained,
+)
+
+NET = bytes([7]) * 32
+SIGNERS = {s.peer_id: s for s in (Signer(bytes([i + 40]) * 32) for i in range(7))}
+MEMBERS = tuple(sorted(SIGNERS))
+ATTACKER = MEMBERS[-1]
+BASE = {"w": torch.zeros(6)}
+TARGET = torch.full((6,), 0.1)
+JUDGED = RoundConfig(rule="auto", scoring="median", election="robust", choice=RECOMMENDED)
+
+
+def context(selection=JUDGED, height=0):
+    return RoundContext(network_id=NET, height=height, prev_hash=NET, members=MEMBERS,
+                        committee=MEMBERS, trainers=trainers_for(MEMBERS, MEMBERS, True),
+                        base_state=BASE, base_hash=state_hash(BASE), selection=selection)
+
+
+def update_of(peer):
+    """Honest peers move towards TARGET (each a little off); the attacker far the other way."""
+    g = torch.Generator().manual_seed(MEMBERS.index(peer))
+    if peer == ATTACKER:
+        return {"w": torch.full((6,), -2.0)}
+    return {"w": TARGET + 0.02 * torch.randn(6, generator=g)}
+
+
+def loss_of(peer, state):
+    """A judge's loss on its own 'data': squared distance to its own view of the target."""
+    g = torch.Generator().manual_seed(100 + MEMBERS.index(peer))
+    own = TARGET + 0.02 * torch.randn(6, generator=g)
+    return float(((state["w"] - own) ** 2).sum())
+
+
+class JudgedNetwork:
+    """Every machine fed every published message; `Judge` answered with `loss_of`."""
+
+    def __init__(self, liars=(), lie=None):
+        self.machines = {p: RoundMachine(context(), p) for p in MEMBERS}
+        self.queue: deque[bytes] = deque()
+        self.commits = {}
+        self.rejections = []
+        self.published: dict[str, list[Envelope]] = {p: [] for p in MEMBERS}
+        self.liars, self.lie = set(liars), lie
+        self.judges_asked = 0
+
+    def emit(self, peer, actions):
+        for action in actions:
+            if isinstance(action, Publish):
+                payload = action.payload
+                if action.kind == "scores" and peer in self.liars:
+                    payload = self.lie(payload)
+                env = Envelope(action.kind, NET, 0, "", payload).signed_by(SIGNERS[peer])
+                self.published[peer].append(env)
+                self.queue.append(env.encode())
+            elif isinstance(action, PublishSigned):
+                self.queue.append(action.envelope.encode())
+            elif isinstance(action, Judge):
+                self.judges_asked += 1
+                losses = [loss_of(peer, s) for s in (action.base, *action.candidates)]
+                self.emit(peer, self.machines[peer].feed(
+                    Judged(0, losses[0], tuple(losses[1:]))))
+            elif isinstance(action, Commit):
+                self.commits[peer] = action
+            elif isinstance(action, Rejected):
+                self.rejections.append((peer, action))
+
+    def settle(self):
+        while self.queue:
+            env = decode_envelope(self.queue.popleft())
+            for peer, machine in self.machines.items():
+                self.emit(peer, machine.feed(Received(env)))
+
+    def run(self):
+        for peer, machine in self.machines.items():
+            self.emit(peer, machine.start())
+            self.emit(peer, machine.feed(Trained(0, update_of(peer), 20)))
+        self.settle()
+
+
+def test_every_member_trains_and_judges_and_all_commit_the_chosen_candidate():
+    net = JudgedNetwork()
+    net.run()
+    assert set(net.commits) == set(MEMBERS)
+    assert net.judges_asked == len(MEMBERS)
+    blocks = {c.committed.block.hash() for c in net.commits.values()}
+    assert len(blocks) == 1
+    block = next(iter(net.commits.values())).committed.block
+    assert block.trainers == MEMBERS and block.committee == MEMBERS
+    # the attacker's far update is in no chosen candidate: its every candidate loses
+    assert block.selected and ATTACKER not in block.selected
+    state = next(iter(net.commits.values())).new_state
+    assert loss_of(MEMBERS[0], state) < loss_of(MEMBERS[0], BASE)
+    # a peer without the updates checks everything but the model from the votes alone
+    outline = check_outline(context(), block)
+    assert outline.candidate is not None and outline.candidate.trainers == block.selected
+    assert not net.rejections
+
+
+def test_a_liar_minority_cannot_pick_the_attackers_candidate():
+    def favour_attacker(payload):
+        updates = tuple((t, d) for t, d in payload["judged"])
+        cands = judged_candidates(context(), updates)
+        return votes_payload(dict(updates), [1.0 if ATTACKER in c.trainers else -1.0
+                                             for c in cands])
+
+    net = JudgedNetwork(liars=MEMBERS[-2:], lie=favour_attacker)
+    net.run()
+    assert set(net.commits) == set(MEMBERS)
+    block = next(iter(net.commits.values())).committed.block
+    assert ATTACKER not in block.selected
+
+
+def _signed_votes(peer, payload):
+    return Envelope("scores", NET, 0, peer, payload).signed_by(SIGNERS[peer])
+
+
+def _honest_vote_vectors():
+    net = JudgedNetwork()
+    net.run()
+    return {p: next(e for e in envs if e.kind == "scores").encode()
+            for p, envs in net.published.items()}
+
+
+def test_vote_vectors_are_checked_before_they_count():
+    vectors = _honest_vote_vectors()
+    good = decode_envelope(vectors[MEMBERS[0]]).payload
+    ctx = context()
+    assert parse_votes_body(ctx, _signed_votes(MEMBERS[0], good)).votes
+    bad_bodies = {
+        "one vote short": {**good, "votes": good["votes"][:-1]},
+        "a vote as a bool": {**good, "votes": [True] + good["votes"][1:]},
+        "a vote as text": {**good, "votes": ["1"] + good["votes"][1:]},
+        "a non-trainer": {**good, "judged": good["judged"] + [["nobody", bytes(32)]]},
+        "trainer twice": {**good, "judged": good["judged"] + [good["judged"][-1]]},
+        "bad digest": {**good, "judged": [[good["judged"][0][0], b"x"]] + good["judged"][1:]},
+        "extra key": {**good, "more": 1},
+        "score vector body": {"scores": []},
+    }
+    for why, body in bad_bodies.items():
+        with pytest.raises(BlockError):
+            parse_votes_body(ctx, _signed_votes(MEMBERS[0], body))
+        # and the machine refuses it, logs it and keeps going
+        machine = RoundMachine(ctx, MEMBERS[1])
+        actions = machine.feed(Received(_signed_votes(MEMBERS[0], body)))
+        assert any(isinstance(a, Rejected) and a.kind == "scores" for a in actions), why
+        assert MEMBERS[0] not in machine.score_vectors
+
+
+def test_votes_on_different_update_sets_do_not_mix():
+    vectors = _honest_vote_vectors()
+    ctx = context()
+    # a judge that missed the last update votes on a smaller set (and its own candidates)
+    late = MEMBERS[0]
+    updates = [tuple(x) for x in decode_envelope(vectors[late]).payload["judged"]][:-1]
+    count = len(judged_candidates(ctx, tuple(updates)))
+    odd = _signed_votes(late, votes_payload(dict(updates), [0.0] * count)).encode()
+    mixed = {**vectors, late: odd}
+    with pytest.raises(BlockError, match="different update sets"):
+        outline_round(ctx, list(mixed.values()))
+    group = judged_group(ctx, mixed)
+    assert set(group) == set(MEMBERS) - {late}
+    outline = outline_round(ctx, list(group.values()))
+    assert ATTACKER not in outline.selection.selected
+
+
+def test_a_quorum_of_votes_is_needed():
+    vectors = _honest_vote_vectors()
+    ctx = context()
+    few = list(vectors.values())[:ctx.quorum - 1]
+    with pytest.raises(BlockError, match="quorum"):
+        outline_round(ctx, few)
+    outline_round(ctx, list(vectors.values())[:ctx.quorum])
+
+
+def test_a_judge_restarted_after_voting_signs_the_same_vote_again():
+    net = JudgedNetwork()
+    net.run()
+    peer = MEMBERS[2]
+    machine = net.machines[peer]
+    first = next(e for e in net.published[peer] if e.kind == "scores")
+    persisted = {"signed-scores": None}
+    # what the write-ahead record holds: the first vote's payload
+    import cbor2
+    persisted["signed-scores"] = cbor2.dumps([0, first.payload], canonical=True)
+    again = RoundMachine(context(), peer, persisted=persisted)
+    assert again.written_ahead["scores"] == first.payload
+    actions = again.feed(Trained(0, update_of(peer), 20))
+    for env in net.published.values():
+        for e in env:
+            if e.kind == "update":
+                actions += again.feed(Received(e))
+    judge = next(a for a in actions if isinstance(a, Judge))
+    # a different measurement after the restart (e.g. other data order): the record wins
+    votes = again.feed(Judged(0, 5.0, tuple(0.0 for _ in judge.candidates)))
+    published = [a for a in votes if isinstance(a, Publish) and a.kind == "scores"]
+    assert published and published[0].payload == first.payload
+    assert machine.committed
+
+
+def test_the_genesis_choice_round_trips_and_makes_every_member_a_judge():
+    selection = dataclasses.replace(JUDGED).to_selection()
+    assert selection["choice"] == choice_settings(RECOMMENDED)
+    assert RoundConfig.from_selection(selection) == JUDGED
+    with pytest.raises(ValueError, match="unknown keys"):
+        choice_config({"subset": 3})
+    with pytest.raises(ValueError, match="committee"):
+        choice_config({"reference": "committee"})
+    genesis = Genesis(name="judged", members=MEMBERS, committee=MEMBERS[:4],
+                      selection=selection)
+    ctx = ChainPosition(genesis).context()
+    assert ctx.committee == MEMBERS and ctx.trainers == MEMBERS
+    scored = ChainPosition(dataclasses.replace(genesis, selection=RoundConfig().to_selection()))
+    assert scored.context().committee == tuple(sorted(MEMBERS[:4]))
+
+
+def test_a_judged_block_re_derives_only_from_its_own_votes():
+    net = JudgedNetwork()
+    net.run()
+    commit = next(iter(net.commits.values()))
+    block = commit.committed.block
+    machine = net.machines[MEMBERS[0]]
+    derived, state = derive_block(context(), list(block.score_vectors), machine.updates)
+    assert derived == block and state_hash(state) == block.model_hash
+    forged = dataclasses.replace(block, selected=MEMBERS[:2])
+    with pytest.raises(BlockError):
+        check_outline(context(), forged)
