@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ import cbor2
 from bft.quorum import quorum_size
 from chain.membership import MembershipRules
 from gossip.peer_keys import public_key_from_peer_id
+from learning.choice import RECOMMENDED
 from learning.cmfl import RoundConfig
 from learning.compression import UpdateCodec
 from learning.dp_accounting import DpPolicy
@@ -27,6 +28,22 @@ CONSENSUS_SETS = ("committee", "members")
 #: who can read an update (Genesis.sealing): everyone ("none", updates in the clear) or only
 #: the round's validators, the peers that score or re-derive its block ("validators")
 SEALING_MODES = ("none", "validators")
+
+
+#: The scored rule of docs/learning.md (issue 14, third pass): the committee scores, every
+#: scored update is centered-clipped around the coordinate median.
+CLIP_FAR = RoundConfig(rule="auto", scoring="median", election="robust", typical="floored",
+                       clone_ratio=0.02, max_cosine=0.9, sample_cap="median",
+                       aggregate="clipped-aligned", drop_ratio=2.0)
+#: Named genesis `selection` settings (`p2p-node genesis new --rule`, `demo --rule`):
+#: cmfl-clip-far (scored rounds: an elected committee scores, clipping aggregates) and
+#: cmfl-choose (judged rounds: every member trains and judges candidate models on its own
+#: data, learning.choice; docs/learning.md, "Issue 14, fifth pass").
+SELECTION_PRESETS: dict[str, dict[str, Any]] = {
+    "cmfl-clip-far": CLIP_FAR.to_selection(),
+    "cmfl-choose": replace(CLIP_FAR, choice=RECOMMENDED).to_selection(),
+}
+DEFAULT_RULE = "cmfl-clip-far"
 
 
 @dataclass(frozen=True)
@@ -51,11 +68,7 @@ class Genesis:
     #: parallel ones and ones pointing away from the median; declared counts capped). A genesis
     #: without the issue-14 keys keeps the old rule.
     selection: dict[str, Any] = field(
-        default_factory=lambda: RoundConfig(rule="auto", scoring="median", election="robust",
-                                            typical="floored", clone_ratio=0.02,
-                                            max_cosine=0.9, sample_cap="median",
-                                            aggregate="clipped-aligned",
-                                            drop_ratio=2.0).to_selection())
+        default_factory=lambda: dict(SELECTION_PRESETS[DEFAULT_RULE]))
     #: chain.membership settings: `admission` (closed, allowlist, open), `allow` (peer ids),
     #: `leave_after` (silent rounds; 0 never). Empty: the genesis members for ever.
     membership: dict[str, Any] = field(default_factory=dict)

@@ -125,14 +125,47 @@ def _cmd_genesis_new(args: argparse.Namespace) -> int:
         name=args.name, members=tuple(members), committee=tuple(committee), seed=args.seed,
         data={"dataset": "digits", "partition": args.partition, "alpha": args.alpha,
               "test_fraction": 0.2},
-        selection={"rule": args.selection, "fraction": args.fraction, "scoring": args.scoring,
-                   "election": args.election, "outlier_ratio": args.outlier_ratio},
-        membership=membership, consensus=args.consensus, sealing=args.sealing,
+        selection=_genesis_selection(args), membership=membership, consensus=args.consensus, sealing=args.sealing,
         **_genesis_task(args.task))
     genesis.check()
     genesis.save(args.out)
     print(f"wrote {args.out}: network id {genesis.network_id.hex()}")
     return 0
+
+
+#: The named rules of `--rule` (chain.genesis.SELECTION_PRESETS; read here without torch).
+RULES = ("cmfl-clip-far", "cmfl-choose")
+#: The flags of a hand-made scored rule and the defaults they had before `--rule`.
+CUSTOM_SELECTION = {"selection": "auto", "fraction": 0.5, "scoring": "median",
+                    "election": "trusted", "outlier_ratio": 1.3}
+
+
+def _genesis_selection(args: argparse.Namespace) -> dict[str, Any]:
+    """The genesis `selection`: a named rule (--rule, default cmfl-clip-far), or the scored
+    rule the custom flags (--selection, --fraction, ...) describe."""
+    from chain.genesis import DEFAULT_RULE, SELECTION_PRESETS
+
+    custom = {k: getattr(args, k) for k in CUSTOM_SELECTION if getattr(args, k) is not None}
+    if custom and args.rule is not None:
+        raise CLIError("give --rule or the custom selection flags (--selection, --fraction, "
+                       "--scoring, --election, --outlier-ratio), not both")
+    if not custom:
+        return dict(SELECTION_PRESETS[args.rule or DEFAULT_RULE])
+    values = {**CUSTOM_SELECTION, **custom}
+    return {"rule": values["selection"], "fraction": values["fraction"],
+            "scoring": values["scoring"], "election": values["election"],
+            "outlier_ratio": values["outlier_ratio"]}
+
+
+def _rule_option(p: argparse.ArgumentParser, custom: bool) -> None:
+    p.add_argument("--rule", choices=RULES, default=None,
+                   help="how a round decides its model (docs/learning.md): cmfl-clip-far "
+                        "(default: an elected committee scores every update, which is "
+                        "centered-clipped around the coordinate median) or cmfl-choose "
+                        "(judged rounds: every member trains and judges candidate models on "
+                        "its own data; best worst case under adaptive colluders on non-IID "
+                        "data, costs a few points on some single attacks)"
+                        + ("; or describe a scored rule with the flags below" if custom else ""))
 
 
 def _genesis_task(ref: str | None) -> dict[str, Any]:
@@ -481,7 +514,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         out=args.out, peers=args.peers, attackers=args.attackers, attack=args.attack,
         rounds=args.rounds, committee_size=args.committee_size, seed=args.seed,
         partition=args.partition, compare=args.compare, hidden=tuple(args.hidden),
-        task=args.task, consensus=args.consensus, sealing=args.sealing))
+        task=args.task, consensus=args.consensus, sealing=args.sealing,
+        rule=args.rule or "cmfl-clip-far"))
 
 
 #: who signs certificates in a new genesis (chain.genesis.Genesis.consensus)
@@ -580,21 +614,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what the network trains (docs/tasks.md): a built-in (digits, cnn, "
                         "credit), package.module:Class or path/to/task.py; pinned by name, "
                         "version and source hash (default: the digits MLP, unpinned)")
-    p.add_argument("--selection", choices=["S1", "S2", "auto"], default="auto",
-                   help="S1: aggregate the lowest-distance updates (under attack); "
-                        "S2: the highest (non-IID, no attack); auto (default): drop outliers "
-                        "when there is evidence of attack, else aggregate all")
-    p.add_argument("--fraction", type=float, default=0.5,
-                   help="share of scored trainers aggregated by S1/S2 (auto: at least this)")
-    p.add_argument("--scoring", choices=["sum", "median"], default="median",
-                   help="combine committee distances by sum (CMFL) or median (default; a "
-                        "lying member cannot move it alone)")
-    p.add_argument("--election", choices=["middle", "trusted"], default="trusted",
-                   help="next committee: middle of the ranking (CMFL) or trusted (default: "
-                        "middle of the trainers that passed this round's checks)")
-    p.add_argument("--outlier-ratio", type=float, default=1.3,
-                   help="auto: an update farther than this times the typical distance is an "
-                        "outlier")
+    _rule_option(p, custom=True)
+    p.add_argument("--selection", choices=["S1", "S2", "auto"], default=None,
+                   help="custom rule: S1 aggregates the lowest-distance updates (under "
+                        "attack); S2 the highest (non-IID, no attack); auto (custom default) "
+                        "drops outliers when there is evidence of attack, else aggregates all")
+    p.add_argument("--fraction", type=float, default=None,
+                   help="custom rule: share of scored trainers aggregated by S1/S2 (auto: at "
+                        "least this; default 0.5)")
+    p.add_argument("--scoring", choices=["sum", "median"], default=None,
+                   help="custom rule: combine committee distances by sum (CMFL) or median "
+                        "(custom default; a lying member cannot move it alone)")
+    p.add_argument("--election", choices=["middle", "trusted"], default=None,
+                   help="custom rule: next committee from the middle of the ranking (CMFL) or "
+                        "trusted (custom default: the middle of the trainers that passed this "
+                        "round's checks)")
+    p.add_argument("--outlier-ratio", type=float, default=None,
+                   help="custom rule, auto: an update farther than this times the typical "
+                        "distance is an outlier (default 1.3)")
     p.add_argument("--admission", choices=["closed", "allowlist", "open"], default=None,
                    help="who may join after genesis with a signed request: closed (no one: the "
                         "default), allowlist (the --allow peers) or open (anyone)")
@@ -693,6 +730,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what to train: digits MLP (default), cnn (digits as 8x8 images, "
                         "conv + batch norm) or credit (German Credit, AUC and KS); each peer "
                         "also reports metrics on its own held-out shard")
+    _rule_option(p, custom=False)
     _consensus_option(p)
     _sealing_option(p)
     p.set_defaults(func=_cmd_demo)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chain.genesis import Genesis
+from chain.genesis import SELECTION_PRESETS, Genesis
 from p2p_node.identity import load_or_create_identity
 from p2p_node.node import chain_summary
 
@@ -53,6 +53,8 @@ class DemoConfig:
     consensus: str = "committee"
     #: who can read an update: "none" or "validators" (chain.genesis.Genesis.sealing)
     sealing: str = "none"
+    #: the genesis rule (chain.genesis.SELECTION_PRESETS)
+    rule: str = "cmfl-clip-far"
     #: the genesis `training` map (epochs, lr, batch_size), {} for the genesis default
     training: dict[str, Any] = field(default_factory=dict)
 
@@ -181,7 +183,7 @@ def _run_network(cfg: DemoConfig, out: Path, n_attackers: int,
     label = {pid: f"p{i}" for i, pid in enumerate(ids)}
     # Attackers are the last peers: trainers in round 0 (the committee is the first peers).
     attackers = set(ids[cfg.peers - n_attackers:]) if n_attackers else set()
-    extra: dict[str, Any] = {"selection": selection} if selection else {}
+    extra: dict[str, Any] = {"selection": selection or dict(SELECTION_PRESETS[cfg.rule])}
     if tuple(cfg.hidden) != (64,):
         extra["model"] = {"layers": [64, *cfg.hidden, 10]}
     if cfg.compression:
@@ -205,12 +207,16 @@ def _run_network(cfg: DemoConfig, out: Path, n_attackers: int,
     who = (f"{n_attackers} attacking with {cfg.attack}: "
            f"{', '.join(label[a] for a in sorted(attackers, key=ids.index))}"
            if attackers else "no attackers")
-    rule = "FedAvg (every update)" if selection else "CMFL selection"
+    rule = "FedAvg (every update)" if selection else \
+        "judged rounds (cmfl-choose: every peer trains and judges)" \
+        if cfg.rule == "cmfl-choose" else "CMFL selection"
     if cfg.consensus == "members":
         rule += ", every member signs certificates"
     if cfg.sealing != "none":
         rule += f", updates sealed to the {cfg.sealing}"
-    print(f"demo: {cfg.peers} peers ({who}), committee of {cfg.committee_size}, "
+    print(f"demo: {cfg.peers} peers ({who}), "
+          + ("" if cfg.rule == "cmfl-choose" and not selection
+             else f"committee of {cfg.committee_size}, ") +
           f"{cfg.rounds} rounds, task {cfg.task} ({cfg.partition}), {rule}")
     print(f"demo: network id {genesis.network_id.hex()[:16]}, output in {out}/")
     procs = []
@@ -315,8 +321,10 @@ def _row(height: int, events: list[dict], ids: list[str], label: dict[str, str],
     """Print one committed round and return it as a summary row (`synced`: how many peers
     stored its block by sync instead of committing it in the round)."""
     e = events[0]
-    committee = " ".join(_mark(label[p], p in attackers) for p in e["committee"])
-    trainers = len(set(ids) - set(e["committee"]))
+    judged = set(e["committee"]) == set(ids)  # judged rounds: every member trains and judges
+    committee = "all judge" if judged else \
+        " ".join(_mark(label[p], p in attackers) for p in e["committee"])
+    trainers = len(ids) if judged else len(set(ids) - set(e["committee"]))
     selected = " ".join(_mark(label[p], p in attackers) for p in e["selected"])
     row = {"height": height, "hash": e["hash"], "accuracy": e["accuracy"],
            "round_seconds": max(x["round_seconds"] for x in events),

@@ -262,3 +262,22 @@ def test_a_judged_block_re_derives_only_from_its_own_votes():
     forged = dataclasses.replace(block, selected=MEMBERS[:2])
     with pytest.raises(BlockError):
         check_outline(context(), forged)
+
+
+def test_genesis_new_writes_the_named_rule_or_the_custom_one(tmp_path):
+    from chain.genesis import DEFAULT_RULE, SELECTION_PRESETS
+    from p2p_node.cli import RULES, main
+
+    assert set(RULES) == set(SELECTION_PRESETS) and DEFAULT_RULE in RULES
+    ids = ["--member", MEMBERS[0], "--member", MEMBERS[1], "--member", MEMBERS[2],
+           "--member", MEMBERS[3], "--member", MEMBERS[4], "--committee-size", "4"]
+    for args, expected in (
+            ([], SELECTION_PRESETS["cmfl-clip-far"]),
+            (["--rule", "cmfl-choose"], SELECTION_PRESETS["cmfl-choose"]),
+            (["--scoring", "sum"], {"rule": "auto", "fraction": 0.5, "scoring": "sum",
+                                    "election": "trusted", "outlier_ratio": 1.3})):
+        out = tmp_path / "g.json"
+        assert main(["genesis", "new", "--out", str(out), *ids, *args]) == 0
+        assert Genesis.load(out).selection == expected
+    assert main(["genesis", "new", "--out", str(tmp_path / "x.json"), *ids, "--rule",
+                 "cmfl-choose", "--scoring", "sum"]) != 0

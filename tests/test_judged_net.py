@@ -1,0 +1,67 @@
+"""Judged rounds (genesis rule cmfl-choose, learning.choice) on real peers: libp2p hosts on
+loopback TCP, real torch training on digits. Every member trains, judges the round's
+candidate models on its own data and signs its vote vector; the block's model is the
+candidate the votes choose, and every peer re-derives it."""
+
+import trio
+
+from bft.quorum import quorum_size
+from chain.genesis import SELECTION_PRESETS, Genesis
+from chain.position import ChainPosition
+from chain.round_rules import outline_round
+from chain.verify import verify_store
+from learning.data import load_digits_split
+from learning.model import ModelSpec
+from learning.training import evaluate
+from learning.tensors import state_from_bytes
+from p2p_node.node import open_chain
+from tests.cluster import Cluster, EventLog
+
+
+def test_judged_rounds_commit_one_chain_that_every_peer_re_derives(tmp_path):
+    cluster = Cluster(tmp_path, size=6, committee_size=4, attacks={5: "sign_flip"},
+                      genesis_fields={"selection": SELECTION_PRESETS["cmfl-choose"]})
+    log = EventLog()
+    rounds = 3
+
+    async def scenario():
+        with trio.fail_after(240):
+            async with trio.open_nursery() as nursery:
+                nodes = await cluster.run(rounds=rounds, log=log, nursery=nursery,
+                                          collect_timeout=10.0, propose_timeout=5.0)
+                await log.wait_for(
+                    lambda ev: log.peers_at("committed", rounds - 1) >= set(cluster.ids))
+                nursery.cancel_scope.cancel()
+        return nodes
+
+    nodes = trio.run(scenario)
+    for node in nodes:
+        node.store.close()
+    for height in range(rounds):
+        hashes = {e["hash"] for e in log.events
+                  if e["event"] == "committed" and e["height"] == height}
+        assert len(hashes) == 1, f"peers disagree at height {height}"
+    genesis = Genesis.load(tmp_path / "genesis.json")
+    members = tuple(sorted(cluster.ids))
+    for d in cluster.dirs:
+        store, models = open_chain(d)
+        report = verify_store(genesis, store, models)
+        assert report.ok and report.blocks == rounds, report.summary()
+        store.close()
+    store, models = open_chain(cluster.dirs[0])
+    position = ChainPosition(genesis)
+    for h in range(rounds):
+        committed = store.get(h)
+        block = committed.block
+        # every member trains and judges: no elected committee
+        assert block.trainers == members and block.committee == members
+        assert len(block.score_vectors) >= quorum_size(len(members))
+        outline = outline_round(position.context(), list(block.score_vectors))
+        assert outline.candidate is not None and block.selected == outline.candidate.trainers
+        position.advance(committed)
+    _, test = load_digits_split(genesis.seed)
+    head = store.get(rounds - 1).block
+    accuracy = evaluate(ModelSpec(tuple(genesis.model["layers"])),
+                        state_from_bytes(models.get(head.model_hash)), test)
+    assert accuracy > 0.3, accuracy  # 3 rounds of digits from a random start (chance 0.1)
+    store.close()
