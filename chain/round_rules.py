@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
 
 from bft.messages import KINDS as PBFT_KINDS
 from bft.quorum import quorum_size
@@ -288,18 +289,27 @@ def parse_votes_body(ctx: RoundContext, env: Envelope) -> VoteVector:
     return VoteVector(tuple(updates), tuple(float(v) for v in votes))
 
 
-def judged_group(ctx: RoundContext, vectors: dict[str, bytes]) -> dict[str, bytes]:
-    """Of the vote vectors held (member -> signed bytes, each valid), those a block can be
-    built from: the ones naming the update set most of them name (ties: the larger set, then
-    the smaller digest list), as votes on different sets are votes on different candidates."""
+#: Vote vectors a judge signs in one round, at most: its own, and one on the update set other
+#: judges voted on if its own finds no quorum (a late update split the judges: `judged_group`).
+MAX_VOTE_SETS = 2
+
+
+def judged_group(ctx: RoundContext, vectors: list[bytes]) -> dict[str, bytes]:
+    """Of the vote vectors held (signed bytes, each valid; a member may have voted on up to
+    MAX_VOTE_SETS update sets), those a block can be built from, by member: votes on different
+    sets are votes on different candidates, so one set's. The largest set that has a quorum of
+    votes (an update some judges lacked is left out only if those with it are too few), else
+    the set most members voted on (ties: the larger set, then the smaller digest list)."""
     groups: dict[tuple[tuple[str, bytes], ...], dict[str, bytes]] = {}
-    for member, raw in vectors.items():
-        updates = parse_vector_body(ctx, decode_envelope(raw)).updates
-        groups.setdefault(updates, {})[member] = raw
+    for raw in vectors:
+        env = decode_envelope(raw)
+        groups.setdefault(parse_vector_body(ctx, env).updates, {})[env.sender] = raw
     if not groups:
         return {}
-    best = min(groups, key=lambda u: (-len(groups[u]), -len(u), u))
-    return groups[best]
+    enough = [u for u in groups if ctx.enough_score_vectors(groups[u], ())]
+    if enough:
+        return groups[min(enough, key=lambda u: (-len(u), u))]
+    return groups[min(groups, key=lambda u: (-len(groups[u]), -len(u), u))]
 
 
 @dataclass(frozen=True)
@@ -504,9 +514,17 @@ def check_evidence(network_id: bytes, pair: tuple[bytes, bytes]) -> str:
             raise BlockError("evidence messages are not of one view")
     if a.signing_bytes() == b.signing_bytes():
         raise BlockError("evidence messages do not conflict")
+    if a.kind == "scores" and _judged_set(a) is not None and _judged_set(a) != _judged_set(b):
+        # a judge may vote once per update set (MAX_VOTE_SETS): only two votes on one conflict
+        raise BlockError("vote vectors on different update sets do not conflict")
     if not (a.has_valid_signature() and b.has_valid_signature()):
         raise BlockError("evidence message with a forged signature")
     return a.sender
+
+
+def _judged_set(env: Envelope) -> Any:
+    body = env.payload
+    return repr(body.get("judged")) if isinstance(body, dict) and "judged" in body else None
 
 
 def evidence_member(raw: bytes) -> str:

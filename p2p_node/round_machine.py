@@ -37,6 +37,7 @@ from chain.round_rules import (
     check_outline,
     derive_block,
     evidence_member,
+    MAX_VOTE_SETS,
     judged_candidates,
     judged_group,
     parse_vector_body,
@@ -354,6 +355,10 @@ class RoundMachine:
         #: DP noise variance of own_reference (0 without DP)
         self.own_noise_variance = 0.0
         self.score_vectors: dict[str, bytes] = {}
+        #: judged rounds: every vote vector held, by (judge, update set it judged)
+        self.vote_vectors: dict[tuple[str, tuple], bytes] = {}
+        #: judged rounds: the update sets we signed a vote on
+        self._voted: set[tuple[tuple[str, bytes], ...]] = set()
         self.collect_expired = False
         self.propose_expired = False
         self.scored = False
@@ -435,6 +440,10 @@ class RoundMachine:
         for action in actions:
             if isinstance(action, Publish) and action.kind in WRITTEN_AHEAD_KINDS:
                 payload = self.written_ahead.setdefault(action.kind, action.payload)
+                if action.kind == "scores" and isinstance(payload, dict) and \
+                        payload.get("judged") != action.payload.get("judged"):
+                    # a judge's vote on another update set (MAX_VOTE_SETS): not a second one
+                    payload = self.written_ahead["scores"] = action.payload
                 out.append(Persist(f"signed-{action.kind}", cbor2.dumps(
                     [self.ctx.height, payload], canonical=True)))
                 action = Publish(action.kind, payload)
@@ -730,11 +739,26 @@ class RoundMachine:
         if env.sender not in self.ctx.committee:
             return [Rejected(env.sender, "scores", "sender is not on the committee")]
         raw = env.encode()
+        if self.ctx.selection.judged:
+            return self._on_votes(env, raw)
         held = self.score_vectors.get(env.sender)
         if held is not None:
             return [] if held == raw else self._second_message(decode_envelope(held), env)
         parse_vector_body(self.ctx, env)
         self.score_vectors[env.sender] = raw
+        return []
+
+    def _on_votes(self, env: Envelope, raw: bytes) -> list[Action]:
+        """A judge's vote vector: one per update set it judged, MAX_VOTE_SETS at most."""
+        updates = parse_vector_body(self.ctx, env).updates
+        held = self.vote_vectors.get((env.sender, updates))
+        if held is not None:
+            return [] if held == raw else self._second_message(decode_envelope(held), env)
+        if sum(j == env.sender for j, _ in self.vote_vectors) >= MAX_VOTE_SETS:
+            return [Rejected(env.sender, "scores", f"more than {MAX_VOTE_SETS} vote vectors "
+                             "this round", "invalid-scores")]
+        self.vote_vectors[(env.sender, updates)] = raw
+        self.score_vectors.setdefault(env.sender, raw)
         return []
 
     def _on_consensus(self, env: Envelope) -> list[Action]:
@@ -807,6 +831,7 @@ class RoundMachine:
         if self.committed:
             return []
         actions = self._maybe_score() + self._maybe_candidate() + self._recheck_validity()
+        actions += self._maybe_vote_again()
         return actions + self._maybe_commit()
 
     def _maybe_score(self) -> list[Action]:
@@ -839,12 +864,35 @@ class RoundMachine:
         if not (self.collect_expired or set(self.updates) >= awaited):
             return []
         self.scored = True
-        self._judging = tuple(sorted((t, u.digest) for t, u in self.updates.items()))
-        states = {t: u.state for t, u in self.updates.items()}
-        samples = {t: u.samples for t, u in self.updates.items()}
+        return self._judge(tuple(sorted((t, u.digest) for t, u in self.updates.items())))
+
+    def _judge(self, updates: tuple[tuple[str, bytes], ...]) -> list[Action]:
+        self._judging = updates
+        states = {t: self.updates[t].state for t, _ in updates}
+        samples = {t: self.updates[t].samples for t, _ in updates}
         models = tuple(build_candidate(self.ctx.base_state, states, samples, c)
-                       for c in judged_candidates(self.ctx, self._judging))
+                       for c in judged_candidates(self.ctx, updates))
         return [Judge(self.ctx.height, self.ctx.base_state, models)]
+
+    def _maybe_vote_again(self) -> list[Action]:
+        """Judged rounds, once the propose deadline passed with no update set holding a quorum
+        of votes (a late update split the judges: some judged it, some did not): vote once
+        more, on the set most other judges voted on of those we hold every update of."""
+        if not (self.ctx.selection.judged and self.propose_expired and self._voted) or \
+                self._judging is not None or self.candidate is not None or \
+                len(self._voted) >= MAX_VOTE_SETS:
+            return []
+        group = judged_group(self.ctx, list(self.vote_vectors.values()))
+        if not group or self.ctx.enough_score_vectors(group, ()):
+            return []
+        counts: dict[tuple[tuple[str, bytes], ...], int] = {}
+        for _, updates in self.vote_vectors:
+            counts[updates] = counts.get(updates, 0) + 1
+        for updates in sorted(counts, key=lambda u: (-counts[u], -len(u), u)):
+            if updates not in self._voted and all(
+                    t in self.updates and self.updates[t].digest == d for t, d in updates):
+                return self._judge(updates)
+        return []
 
     def on_judged(self, base_loss: float, losses: tuple[float, ...]) -> list[Action]:
         """Our data's losses arrived: sign our vote vector (written ahead, like a score
@@ -852,6 +900,7 @@ class RoundMachine:
         if self._judging is None or self.committed:
             return []
         updates, self._judging = self._judging, None
+        self._voted.add(updates)
         votes = list(judge_votes(base_loss, losses))
         return [Publish("scores", votes_payload(dict(updates), votes))] + self._progress()
 
@@ -864,7 +913,7 @@ class RoundMachine:
         # lowers the quorum to the other members': chain.round_rules.enough_score_vectors).
         vectors = self.score_vectors
         if self.ctx.selection.judged:  # only votes on one update set make a block
-            vectors = judged_group(self.ctx, vectors)
+            vectors = judged_group(self.ctx, list(self.vote_vectors.values()))
         senders = set(vectors)
         if not (set(self.score_vectors) >= set(self.ctx.committee) - self._proven
                 or self.propose_expired):

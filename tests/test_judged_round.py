@@ -12,6 +12,7 @@ from chain.genesis import Genesis
 from chain.position import ChainPosition
 from chain.round_rules import (
     RoundContext,
+    check_evidence,
     check_outline,
     derive_block,
     judged_candidates,
@@ -80,6 +81,7 @@ class JudgedNetwork:
         self.published: dict[str, list[Envelope]] = {p: [] for p in MEMBERS}
         self.liars, self.lie = set(liars), lie
         self.judges_asked = 0
+        self.late = []
 
     def emit(self, peer, actions):
         for action in actions:
@@ -102,11 +104,20 @@ class JudgedNetwork:
             elif isinstance(action, Rejected):
                 self.rejections.append((peer, action))
 
-    def settle(self):
+    def settle(self, held_from=()):
+        """Deliver everything; the attacker's update is held back from `held_from` (kept in
+        `self.late`)."""
         while self.queue:
             env = decode_envelope(self.queue.popleft())
             for peer, machine in self.machines.items():
+                if env.kind == "update" and env.sender == ATTACKER and peer in held_from:
+                    self.late.append((peer, env))
+                    continue
                 self.emit(peer, machine.feed(Received(env)))
+
+    def expire(self, name):
+        for peer, machine in self.machines.items():
+            self.emit(peer, machine.feed(TimerFired(0, name, 0)))
 
     def run(self):
         for peer, machine in self.machines.items():
@@ -195,7 +206,7 @@ def test_votes_on_different_update_sets_do_not_mix():
     mixed = {**vectors, late: odd}
     with pytest.raises(BlockError, match="different update sets"):
         outline_round(ctx, list(mixed.values()))
-    group = judged_group(ctx, mixed)
+    group = judged_group(ctx, list(mixed.values()))
     assert set(group) == set(MEMBERS) - {late}
     outline = outline_round(ctx, list(group.values()))
     assert ATTACKER not in outline.selection.selected
@@ -281,3 +292,32 @@ def test_genesis_new_writes_the_named_rule_or_the_custom_one(tmp_path):
         assert Genesis.load(out).selection == expected
     assert main(["genesis", "new", "--out", str(tmp_path / "x.json"), *ids, "--rule",
                  "cmfl-choose", "--scoring", "sum"]) != 0
+
+
+def test_a_late_update_that_splits_the_judges_does_not_stall_the_round():
+    """The attacker publishes so late that only some judges hold its update when they judge
+    (the others' collect deadline passed): neither update set has a quorum of votes. At the
+    propose deadline the judges that held it vote once more, on the set without it."""
+    net = JudgedNetwork()
+    without = set(MEMBERS[:3])  # 3 judges never see it in time; 4 (with the attacker) do
+    for peer, machine in net.machines.items():
+        net.emit(peer, machine.start())
+        net.emit(peer, machine.feed(Trained(0, update_of(peer), 20)))
+    net.settle(held_from=without)
+    net.expire("collect")  # the 3 judge what they hold
+    net.settle(held_from=without)
+    assert not net.commits  # 4 votes on one set, 3 on the other: a quorum is 5
+    net.expire("propose")
+    net.settle(held_from=without)
+    assert set(net.commits) == set(MEMBERS)
+    block = next(iter(net.commits.values())).committed.block
+    assert ATTACKER not in block.selected
+    assert len({c.committed.block.hash() for c in net.commits.values()}) == 1
+    # the second votes are no evidence: each judge voted once per set
+    assert not [r for r in net.rejections if "second" in r[1].reason]
+    voters = [p for p, envs in net.published.items()
+              if sum(e.kind == "scores" for e in envs) == 2]
+    assert set(voters) == set(MEMBERS) - without
+    pair = tuple(e.encode() for e in net.published[voters[0]] if e.kind == "scores")
+    with pytest.raises(BlockError, match="do not conflict"):
+        check_evidence(NET, pair)
