@@ -38,6 +38,8 @@ def main() -> int:
                         help="the data split (dirichlet: alpha 0.5, as the demo's genesis)")
     parser.add_argument("--consensus", choices=["committee", "members"], default="committee")
     parser.add_argument("--seeds", type=int, default=5, help="harness seeds")
+    parser.add_argument("--rule", choices=["cmfl-choose", "cmfl-clip-far"],
+                        default="cmfl-choose", help="the genesis rule (default cmfl-choose)")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -45,7 +47,7 @@ def main() -> int:
     code = run_demo(DemoConfig(out=out, peers=args.peers, attackers=args.attackers,
                                attack=args.attack, rounds=args.rounds,
                                committee_size=args.committee_size, partition=args.partition,
-                               consensus=args.consensus))
+                               consensus=args.consensus, rule=args.rule))
     summary = json.loads((out / "summary.json").read_text())
     peers = summary["final_accuracy"]
     selected = sum(r["attackers_selected"] for r in summary["rounds_detail"])
@@ -56,7 +58,7 @@ def main() -> int:
 
     finals, harness_selected = [], []
     for seed in range(args.seeds):
-        spec = RunSpec(rule="cmfl-auto", config=config, attack=args.attack,
+        spec = RunSpec(rule="cmfl-choose" if config.judged else "cmfl-auto", config=config, attack=args.attack,
                        fraction=args.attackers / args.peers, seed=seed, n_peers=args.peers,
                        committee_size=args.committee_size, rounds=args.rounds,
                        partition=args.partition, alpha=alpha)

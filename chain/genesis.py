@@ -43,7 +43,7 @@ SELECTION_PRESETS: dict[str, dict[str, Any]] = {
     "cmfl-clip-far": CLIP_FAR.to_selection(),
     "cmfl-choose": replace(CLIP_FAR, choice=RECOMMENDED).to_selection(),
 }
-DEFAULT_RULE = "cmfl-clip-far"
+DEFAULT_RULE = "cmfl-choose"
 
 
 @dataclass(frozen=True)

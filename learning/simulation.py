@@ -92,7 +92,7 @@ RULE_NAMES = tuple(CMFL_RULES) + tuple(JUDGED_RULES) + BASELINES
 class RunSpec:
     """Everything one run depends on."""
 
-    rule: str = "cmfl-auto"
+    rule: str = "cmfl-choose"
     attack: str = "none"
     fraction: float = 0.3
     partition: str = "iid"
@@ -423,6 +423,9 @@ def run(spec: RunSpec) -> RunResult:
                 result.applied[-1] = f"{decision.applied}:{chosen.kind}"
             record(state)
     elif spec.rule in JUDGED_RULES:
+        # a genesis's own choice settings (RunSpec.config, as bench.peers_vs_harness passes)
+        choice = spec.config.choice if spec.config is not None and spec.config.judged \
+            else JUDGED_RULES[spec.rule]
         judge = JudgeLosses(mspec, data)
         previous = b"genesis"
         barred: set[str] = set()
@@ -430,7 +433,7 @@ def run(spec: RunSpec) -> RunResult:
             sent, _ = _round_models(spec, rnd, state, data, attackers, attack, task=task)
             sent = _as_sent(spec, state, sent, residuals)
             state, chosen, previous = judged_round(rnd, state, sent, samples, judge, attackers,
-                                                   JUDGED_RULES[spec.rule], previous,
+                                                   choice, previous,
                                                    blind=spec.blind_liars,
                                                    selective=spec.selective_reveal,
                                                    barred=barred)

@@ -210,3 +210,56 @@ class OmniscientColluder:
             return own
         view = self.round_view(ctx, own, updates, fellows)
         return self.attack.observe_round(view).poison_update(ctx.base_state, own, rng)
+
+
+@dataclass(frozen=True)
+class RushingJudge:
+    """Judged rounds (learning.choice): an attacker's vote, the harness's strongest liar
+    (learning.attacks.lie_votes). Every vote vector is gossiped, so a colluding judge can hold
+    its own back until the honest judges' votes on the same update set are in, and then send
+    the lie that makes the candidate holding the most colluders win. The driver waits
+    (`ready`, up to a deadline) and publishes `lie` in place of the measured vote.
+
+    Not written ahead: the lie depends on the honest votes seen, so a liar restarted
+    mid-round may sign a second one (evidence against it; attack lab only)."""
+
+    #: every colluder, itself included
+    colluders: frozenset[str]
+
+    @staticmethod
+    def is_vote(action: Action) -> bool:
+        return isinstance(action, Publish) and action.kind == "scores" and \
+            isinstance(action.payload, dict) and "judged" in action.payload
+
+    def honest_votes(self, ctx: RoundContext, payload: dict,
+                     vectors: Mapping[tuple[str, tuple], bytes]) -> dict[str, tuple[float, ...]]:
+        """The honest judges' votes held on the update set `payload` judged."""
+        from chain.round_rules import parse_votes_body
+        from gossip.envelope import decode_envelope
+
+        updates = tuple((t, d) for t, d in payload["judged"])
+        return {judge: parse_votes_body(ctx, decode_envelope(raw)).votes
+                for (judge, judged), raw in vectors.items()
+                if judged == updates and judge not in self.colluders}
+
+    def ready(self, ctx: RoundContext, payload: dict,
+              vectors: Mapping[tuple[str, tuple], bytes]) -> bool:
+        """Whether every honest judge's vote on that set is in."""
+        honest = set(ctx.committee) - self.colluders
+        return set(self.honest_votes(ctx, payload, vectors)) >= honest
+
+    def lie(self, ctx: RoundContext, payload: dict,
+            vectors: Mapping[tuple[str, tuple], bytes]) -> dict:
+        """The vote to send instead of `payload` (our measured vote stands in for the honest
+        votes not yet seen)."""
+        from chain.round_rules import judged_candidates, votes_payload
+        from learning.attacks import lie_votes
+        from learning.choice import choose
+
+        updates = tuple((t, d) for t, d in payload["judged"])
+        candidates = judged_candidates(ctx, updates)
+        seen = self.honest_votes(ctx, payload, vectors) or {"own": tuple(payload["votes"])}
+        config = ctx.selection.choice
+        lie = lie_votes(seen, candidates, self.colluders,
+                        lambda v: choose(v, len(candidates), config))
+        return votes_payload(dict(updates), list(lie))

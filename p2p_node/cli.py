@@ -133,8 +133,9 @@ def _cmd_genesis_new(args: argparse.Namespace) -> int:
     return 0
 
 
-#: The named rules of `--rule` (chain.genesis.SELECTION_PRESETS; read here without torch).
-RULES = ("cmfl-clip-far", "cmfl-choose")
+#: The named rules of `--rule` (chain.genesis.SELECTION_PRESETS; read here without torch),
+#: the default (chain.genesis.DEFAULT_RULE) first.
+RULES = ("cmfl-choose", "cmfl-clip-far")
 #: The flags of a hand-made scored rule and the defaults they had before `--rule`.
 CUSTOM_SELECTION = {"selection": "auto", "fraction": 0.5, "scoring": "median",
                     "election": "trusted", "outlier_ratio": 1.3}
@@ -159,12 +160,14 @@ def _genesis_selection(args: argparse.Namespace) -> dict[str, Any]:
 
 def _rule_option(p: argparse.ArgumentParser, custom: bool) -> None:
     p.add_argument("--rule", choices=RULES, default=None,
-                   help="how a round decides its model (docs/learning.md): cmfl-clip-far "
-                        "(default: an elected committee scores every update, which is "
-                        "centered-clipped around the coordinate median) or cmfl-choose "
-                        "(judged rounds: every member trains and judges candidate models on "
-                        "its own data; best worst case under adaptive colluders on non-IID "
-                        "data, costs a few points on some single attacks)"
+                   help="how a round decides its model (docs/learning.md): cmfl-choose "
+                        "(default; judged rounds: every member trains, judges the round's "
+                        "candidate models on its own data and runs pBFT on the block: the best "
+                        "worst case measured under adaptive colluders on non-IID data) or "
+                        "cmfl-clip-far (an elected committee scores every update, which is "
+                        "centered-clipped around the coordinate median: cheaper rounds and a "
+                        "few points better on most single attacks, but adaptive colluders on "
+                        "non-IID data break it)"
                         + ("; or describe a scored rule with the flags below" if custom else ""))
 
 
@@ -515,7 +518,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         rounds=args.rounds, committee_size=args.committee_size, seed=args.seed,
         partition=args.partition, compare=args.compare, hidden=tuple(args.hidden),
         task=args.task, consensus=args.consensus, sealing=args.sealing,
-        rule=args.rule or "cmfl-clip-far"))
+        rule=args.rule or RULES[0]))
 
 
 #: who signs certificates in a new genesis (chain.genesis.Genesis.consensus)

@@ -50,7 +50,7 @@ from learning.privacy import (
 from learning.tensors import ModelState, state_bytes, state_from_bytes, state_hash
 from p2p_node.federated_eval import FederatedEvaluation, ReportError, report_payload
 from gossip.peer_scoring import report_verdict
-from p2p_node.attack_lab import OmniscientColluder, attack_filter
+from p2p_node.attack_lab import OmniscientColluder, RushingJudge, attack_filter
 from p2p_node.config import NodeConfig
 from p2p_node.discovery import Discovery
 from p2p_node.round_core import (
@@ -155,6 +155,10 @@ class Node:
         #: --attack), None for an honest peer
         self.misbehaviour = attack_filter(config.byzantine, self.attack,
                                           frozenset(config.colluders) | {self.me})
+        #: the attack lab's lying judge (judged rounds, any --attack with colluders: it waits
+        #: for the honest votes, then sends the vote that best helps the colluders)
+        self.rushing_judge = RushingJudge(frozenset(config.colluders) | {self.me}) \
+            if self.attack is not None and config.colluders else None
         #: the attack lab's omniscient colluder (an omniscient --attack: it crafts from the
         #: round's gossiped honest updates), None for every other peer
         self.collusion: CollusionChannel | None = None
@@ -507,6 +511,9 @@ class Node:
         for action in actions:
             if isinstance(action, Persist):
                 self.store.put_state(action.key, action.value)
+            elif self.rushing_judge is not None and RushingJudge.is_vote(action):
+                times.mark("collected")
+                nursery.start_soon(self._rush_vote, ctx, machine, action)
             elif isinstance(action, Publish):
                 if action.kind == "scores":
                     times.mark("collected")
@@ -690,6 +697,20 @@ class Node:
         if report is not None:
             self._spend_privacy(ctx.height, report)
         await self._inbox_send.send(Trained(ctx.height, state, samples, report))
+
+    async def _rush_vote(self, ctx: RoundContext, machine: RoundMachine, vote: Publish) -> None:
+        """Attack lab: hold our vote until the honest judges' votes on its update set are in
+        (or the propose deadline is near), then publish the rushing judge's lie instead."""
+        judge = self.rushing_judge
+        assert judge is not None
+        deadline = time.monotonic() + self.config.timeouts.propose * 0.8
+        while not judge.ready(ctx, vote.payload, machine.vote_vectors) and \
+                time.monotonic() < deadline:
+            await trio.sleep(0.05)
+        lie = judge.lie(ctx, vote.payload, machine.vote_vectors)
+        seen = len(judge.honest_votes(ctx, vote.payload, machine.vote_vectors))
+        log.warning("attack lab: voting the rushing lie after %d honest votes", seen)
+        await self._publish(ctx, "scores", lie, keep=vote.repeat)
 
     async def _judge(self, action: Judge, times: RoundTimes) -> None:
         """Judged rounds: our training data's loss on the base model and on every candidate

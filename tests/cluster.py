@@ -12,6 +12,11 @@ from chain.genesis import Genesis
 from p2p_node.demo import free_ports
 from p2p_node.identity import load_or_create_identity
 from p2p_node.node import Node, NodeConfig
+from chain.genesis import SELECTION_PRESETS
+
+#: the scored rule (an elected committee scores) these tests exercise; judged rounds, the
+#: default, are tests/test_judged_round.py and tests/test_judged_net.py
+SCORED = SELECTION_PRESETS["cmfl-clip-far"]
 
 
 class EventLog:
@@ -57,7 +62,8 @@ class Cluster:
         members = tuple(self.ids[: self.founders or self.size])
         self.genesis = Genesis(name="test", members=members,
                                committee=tuple(self.ids[: self.committee_size]), seed=1,
-                               membership=self.membership, **self.genesis_fields)
+                               membership=self.membership,
+                               **{"selection": SCORED, **self.genesis_fields})
         self.genesis.save(self.root / "genesis.json")
 
     def node_configs(self, rounds: int, **overrides: float) -> list[NodeConfig]:

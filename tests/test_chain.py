@@ -15,6 +15,11 @@ from chain.block import (
 from chain.genesis import Genesis, GenesisError
 from chain.store import BlockStore, ModelStore, StoreError
 from gossip.peer_keys import Signer
+from chain.genesis import SELECTION_PRESETS
+
+#: the scored rule (an elected committee scores) these tests exercise; judged rounds, the
+#: default, are tests/test_judged_round.py and tests/test_judged_net.py
+SCORED = SELECTION_PRESETS["cmfl-clip-far"]
 
 MEMBERS = [Signer(bytes([i + 1]) * 32) for i in range(6)]
 COMMITTEE = tuple(s.peer_id for s in MEMBERS[:4])
@@ -108,10 +113,11 @@ def test_model_store_is_content_addressed(tmp_path):
 
 def test_genesis_hash_is_the_network_id_and_bad_genesis_is_refused(tmp_path):
     ids = tuple(s.peer_id for s in MEMBERS)
-    g = Genesis(name="t", members=ids, committee=ids[:4])
+    g = Genesis(name="t", members=ids, committee=ids[:4], selection=SCORED)
     g.save(tmp_path / "g.json")
     assert Genesis.load(tmp_path / "g.json").network_id == g.network_id
-    assert Genesis(name="t2", members=ids, committee=ids[:4]).network_id != g.network_id
+    other = Genesis(name="t2", members=ids, committee=ids[:4], selection=SCORED)
+    assert other.network_id != g.network_id
     with pytest.raises(GenesisError, match="subset"):
         Genesis.from_dict({**g.to_dict(), "committee": ["12D3KooWnotamember"]})
     with pytest.raises(GenesisError, match="not found"):

@@ -21,6 +21,11 @@ import pytest
 from p2p_node.cli import RUN_OPTIONS, build_parser
 from p2p_node.control import ControlError, query
 from p2p_node.demo import free_ports
+from chain.genesis import SELECTION_PRESETS
+
+#: the scored rule (an elected committee scores) these tests exercise; judged rounds, the
+#: default, are tests/test_judged_round.py and tests/test_judged_net.py
+SCORED = SELECTION_PRESETS["cmfl-clip-far"]
 
 COMMANDS = [["init"], ["id"], ["genesis", "new"], ["run"], ["status"], ["peers"],
             ["chain", "show"], ["chain", "verify"], ["demo"]]
@@ -55,7 +60,8 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Path:
         assert result.returncode == 0, result.stderr
         ids.append(result.stdout.strip())
     # Built in-process: a `genesis new` subprocess would cost a torch import (seconds here).
-    Genesis(name="cli-test", members=tuple(ids), committee=(ids[0],), seed=1).save(
+    Genesis(name="cli-test", members=tuple(ids), committee=(ids[0],), seed=1,
+            selection=SCORED).save(
         root / "g.json")
     return root
 

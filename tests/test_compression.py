@@ -42,6 +42,11 @@ from tests.test_round_machine import (
     agreed_block,
     context,
 )
+from chain.genesis import SELECTION_PRESETS
+
+#: the scored rule (an elected committee scores) these tests exercise; judged rounds, the
+#: default, are tests/test_judged_round.py and tests/test_judged_net.py
+SCORED = SELECTION_PRESETS["cmfl-clip-far"]
 
 FP16, INT8, TOPK = UpdateCodec("fp16"), UpdateCodec("int8"), UpdateCodec("topk", 0.1)
 CODECS = (FP16, INT8, TOPK)
@@ -66,7 +71,7 @@ def test_codec_settings_parse_refuse_and_leave_old_genesis_ids_alone():
     for c in CODECS:
         assert UpdateCodec.from_settings(c.to_settings()) == c
     members = tuple(Signer.peer_id for Signer in SIGNERS.values())[:5]
-    plain = Genesis(name="n", members=members, committee=members[:4])
+    plain = Genesis(name="n", members=members, committee=members[:4], selection=SCORED)
     assert "compression" not in plain.to_dict()  # written only when set: old ids unchanged
     int8 = dataclasses.replace(plain, compression={"codec": "int8"})
     assert int8.network_id != plain.network_id

@@ -10,6 +10,11 @@ from chain.sync import HeadRequest, SyncError
 from gossip.peer_keys import Signer
 from gossip.transfer import BlobRef, TransferError, fetch_blob
 from p2p_node.sync_service import SyncService
+from chain.genesis import SELECTION_PRESETS
+
+#: the scored rule (an elected committee scores) these tests exercise; judged rounds, the
+#: default, are tests/test_judged_round.py and tests/test_judged_net.py
+SCORED = SELECTION_PRESETS["cmfl-clip-far"]
 
 
 class ResetStream:
@@ -52,7 +57,7 @@ def test_a_blob_provider_that_resets_is_a_failed_fetch(fail_on):
 @pytest.mark.parametrize("fail_on", ["write", "read"])
 def test_a_sync_peer_that_resets_is_a_failed_request(tmp_path, fail_on):
     member = Signer(b"\x07" * 32).peer_id
-    genesis = Genesis(name="t", members=(member,), committee=(member,))
+    genesis = Genesis(name="t", members=(member,), committee=(member,), selection=SCORED)
     service = SyncService(ResettingHost(fail_on), genesis, store=None, models=None)
 
     async def main():

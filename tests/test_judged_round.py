@@ -279,11 +279,12 @@ def test_genesis_new_writes_the_named_rule_or_the_custom_one(tmp_path):
     from chain.genesis import DEFAULT_RULE, SELECTION_PRESETS
     from p2p_node.cli import RULES, main
 
-    assert set(RULES) == set(SELECTION_PRESETS) and DEFAULT_RULE in RULES
+    assert set(RULES) == set(SELECTION_PRESETS) and DEFAULT_RULE == RULES[0]
     ids = ["--member", MEMBERS[0], "--member", MEMBERS[1], "--member", MEMBERS[2],
            "--member", MEMBERS[3], "--member", MEMBERS[4], "--committee-size", "4"]
     for args, expected in (
-            ([], SELECTION_PRESETS["cmfl-clip-far"]),
+            ([], SELECTION_PRESETS[DEFAULT_RULE]),
+            (["--rule", "cmfl-clip-far"], SELECTION_PRESETS["cmfl-clip-far"]),
             (["--rule", "cmfl-choose"], SELECTION_PRESETS["cmfl-choose"]),
             (["--scoring", "sum"], {"rule": "auto", "fraction": 0.5, "scoring": "sum",
                                     "election": "trusted", "outlier_ratio": 1.3})):
@@ -321,3 +322,24 @@ def test_a_late_update_that_splits_the_judges_does_not_stall_the_round():
     pair = tuple(e.encode() for e in net.published[voters[0]] if e.kind == "scores")
     with pytest.raises(BlockError, match="do not conflict"):
         check_evidence(NET, pair)
+
+
+def test_the_attack_labs_rushing_judge_waits_for_the_honest_votes_then_lies_validly():
+    from p2p_node.attack_lab import RushingJudge
+
+    liars = frozenset(MEMBERS[-2:])
+    judge = RushingJudge(liars)
+    net = JudgedNetwork()
+    net.run()
+    ctx = context()
+    liar = net.machines[MEMBERS[-1]]
+    own = next(e for e in net.published[MEMBERS[-1]] if e.kind == "scores").payload
+    assert RushingJudge.is_vote(Publish("scores", own))
+    assert not judge.ready(ctx, own, {})
+    assert judge.ready(ctx, own, liar.vote_vectors)
+    lie = judge.lie(ctx, own, liar.vote_vectors)
+    assert lie["judged"] == own["judged"] and lie["votes"] != own["votes"]
+    vector = parse_votes_body(ctx, _signed_votes(MEMBERS[-1], lie))
+    cands = judged_candidates(ctx, vector.updates)
+    favourite = cands[max(range(len(cands)), key=lambda i: vector.votes[i])]
+    assert liars & set(favourite.trainers)  # it backs a candidate holding a colluder

@@ -48,7 +48,7 @@ def test_old_selection_keys_keep_old_behaviour_and_default_is_new():
     assert "max_cosine" not in old.to_selection() and "sample_cap" not in old.to_selection()
     assert RoundConfig.from_selection(old.to_selection()) == old
     new = RoundConfig.from_selection(Genesis("t", ("a",), ("a",)).selection)
-    assert new.max_cosine == 0.9 and new.sample_cap == "median"
+    assert new.max_cosine == 0.9 and new.sample_cap == "median" and new.judged
 
 
 def test_new_attacks_registered_and_inflate_counts():

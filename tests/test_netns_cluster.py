@@ -22,6 +22,11 @@ import pytest
 from chain.genesis import Genesis
 from p2p_node.identity import load_or_create_identity
 from p2p_node.node import chain_summary
+from chain.genesis import SELECTION_PRESETS
+
+#: the scored rule (an elected committee scores) these tests exercise; judged rounds, the
+#: default, are tests/test_judged_round.py and tests/test_judged_net.py
+SCORED = SELECTION_PRESETS["cmfl-clip-far"]
 
 LAB = Path(__file__).resolve().parent.parent / "scripts" / "netns-lab"
 PEERS = 5
@@ -89,8 +94,8 @@ def test_peers_in_separate_namespaces_discover_train_survive_a_link_cut_and_agre
     subnet = f"10.213.{os.getpid() % 250}"
     dirs = [tmp_path / f"peer-{i}" for i in range(1, PEERS + 1)]
     ids = [load_or_create_identity(d).peer_id for d in dirs]
-    Genesis(name="netns", members=tuple(ids), committee=tuple(ids[:4]), seed=3
-            ).save(tmp_path / "genesis.json")
+    Genesis(name="netns", members=tuple(ids), committee=tuple(ids[:4]), seed=3,
+            selection=SCORED).save(tmp_path / "genesis.json")
     first = f"/ip4/{subnet}.1/tcp/{PORT}/p2p/{ids[0]}"
     procs: list[subprocess.Popen] = []
     subprocess.run([str(LAB), "down", name, str(PEERS)], capture_output=True)

@@ -25,6 +25,11 @@ from tests.test_round_machine import (
     context,
     update_of,
 )
+from chain.genesis import SELECTION_PRESETS
+
+#: the scored rule (an elected committee scores) these tests exercise; judged rounds, the
+#: default, are tests/test_judged_round.py and tests/test_judged_net.py
+SCORED = SELECTION_PRESETS["cmfl-clip-far"]
 
 #: A policy for the toy model of test_round_machine: its noise (variance ~1e-6 a coordinate)
 #: fits in the honest updates there (0.1 a coordinate), so they pass noise_consistent.
@@ -46,7 +51,7 @@ def dp_block(refs):
 
 def test_genesis_dp_is_optional_validated_and_read_into_a_policy():
     members = MEMBERS[:5]
-    plain = Genesis("t", members, members[:3])
+    plain = Genesis("t", members, members[:3], selection=SCORED)
     assert DpPolicy.from_training(plain.training) is None
     training = {**plain.training, "dp": {"noise_multiplier": 1.0, "max_grad_norm": 2}}
     g = Genesis.from_dict({**plain.to_dict(), "training": training})

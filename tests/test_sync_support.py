@@ -22,6 +22,11 @@ from gossip.peer_keys import Signer
 from learning.model import ModelSpec, initial_state
 from learning.scoring import score_updates
 from learning.tensors import ModelState, encode_state, state_bytes, state_hash
+from chain.genesis import SELECTION_PRESETS
+
+#: the scored rule (an elected committee scores) these tests exercise; judged rounds, the
+#: default, are tests/test_judged_round.py and tests/test_judged_net.py
+SCORED = SELECTION_PRESETS["cmfl-clip-far"]
 
 
 @dataclass
@@ -61,7 +66,8 @@ class ChainBuilder:
         self.by_id = {s.peer_id: s for s in signers}
         self.genesis = Genesis(name="synthetic", members=tuple(self.by_id), seed=seed,
                                committee=tuple(s.peer_id for s in signers[:committee]),
-                               model={"layers": list(layers)}, membership=membership or {})
+                               model={"layers": list(layers)}, membership=membership or {},
+                               selection=SCORED)
         self.verifier = ChainVerifier(self.genesis)  # each round's context, as a peer's chain
         self.gen = torch.Generator().manual_seed(seed)
         self.state = initial_state(ModelSpec(layers), seed)

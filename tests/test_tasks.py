@@ -87,14 +87,13 @@ def test_cnn_state_with_batch_norm_counters_round_trips_aggregates_and_scores():
     assert 0.0 <= metrics["accuracy"] <= 1.0
 
 
-def test_honest_cnn_updates_are_not_taken_for_clones_by_the_default_rule():
-    from chain.genesis import Genesis
+def test_honest_cnn_updates_are_not_taken_for_clones_by_the_scored_rule():
+    from chain.genesis import CLIP_FAR
     from learning.aggregation import find_collinear
-    from learning.cmfl import RoundConfig
     from learning.task import demo_shard
 
     task, seed = DigitsCnnTask(), 1
-    rule = RoundConfig.from_selection(Genesis(name="t", members=(), committee=()).selection)
+    rule = CLIP_FAR
     base = task.initial_state(seed)
     settings = {"partition": "iid", "alpha": 0.5, "test_fraction": 0.2}
     training = {"epochs": 2, "lr": 0.1, "batch_size": 16}
