@@ -393,8 +393,10 @@ def outline_judged(ctx: RoundContext, score_vectors: list[bytes],
                              ctx.selection.choice)]
     selection = RoundSelection(combined={}, selected=best.trainers, applied=f"choice:{best.kind}")
     named = {t for t, _ in updates}
+    # Every member is on this committee; no seat keeps a silent member in (`departures` counts
+    # the trainers it may let go against the committee, so it is given none).
     membership = derive_changes(ctx.membership, ctx.current_roster, ctx.network_id, ctx.height,
-                                ctx.committee, ctx.trainers, named, joins)
+                                (), ctx.trainers, named, joins)
     return RoundOutline(dict(updates), selection, evidence, tuple(sorted(ctx.committee)),
                         membership, best)
 

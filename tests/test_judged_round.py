@@ -343,3 +343,26 @@ def test_the_attack_labs_rushing_judge_waits_for_the_honest_votes_then_lies_vali
     cands = judged_candidates(ctx, vector.updates)
     favourite = cands[max(range(len(cands)), key=lambda i: vector.votes[i])]
     assert liars & set(favourite.trainers)  # it backs a candidate holding a colluder
+
+
+def test_a_silent_member_leaves_a_judged_network_after_leave_after_rounds():
+    from chain.membership import MembershipRules
+
+    offline = MEMBERS[1]  # not the leader of height 0 (that would also need a view change)
+    ctx = dataclasses.replace(context(), membership=MembershipRules(leave_after=1))
+    machines = {p: RoundMachine(ctx, p) for p in MEMBERS if p != offline}
+    net = JudgedNetwork()
+    net.machines = machines
+    net.published = {p: [] for p in machines}
+    for peer, machine in machines.items():
+        net.emit(peer, machine.start())
+        net.emit(peer, machine.feed(Trained(0, update_of(peer), 20)))
+    net.settle()
+    assert not net.commits  # every judge waits for the absent member's update
+    net.expire("collect")
+    net.settle()
+    net.expire("propose")
+    net.settle()
+    assert set(net.commits) == set(machines)
+    block = next(iter(net.commits.values())).committed.block
+    assert [(c.kind, c.peer) for c in block.membership] == [("leave", offline)]
