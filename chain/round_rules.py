@@ -8,7 +8,7 @@ block is valid exactly when it re-derives from signed inputs.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +26,8 @@ from learning.cmfl import (
     finish_round,
     select_round,
 )
-from learning.choice import Candidate, build_candidate, candidate_sets, choice_seed, choose
+from learning.choice import (Candidate, build_candidate, candidate_count, candidate_sets,
+                             choice_seed, choose)
 from learning.compression import UpdateCodec
 from learning.dp_accounting import DpPolicy, DpReport
 from learning.dp_noise import noise_consistent
@@ -279,7 +280,8 @@ def parse_votes_body(ctx: RoundContext, env: Envelope) -> VoteVector:
         updates.append((trainer, digest))
     if [t for t, _ in updates] != sorted({t for t, _ in updates}):
         raise BlockError("judged updates are not in trainer order, each once")
-    count = len(judged_candidates(ctx, tuple(updates)))
+    assert ctx.selection.choice is not None
+    count = candidate_count(len(updates), ctx.selection.choice)
     votes = body["votes"]
     if len(votes) != count:
         raise BlockError(f"{len(votes)} votes for {count} candidates")
@@ -294,16 +296,17 @@ def parse_votes_body(ctx: RoundContext, env: Envelope) -> VoteVector:
 MAX_VOTE_SETS = 2
 
 
-def judged_group(ctx: RoundContext, vectors: list[bytes]) -> dict[str, bytes]:
-    """Of the vote vectors held (signed bytes, each valid; a member may have voted on up to
-    MAX_VOTE_SETS update sets), those a block can be built from, by member: votes on different
-    sets are votes on different candidates, so one set's. The largest set that has a quorum of
-    votes (an update some judges lacked is left out only if those with it are too few), else
-    the set most members voted on (ties: the larger set, then the smaller digest list)."""
-    groups: dict[tuple[tuple[str, bytes], ...], dict[str, bytes]] = {}
-    for raw in vectors:
-        env = decode_envelope(raw)
-        groups.setdefault(parse_vector_body(ctx, env).updates, {})[env.sender] = raw
+def judged_group(ctx: RoundContext, vectors: Iterable[tuple[str, tuple, bytes]]
+                 ) -> dict[str, bytes]:
+    """Of the vote vectors held, as (judge, the update set it judged, signed bytes), each
+    already checked (a judge may have voted on up to MAX_VOTE_SETS sets), those a block can be
+    built from, by judge: votes on different sets are votes on different candidates, so one
+    set's. The largest set that has a quorum of votes (an update some judges lacked is left
+    out only if those with it are too few), else the set most judges voted on (ties: the
+    larger set, then the smaller digest list)."""
+    groups: dict[tuple, dict[str, bytes]] = {}
+    for member, updates, raw in vectors:
+        groups.setdefault(updates, {})[member] = raw
     if not groups:
         return {}
     enough = [u for u in groups if ctx.enough_score_vectors(groups[u], ())]
@@ -525,8 +528,9 @@ def check_evidence(network_id: bytes, pair: tuple[bytes, bytes]) -> str:
 
 
 def _judged_set(env: Envelope) -> Any:
+    """The update set a vote vector names (None: not a vote vector)."""
     body = env.payload
-    return repr(body.get("judged")) if isinstance(body, dict) and "judged" in body else None
+    return body.get("judged") if isinstance(body, dict) else None
 
 
 def evidence_member(raw: bytes) -> str:

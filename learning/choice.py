@@ -129,6 +129,15 @@ def candidate_sets(trainers: Sequence[str], seed: bytes, config: ChoiceConfig = 
     return out
 
 
+def candidate_count(trainers: int, config: ChoiceConfig = ChoiceConfig()) -> int:
+    """len(candidate_sets(...)) for this many distinct trainers, without drawing the subsets."""
+    if trainers == 0:
+        return 1
+    if trainers < config.size:
+        return 1 + len(config.leading) + len(FULL_SET)
+    return config.count
+
+
 def aggregate_median(base: ModelState, updated: Mapping[str, ModelState]) -> ModelState:
     """base + the coordinate-wise median of the updates' deltas (float64, one float32 rounding:
     exact, order-free)."""

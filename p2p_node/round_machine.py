@@ -874,6 +874,9 @@ class RoundMachine:
                        for c in judged_candidates(self.ctx, updates))
         return [Judge(self.ctx.height, self.ctx.base_state, models)]
 
+    def _held_votes(self) -> list[tuple[str, tuple, bytes]]:
+        return [(judge, updates, raw) for (judge, updates), raw in self.vote_vectors.items()]
+
     def _maybe_vote_again(self) -> list[Action]:
         """Judged rounds, once the propose deadline passed with no update set holding a quorum
         of votes (a late update split the judges: some judged it, some did not): vote once
@@ -882,7 +885,7 @@ class RoundMachine:
                 self._judging is not None or self.candidate is not None or \
                 len(self._voted) >= MAX_VOTE_SETS:
             return []
-        group = judged_group(self.ctx, list(self.vote_vectors.values()))
+        group = judged_group(self.ctx, self._held_votes())
         if not group or self.ctx.enough_score_vectors(group, ()):
             return []
         counts: dict[tuple[tuple[str, bytes], ...], int] = {}
@@ -913,7 +916,7 @@ class RoundMachine:
         # lowers the quorum to the other members': chain.round_rules.enough_score_vectors).
         vectors = self.score_vectors
         if self.ctx.selection.judged:  # only votes on one update set make a block
-            vectors = judged_group(self.ctx, list(self.vote_vectors.values()))
+            vectors = judged_group(self.ctx, self._held_votes())
         senders = set(vectors)
         if not (set(self.score_vectors) >= set(self.ctx.committee) - self._proven
                 or self.propose_expired):

@@ -206,7 +206,9 @@ def test_votes_on_different_update_sets_do_not_mix():
     mixed = {**vectors, late: odd}
     with pytest.raises(BlockError, match="different update sets"):
         outline_round(ctx, list(mixed.values()))
-    group = judged_group(ctx, list(mixed.values()))
+    held = [(m, parse_votes_body(ctx, decode_envelope(raw)).updates, raw)
+            for m, raw in mixed.items()]
+    group = judged_group(ctx, held)
     assert set(group) == set(MEMBERS) - {late}
     outline = outline_round(ctx, list(group.values()))
     assert ATTACKER not in outline.selection.selected
@@ -366,3 +368,12 @@ def test_a_silent_member_leaves_a_judged_network_after_leave_after_rounds():
     assert set(net.commits) == set(machines)
     block = next(iter(net.commits.values())).committed.block
     assert [(c.kind, c.peer) for c in block.membership] == [("leave", offline)]
+
+
+def test_the_candidate_count_matches_the_drawn_candidates():
+    from learning.choice import ChoiceConfig, candidate_count, candidate_sets
+
+    for config in (RECOMMENDED, ChoiceConfig(subsets=3, size=2)):
+        for n in range(9):
+            ids = [f"t{i}" for i in range(n)]
+            assert candidate_count(n, config) == len(candidate_sets(ids, b"s", config))
