@@ -63,7 +63,7 @@ def test_garbage_sender_is_pruned_from_honest_meshes_within_a_few_heartbeats():
 
     async def main():
         async with AsyncExitStack() as stack:
-            stack.enter_context(trio.fail_after(60))
+            stack.enter_context(trio.fail_after(240))  # a generous bound: CI machines are loaded
             peers = [await stack.enter_async_context(running_host(s, LOOPBACK))
                      for s in honest + [attacker]]
             async with trio.open_nursery() as nursery:
@@ -85,15 +85,33 @@ def test_garbage_sender_is_pruned_from_honest_meshes_within_a_few_heartbeats():
                     str(other.get_addrs()[0]))))
         bad_id = bad_host.get_id()
         honest_routers = routers[:-1]
-        await until(lambda: all(bad_id in r.mesh.get(TOPIC, ()) for r in honest_routers), 20)
+        await until(lambda: all(bad_id in r.mesh.get(TOPIC, ()) for r in honest_routers), 90)
+
+        # Count each honest router's heartbeats from the attack on, and note the heartbeat at
+        # which it left the attacker out of its mesh: "within a few heartbeats", not seconds, so
+        # a loaded machine that delays heartbeats does not fail the test.
+        beats = [0] * len(honest_routers)
+        pruned_at: dict[int, int] = {}
+
+        def counting(i, router):
+            heartbeat = router.mesh_heartbeat
+
+            def counted():
+                result = heartbeat()
+                beats[i] += 1
+                if i not in pruned_at and bad_id not in router.mesh.get(TOPIC, ()):
+                    pruned_at[i] = beats[i]
+                return result
+            return counted
+        for i, router in enumerate(honest_routers):
+            router.mesh_heartbeat = counting(i, router)
 
         forged = Envelope("block", NET, 0, honest[0].peer_id, {"v": 1},
                           signature=attacker.sign(b"not the canonical bytes"))
         await bad_pubsub.publish(TOPIC, forged.encode())
         await bad_pubsub.publish(TOPIC, b"\xa1\x61k\xff garbage")
-        took = await until(lambda: all(bad_id not in r.mesh.get(TOPIC, ())
-                                       for r in honest_routers), 10 * HEARTBEAT_SECONDS)
-        assert took <= 4 * HEARTBEAT_SECONDS, f"pruned after {took:.1f}s"
+        await until(lambda: len(pruned_at) == len(honest_routers), 120 * HEARTBEAT_SECONDS)
+        assert max(pruned_at.values()) <= 4, f"pruned after heartbeats {pruned_at}"
         for r in honest_routers:
             assert r.peer_score(bad_id) < 0
             assert r.scorer.evidence[bad_id]  # each honest peer saw it first-hand
@@ -104,7 +122,7 @@ def test_garbage_sender_is_pruned_from_honest_meshes_within_a_few_heartbeats():
         # Gossip among the honest peers still works.
         good = Envelope("block", NET, 0, honest[0].peer_id, {"v": 2}).signed_by(honest[0])
         await peers[0][1].publish(TOPIC, good.encode())
-        await until(lambda: all(good.encode() in received[i] for i in (1, 2, 3)), 10)
+        await until(lambda: all(good.encode() in received[i] for i in (1, 2, 3)), 60)
         assert all(r.peer_score(h.get_id()) >= 0 for r in honest_routers for h in hosts[:-1])
 
     trio.run(main)

@@ -290,8 +290,12 @@ def test_real_peers_on_a_dp_genesis_commit_blocks_recording_dp_and_report_epsilo
 
     cluster = Cluster(tmp_path, size=5, committee_size=3)
     dp = {"noise_multiplier": 1.0, "max_grad_norm": 1.0}
+    # Every scored trainer selected (S1 over all of them): this test is about what DP records,
+    # not about selection. Under cmfl-clip-far two DP trainers (noise-dominated updates the
+    # committee scores alike) were sometimes both left out as clones, so a block had no update.
     cluster.genesis = dataclasses.replace(
-        cluster.genesis, training={**cluster.genesis.training, "dp": dp})
+        cluster.genesis, training={**cluster.genesis.training, "dp": dp},
+        selection=RoundConfig(rule="S1", fraction=1.0).to_selection())
     cluster.genesis.save(tmp_path / "genesis.json")
     policy = DpPolicy.from_training(cluster.genesis.training)
     log = EventLog()

@@ -71,6 +71,8 @@ def run_with_twin(tmp_path: Path, rounds: int, after_convicted: int = 3, timeout
     return log, twin_log, nodes, state
 
 
+# slow tier: the default tier must stay under 10 minutes on a loaded CI machine (25-50 s here)
+@pytest.mark.slow
 def test_a_twin_is_recorded_in_a_block_excluded_and_the_network_keeps_committing(tmp_path):
     check_twin_run(tmp_path)
 

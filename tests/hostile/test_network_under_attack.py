@@ -193,6 +193,8 @@ def member_flood(net: HostileNetwork, seed: bytes, rate: float, seconds: float,
     return attack
 
 
+# slow tier: the default tier must stay under 10 minutes on a loaded CI machine (25-50 s here)
+@pytest.mark.slow
 def test_a_member_flooding_stale_rounds_is_penalised(network):
     """Stale messages are normal gossip one at a time; a flood of them is not free."""
     seed = network.member_seed(key_of("member-stale-flood"))
@@ -228,6 +230,8 @@ def test_a_member_flooding_future_rounds_does_not_fill_memory(network):
     assert report.rss_growth_mb < 100, report.row()
 
 
+# slow tier: the default tier must stay under 10 minutes on a loaded CI machine (25-50 s here)
+@pytest.mark.slow
 def test_a_peer_list_from_a_member_makes_no_peer_dial_an_unsigned_address(network):
     """Peer exchange: a member attacker (members are asked for their peers) names the offline
     member at an address it chose (here a listener of ours that counts connections), in a record
