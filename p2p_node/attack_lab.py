@@ -244,9 +244,18 @@ class RushingJudge:
 
     def ready(self, ctx: RoundContext, payload: dict,
               vectors: Mapping[tuple[str, tuple], bytes]) -> bool:
-        """Whether every honest judge's vote on that set is in."""
+        """Whether to lie now. An honest leader proposes at the first quorum of votes on one
+        set (round_machine `_maybe_candidate`), so a liar who waited for every honest vote would
+        not be counted: it races, lying once it has seen all the honest votes it can see and
+        still be in the first quorum (the quorum less the colluders less one, for the votes in
+        flight to the leader)."""
+        from bft.quorum import quorum_size
+
         honest = set(ctx.committee) - self.colluders
-        return set(self.honest_votes(ctx, payload, vectors)) >= honest
+        liars = len(set(ctx.committee) & self.colluders)
+        enough = max(0, quorum_size(len(ctx.committee)) - liars - 1)
+        seen = set(self.honest_votes(ctx, payload, vectors))
+        return seen >= honest or len(seen) >= enough
 
     def lie(self, ctx: RoundContext, payload: dict,
             vectors: Mapping[tuple[str, tuple], bytes]) -> dict:

@@ -710,6 +710,8 @@ class Node:
         lie = judge.lie(ctx, vote.payload, machine.vote_vectors)
         seen = len(judge.honest_votes(ctx, vote.payload, machine.vote_vectors))
         log.warning("attack lab: voting the rushing lie after %d honest votes", seen)
+        self.on_event({"event": "rushing-lie", "peer": self.me, "height": ctx.height,
+                       "honest_seen": seen})
         await self._publish(ctx, "scores", lie, keep=vote.repeat)
 
     async def _judge(self, action: Judge, times: RoundTimes) -> None:

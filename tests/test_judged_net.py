@@ -65,3 +65,50 @@ def test_judged_rounds_commit_one_chain_that_every_peer_re_derives(tmp_path):
                         state_from_bytes(models.get(head.model_hash)), test)
     assert accuracy > 0.3, accuracy  # 3 rounds of digits from a random start (chance 0.1)
     store.close()
+
+
+def test_colluding_judges_that_craft_lie_and_equivocate_cannot_fork_or_stop_the_chain(tmp_path):
+    """Two of seven members (f = 2) collude on every lever the judged rule leaves them: they
+    craft their updates from every honest update of the round (omniscient clip_push_near), hold
+    their votes back to read the honest ones and send the rule-aware lie just in time for the
+    first quorum (attack_lab.RushingJudge), and one of them also equivocates its pBFT votes. The
+    five honest peers still commit one chain, round after round, that each of them verifies.
+    (The model's quality under this attack is the harness's measurement, not this test's.)"""
+    attack = "clip_push_near"
+    cluster = Cluster(tmp_path, size=7, committee_size=4, attacks={5: attack, 6: attack},
+                      genesis_fields={"selection": SELECTION_PRESETS["cmfl-choose"]})
+    a, b = cluster.ids[5], cluster.ids[6]
+    cluster.behaviours = {5: {"colluders": [b], "byzantine": "equivocate_votes"},
+                          6: {"colluders": [a]}}
+    honest = set(cluster.ids[:5])
+    log = EventLog()
+    rounds = 2
+
+    async def scenario():
+        with trio.fail_after(420):
+            async with trio.open_nursery() as nursery:
+                nodes = await cluster.run(rounds=rounds, log=log, nursery=nursery,
+                                          collect_timeout=16.0, propose_timeout=8.0)
+                await log.wait_for(
+                    lambda ev: log.peers_at("committed", rounds - 1) >= honest)
+                nursery.cancel_scope.cancel()
+        return nodes
+
+    nodes = trio.run(scenario)
+    for node in nodes:
+        node.store.close()
+    for height in range(rounds):
+        hashes = {e["hash"] for e in log.events if e["event"] == "committed"
+                  and e["height"] == height and e["peer"] in honest}
+        assert len(hashes) == 1, f"honest peers disagree at height {height}: {hashes}"
+    lies = [e for e in log.events if e["event"] == "rushing-lie"]
+    assert {e["peer"] for e in lies if e["height"] == 0} == {a, b}, "the colluders never lied"
+    # every honest peer caught the equivocated pBFT vote first-hand
+    convicted = {(e["peer"], e["member"]) for e in log.events if e["event"] == "evidence"}
+    assert {(p, a) for p in honest} <= convicted
+    genesis = Genesis.load(tmp_path / "genesis.json")
+    for i, d in enumerate(cluster.dirs[:5]):
+        store, models = open_chain(d)
+        report = verify_store(genesis, store, models)
+        assert report.ok and report.blocks == rounds, report.summary()
+        store.close()

@@ -377,3 +377,29 @@ def test_the_candidate_count_matches_the_drawn_candidates():
         for n in range(9):
             ids = [f"t{i}" for i in range(n)]
             assert candidate_count(n, config) == len(candidate_sets(ids, b"s", config))
+
+
+def test_the_first_quorum_of_votes_makes_the_block_so_held_back_votes_are_not_counted():
+    """A liar who holds its vote back to read the honest ones first (attack_lab.RushingJudge)
+    comes too late: the leader proposes at the first quorum of votes on one set, without
+    waiting for every member or the propose deadline, and that block commits."""
+    late = set(MEMBERS[-2:])  # 7 judges, f = 2: the five others are a quorum
+    net = JudgedNetwork()
+    held = []
+    emit = net.emit
+
+    def holding(peer, actions):
+        kept = []
+        for action in actions:
+            if isinstance(action, Publish) and action.kind == "scores" and peer in late:
+                held.append((peer, action))
+            else:
+                kept.append(action)
+        emit(peer, kept)
+    net.emit = holding
+    net.run()
+    assert {peer for peer, _ in held} == late
+    assert set(net.commits) >= set(MEMBERS) - late  # no deadline fired: the quorum sufficed
+    block = next(iter(net.commits.values())).committed.block
+    signers = {decode_envelope(raw).sender for raw in block.score_vectors}
+    assert signers == set(MEMBERS) - late
