@@ -18,25 +18,28 @@ from p2p_node.node import open_chain
 from tests.cluster import Cluster, EventLog
 
 
+def run_until_committed(cluster: Cluster, log: EventLog, rounds: int, peers: set[str],
+                        deadline: float, **timeouts: float) -> None:
+    """Run the cluster's peers until every one of `peers` committed the last round."""
+    async def scenario():
+        with trio.fail_after(deadline):
+            async with trio.open_nursery() as nursery:
+                nodes = await cluster.run(rounds=rounds, log=log, nursery=nursery, **timeouts)
+                await log.wait_for(lambda ev: log.peers_at("committed", rounds - 1) >= peers)
+                nursery.cancel_scope.cancel()
+        return nodes
+
+    for node in trio.run(scenario):
+        node.store.close()
+
+
 def test_judged_rounds_commit_one_chain_that_every_peer_re_derives(tmp_path):
     cluster = Cluster(tmp_path, size=6, committee_size=4, attacks={5: "sign_flip"},
                       genesis_fields={"selection": SELECTION_PRESETS["cmfl-choose"]})
     log = EventLog()
     rounds = 3
-
-    async def scenario():
-        with trio.fail_after(240):
-            async with trio.open_nursery() as nursery:
-                nodes = await cluster.run(rounds=rounds, log=log, nursery=nursery,
-                                          collect_timeout=10.0, propose_timeout=5.0)
-                await log.wait_for(
-                    lambda ev: log.peers_at("committed", rounds - 1) >= set(cluster.ids))
-                nursery.cancel_scope.cancel()
-        return nodes
-
-    nodes = trio.run(scenario)
-    for node in nodes:
-        node.store.close()
+    run_until_committed(cluster, log, rounds, set(cluster.ids), 240,
+                        collect_timeout=10.0, propose_timeout=5.0)
     for height in range(rounds):
         hashes = {e["hash"] for e in log.events
                   if e["event"] == "committed" and e["height"] == height}
@@ -83,20 +86,8 @@ def test_colluding_judges_that_craft_lie_and_equivocate_cannot_fork_or_stop_the_
     honest = set(cluster.ids[:5])
     log = EventLog()
     rounds = 2
-
-    async def scenario():
-        with trio.fail_after(420):
-            async with trio.open_nursery() as nursery:
-                nodes = await cluster.run(rounds=rounds, log=log, nursery=nursery,
-                                          collect_timeout=16.0, propose_timeout=8.0)
-                await log.wait_for(
-                    lambda ev: log.peers_at("committed", rounds - 1) >= honest)
-                nursery.cancel_scope.cancel()
-        return nodes
-
-    nodes = trio.run(scenario)
-    for node in nodes:
-        node.store.close()
+    run_until_committed(cluster, log, rounds, honest, 420,
+                        collect_timeout=16.0, propose_timeout=8.0)
     for height in range(rounds):
         hashes = {e["hash"] for e in log.events if e["event"] == "committed"
                   and e["height"] == height and e["peer"] in honest}

@@ -23,10 +23,10 @@ def test_updates_over_8_mib_reach_the_committee_and_the_round_commits(tmp_path):
     async def main():
         with trio.fail_after(240):
             async with trio.open_nursery() as nursery:
-                await cluster.run(rounds=2, log=log, nursery=nursery)
+                await cluster.run(rounds=1, log=log, nursery=nursery)
 
     trio.run(main)
-    for height in (0, 1):
+    for height in (0,):  # one round: the default tier's time (two took 40-50 s)
         committed = [e for e in log.events if e["event"] == "committed" and
                      e["height"] == height]
         assert {e["peer"] for e in committed} == set(cluster.ids)

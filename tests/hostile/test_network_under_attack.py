@@ -166,6 +166,9 @@ def nonmember_flood(net: HostileNetwork, rate: float, seconds: float, payload_by
     return attack
 
 
+# slow tier: the default tier must stay under 10 minutes on a loaded CI machine (the
+# non-member flood is also tests/test_net_hostile.py's, in the default tier)
+@pytest.mark.slow
 def test_a_short_nonmember_flood_does_not_stop_the_network(network):
     report = network.phase("nonmember-flood-10s", nonmember_flood(network, 500, 10, 200))
     check_survived(network, report)
