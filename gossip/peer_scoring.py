@@ -110,6 +110,15 @@ class EvidenceScorer(PeerScorer):
     def on_invalid_message(self, peer: ID, topic: str) -> None:
         """Ignored: py-libp2p calls this for every rejection, benign ones included."""
 
+    def penalize_graft_flood(self, peer: ID, amount: float = 10.0) -> None:
+        """Ignored: py-libp2p 0.8.1 calls a GRAFT "flood" when it comes within 10 s of a PRUNE
+        *from* that peer, which is how honest peers act while meshes form (a peer over D_high
+        prunes us, falls below D_low a few heartbeats later and grafts us again). The -10 it
+        charged pushed honest peers below zero, out of every mesh: in a 10-peer demo one peer
+        pruned four honest peers at start-up, judged round 0 on 4 of 10 updates and caught up
+        by sync for four rounds, each held to the 20 s collect deadline. The GRAFT itself is
+        still refused (answered with a PRUNE), so a real flood gains nothing."""
+
     def penalize(self, peer: ID | str, reason: str, amount: float | None = None) -> None:
         """Lower `peer`'s score for misbehaviour `reason` (a PENALTIES key, or any string)."""
         peer_id = _as_id(peer)

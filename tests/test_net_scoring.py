@@ -44,6 +44,19 @@ def test_scorer_counts_evidence_not_benign_rejections_and_keeps_it_across_reconn
     assert scorer.evidence[peer] == {"forged-signature": 1, "equivocation": 3}
 
 
+def test_a_graft_soon_after_a_prune_costs_an_honest_peer_no_score():
+    """py-libp2p's "GRAFT flood" fires on the honest prune-then-graft of mesh formation."""
+    from libp2p.peer.id import ID
+
+    scorer = EvidenceScorer()
+    peer = ID.from_base58(Signer(b"\x02" * 32).peer_id)
+    scorer.on_first_delivery(peer, TOPIC)
+    before = scorer.score(peer, [TOPIC])
+    for _ in range(3):
+        scorer.penalize_graft_flood(peer, 10.0)
+    assert scorer.score(peer, [TOPIC]) == before > 0
+
+
 def test_garbage_sender_is_pruned_from_honest_meshes_within_a_few_heartbeats():
     honest = [Signer(bytes([10 + i]) * 32) for i in range(4)]
     attacker = Signer(b"\x66" * 32)
