@@ -6,7 +6,8 @@ VARIANTS is a comma list of the names below or of any rule in learning.simulatio
 (e.g. cmfl-clip-far, median), each optionally suffixed "/blind" (the lying judges vote before
 seeing the honest votes, as under a commit-reveal of the votes) or "/revealK" (under the
 commit-reveal they commit K different lies and reveal the subset that suits them; who withholds
-is barred from judging); each run prints its final accuracy, the lowest accuracy of the
+is barred from judging) or "/race" (the rejected first-quorum alternative: the block takes the first
+quorum of votes and the liars race it, seeing quorum - liars - 1 honest votes); each run prints its final accuracy, the lowest accuracy of the
 second half of the run, the attackers in the chosen candidate per round and which kinds of
 candidate were chosen. docs/learning.md ("Issue 14, fifth pass") was measured with it.
 """
@@ -54,6 +55,8 @@ def run_one(job: tuple[str, str, str, int, int]) -> tuple[tuple, float, float, f
     rule, attack, partition, seed, rounds = job
     blind = rule.endswith("/blind")  # the liars vote before seeing the honest votes
     rule = rule.removesuffix("/blind")
+    race = rule.endswith("/race")  # the liars race the first quorum, as on the peers
+    rule = rule.removesuffix("/race")
     selective = 0
     if "/reveal" in rule:  # "/revealK": commit K lies blind, reveal selectively
         rule, k = rule.split("/reveal")
@@ -62,7 +65,7 @@ def run_one(job: tuple[str, str, str, int, int]) -> tuple[tuple, float, float, f
     res = simulation.run(simulation.RunSpec(
         rule=base_rule, attack=attack, partition=partition, seed=seed, rounds=rounds,
         fraction=0.0 if attack == "none" else 0.3, judge=judge, blind_liars=blind,
-        selective_reveal=selective))
+        selective_reveal=selective, racing_liars=race))
     k = max(len(res.attackers_selected), 1)
     kinds = {x: res.applied.count(x) for x in sorted(set(res.applied))}
     if res.barred_judges:
@@ -80,7 +83,8 @@ def main(argv: list[str]) -> int:
     rules, attacks, parts = (a.split(",") for a in argv[:3])
     seeds, rounds = int(argv[3]), int(argv[4]) if len(argv) > 4 else 40
     for r in rules:
-        if r.removesuffix("/blind").split("/reveal")[0] not in simulation.RULE_NAMES:
+        if r.removesuffix("/blind").removesuffix("/race").split("/reveal")[0] \
+                not in simulation.RULE_NAMES:
             print(f"unknown variant or rule {r!r}", file=sys.stderr)
             return 2
     jobs = [(r, a, p, s, rounds) for a in attacks for p in parts for r in rules

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from bft.quorum import quorum_size
 from learning.attacks import (Attack, Omniscient, RoundView, committed_lies, lie_votes,
                              make_attack, selective_reveal)
 from learning.baselines import BASELINES, aggregate_baseline
@@ -133,6 +134,12 @@ class RunSpec:
     #: reveal the subset that suits them once the honest votes are out; a liar who withholds
     #: its reveal is excluded from judging for the rest of the run
     selective_reveal: int = 0
+    #: judged rules, the first-quorum alternative (measured and rejected: docs/learning.md,
+    #: seventh pass; the peers wait for every vote): the honest votes arrive in a random
+    #: order, an honest leader counts the first quorum, and the liars race it: they lie having
+    #: seen the first quorum - liars - 1 honest votes and are counted with the next ones; when
+    #: a liar leads (members in turn, by round) they see and count every vote
+    racing_liars: bool = False
 
     @property
     def dp(self) -> DpPolicy | None:
@@ -307,7 +314,8 @@ def judged_round(rnd: int, state: ModelState, sent: dict[str, ModelState],
                  samples: dict[str, int], judge: JudgeLosses, attackers: frozenset[str],
                  config: ChoiceConfig, previous: bytes,
                  committee_model: ModelState | None = None, blind: bool = False,
-                 selective: int = 0, barred: set[str] | None = None):
+                 selective: int = 0, barred: set[str] | None = None,
+                 race: tuple[int, int] | None = None):
     """One round of learning.choice: candidates from every update, every peer's votes (the
     attackers' the strongest lie), the chosen model. Returns (model, candidate, next seed)."""
     seed = choice_seed(rnd, previous, [state_hash(sent[t]) for t in sorted(sent)])
@@ -328,6 +336,19 @@ def judged_round(rnd: int, state: ModelState, sent: dict[str, ModelState],
         withheld = tuple(-math.inf for _ in cands)
         votes.update({j: commits[j] if j in shown else withheld for j in liars})
         barred |= set(liars) - shown  # the withheld reveal is evidence: no more judging
+    elif liars and race is not None and sorted(judge.ids)[race[1] % len(judge.ids)] \
+            not in attackers:
+        # honest leader: the first quorum counts; the liars saw the first quorum - L - 1
+        order = sorted(votes)
+        np.random.default_rng(race).shuffle(order)
+        quorum = quorum_size(len(judge.ids) - len(barred & set(judge.ids)))
+        seen_count = max(0, quorum - len(liars) - 1)
+        seen = {j: votes[j] for j in order[:seen_count]}
+        if not seen:  # nothing seen yet: their own data's votes stand in, as when blind
+            seen = {j: measured[liars[k % len(liars)]] for k, j in enumerate(order)}
+        lie = lie_votes(seen, cands, frozenset(liars), rule)
+        votes = {j: votes[j] for j in order[:max(0, quorum - len(liars))]}
+        votes.update({j: lie for j in liars})
     elif liars:
         seen = dict(votes)
         if blind:
@@ -436,7 +457,9 @@ def run(spec: RunSpec) -> RunResult:
                                                    choice, previous,
                                                    blind=spec.blind_liars,
                                                    selective=spec.selective_reveal,
-                                                   barred=barred)
+                                                   barred=barred,
+                                                   race=(spec.seed, rnd) if spec.racing_liars
+                                                   else None)
             result.attackers_selected.append(len(set(chosen.trainers) & attackers))
             result.applied.append(chosen.kind)
             result.barred_judges.append(len(barred))

@@ -244,18 +244,11 @@ class RushingJudge:
 
     def ready(self, ctx: RoundContext, payload: dict,
               vectors: Mapping[tuple[str, tuple], bytes]) -> bool:
-        """Whether to lie now. An honest leader proposes at the first quorum of votes on one
-        set (round_machine `_maybe_candidate`), so a liar who waited for every honest vote would
-        not be counted: it races, lying once it has seen all the honest votes it can see and
-        still be in the first quorum (the quorum less the colluders less one, for the votes in
-        flight to the leader)."""
-        from bft.quorum import quorum_size
-
+        """Whether every honest judge's vote on that set is in. (An honest leader waits for
+        every member's vote until the propose deadline, so waiting costs the liar nothing;
+        docs/learning.md, seventh pass, measured the first-quorum alternative.)"""
         honest = set(ctx.committee) - self.colluders
-        liars = len(set(ctx.committee) & self.colluders)
-        enough = max(0, quorum_size(len(ctx.committee)) - liars - 1)
-        seen = set(self.honest_votes(ctx, payload, vectors))
-        return seen >= honest or len(seen) >= enough
+        return set(self.honest_votes(ctx, payload, vectors)) >= honest
 
     def lie(self, ctx: RoundContext, payload: dict,
             vectors: Mapping[tuple[str, tuple], bytes]) -> dict:

@@ -918,12 +918,7 @@ class RoundMachine:
         if self.ctx.selection.judged:  # only votes on one update set make a block
             vectors = judged_group(self.ctx, self._held_votes())
         senders = set(vectors)
-        # Judged rounds: the first quorum of votes on one set makes the block, not every vote:
-        # a liar who holds its vote back to read the honest ones (attack_lab.RushingJudge)
-        # arrives after an honest leader proposed, so it must vote on what it has seen so far
-        # (docs/learning.md, issue 14 seventh pass). Scored rounds wait for every vector.
-        if not (self.ctx.selection.judged
-                or set(self.score_vectors) >= set(self.ctx.committee) - self._proven
+        if not (set(self.score_vectors) >= set(self.ctx.committee) - self._proven
                 or self.propose_expired):
             return []
         if not self.ctx.enough_score_vectors(senders, self._proven):

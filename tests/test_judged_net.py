@@ -73,8 +73,8 @@ def test_judged_rounds_commit_one_chain_that_every_peer_re_derives(tmp_path):
 def test_colluding_judges_that_craft_lie_and_equivocate_cannot_fork_or_stop_the_chain(tmp_path):
     """Two of seven members (f = 2) collude on every lever the judged rule leaves them: they
     craft their updates from every honest update of the round (omniscient clip_push_near), hold
-    their votes back to read the honest ones and send the rule-aware lie just in time for the
-    first quorum (attack_lab.RushingJudge), and one of them also equivocates its pBFT votes. The
+    their votes back until the honest votes are in and then send the rule-aware lie
+    (attack_lab.RushingJudge), and one of them also equivocates its pBFT votes. The
     five honest peers still commit one chain, round after round, that each of them verifies.
     (The model's quality under this attack is the harness's measurement, not this test's.)"""
     attack = "clip_push_near"

@@ -379,10 +379,12 @@ def test_the_candidate_count_matches_the_drawn_candidates():
             assert candidate_count(n, config) == len(candidate_sets(ids, b"s", config))
 
 
-def test_the_first_quorum_of_votes_makes_the_block_so_held_back_votes_are_not_counted():
-    """A liar who holds its vote back to read the honest ones first (attack_lab.RushingJudge)
-    comes too late: the leader proposes at the first quorum of votes on one set, without
-    waiting for every member or the propose deadline, and that block commits."""
+def test_the_leader_waits_for_every_vote_so_liars_stay_a_minority_of_the_counted_votes():
+    """The block waits for every member's vote (or the propose deadline), not the first
+    quorum: a quorum of 2f + 1 counting all f liars would make them f / (2f + 1) of the
+    votes, not f / (3f + 1); in the harness that lost 15-39 pp on non-IID data
+    (docs/learning.md, seventh pass). Two of seven judges hold their votes: nothing commits
+    until they arrive, and the block then counts all seven."""
     late = set(MEMBERS[-2:])  # 7 judges, f = 2: the five others are a quorum
     net = JudgedNetwork()
     held = []
@@ -399,7 +401,10 @@ def test_the_first_quorum_of_votes_makes_the_block_so_held_back_votes_are_not_co
     net.emit = holding
     net.run()
     assert {peer for peer, _ in held} == late
-    assert set(net.commits) >= set(MEMBERS) - late  # no deadline fired: the quorum sufficed
+    assert not net.commits  # a quorum is in, but the leader waits for the other two
+    for peer, action in held:
+        emit(peer, [action])
+    net.settle()
+    assert set(net.commits) == set(MEMBERS)
     block = next(iter(net.commits.values())).committed.block
-    signers = {decode_envelope(raw).sender for raw in block.score_vectors}
-    assert signers == set(MEMBERS) - late
+    assert {decode_envelope(raw).sender for raw in block.score_vectors} == set(MEMBERS)

@@ -188,6 +188,17 @@ def test_blind_liars_aim_with_their_own_votes_and_choose_differently():
     assert blind.applied != seeing.applied or blind.accuracy != seeing.accuracy
 
 
+def test_racing_liars_count_with_the_first_quorum_and_stay_seeded():
+    """The rejected first-quorum alternative (the block takes the first quorum of votes): the
+    liars race it, seeing only part of the honest votes in most rounds; the run stays seeded
+    and differs."""
+    spec = RunSpec(rule="cmfl-choose", attack="sign_flip", fraction=0.3, rounds=6, seed=1,
+                   partition="dirichlet")
+    seeing, racing = run(spec), run(dataclasses.replace(spec, racing_liars=True))
+    assert racing.accuracy == run(dataclasses.replace(spec, racing_liars=True)).accuracy
+    assert racing.applied != seeing.applied or racing.accuracy != seeing.accuracy
+
+
 def test_selective_reveal_picks_the_subset_whose_winner_suits_the_liars():
     from learning.attacks import committed_lies, selective_reveal
     cands = [Candidate("base", ()), Candidate("subset", ("good",)), Candidate("subset", ("bad",))]
