@@ -48,6 +48,8 @@ PENALTIES: dict[str, float] = {
     "control-error": 20.0, "message-handling-error": 20.0, "bad-origin": 20.0,
     "bad-pubsub-signature": 20.0, "too-many-subscriptions": 10.0,
     "over-budget": 1.0, "not-member-origin": 2.0, "not-member-publisher": 20.0,
+    # GRAFTs within 10 s of a PRUNE beyond GRAFT_FLOODS_FORGIVEN (EvidenceScorer)
+    "graft-flood": 5.0,
     # a misconfigured honest peer can send these: lower, but still out of the mesh
     "wrong-network": 10.0,
     # from the round core and the transfer layer
@@ -72,6 +74,9 @@ MAX_POSITIVE_SCORE = FIRST_DELIVERY_WEIGHT * FIRST_DELIVERY_CAP
 #: Per-heartbeat (1 s) decay of evidence: half-life about 70 s, so a peer that stops
 #: misbehaving is forgiven within minutes and one that keeps on stays out.
 EVIDENCE_DECAY = 0.99
+#: GRAFTs soon after a PRUNE a peer may send before they count (penalize_graft_flood): honest
+#: mesh formation sent at most 11 to one peer over a whole 10-peer demo
+GRAFT_FLOODS_FORGIVEN = 50.0
 
 
 def default_score_params() -> ScoreParams:
@@ -106,18 +111,38 @@ class EvidenceScorer(PeerScorer):
         #: peer -> reason -> count, for logs, metrics and tests (never decays)
         self.evidence: DefaultDict[ID, DefaultDict[str, int]] = defaultdict(
             lambda: defaultdict(int))
+        #: peer -> GRAFTs py-libp2p called a flood, decaying (see penalize_graft_flood)
+        self.graft_floods: DefaultDict[ID, float] = defaultdict(float)
+        #: called after a graft-flood penalty (the router's ban check; the library, not our
+        #: code, reports GRAFT floods, so it does not pass through ScoredGossipSub.penalize)
+        self.on_flood_penalty: Callable[[ID], None] | None = None
 
     def on_invalid_message(self, peer: ID, topic: str) -> None:
         """Ignored: py-libp2p calls this for every rejection, benign ones included."""
 
     def penalize_graft_flood(self, peer: ID, amount: float = 10.0) -> None:
-        """Ignored: py-libp2p 0.8.1 calls a GRAFT "flood" when it comes within 10 s of a PRUNE
-        *from* that peer, which is how honest peers act while meshes form (a peer over D_high
-        prunes us, falls below D_low a few heartbeats later and grafts us again). The -10 it
-        charged pushed honest peers below zero, out of every mesh: in a 10-peer demo one peer
-        pruned four honest peers at start-up, judged round 0 on 4 of 10 updates and caught up
-        by sync for four rounds, each held to the 20 s collect deadline. The GRAFT itself is
-        still refused (answered with a PRUNE), so a real flood gains nothing."""
+        """Only a flood: py-libp2p 0.8.1 calls a GRAFT a "flood" when it comes within 10 s of a
+        PRUNE *from* that peer, which is how honest peers act while meshes form (a peer over
+        D_high prunes us, falls below D_low a few heartbeats later and grafts us again). Its
+        -10 for each pushed honest peers below zero, out of every mesh: in a 10-peer demo one
+        peer pruned four honest peers at start-up, judged round 0 on 4 of 10 updates and caught
+        up by sync for four rounds, each held to the 20 s collect deadline. Honest peers sent
+        at most 11 such GRAFTs to one peer over a whole demo; so the first
+        GRAFT_FLOODS_FORGIVEN (a count that decays like evidence) cost nothing, and each one
+        beyond is a `graft-flood` penalty. The GRAFT itself is refused (answered with a PRUNE)
+        either way."""
+        self.graft_floods[peer] += 1.0
+        if self.graft_floods[peer] > GRAFT_FLOODS_FORGIVEN:
+            self.penalize(peer, "graft-flood")
+            if self.on_flood_penalty is not None:
+                self.on_flood_penalty(peer)
+
+    def on_heartbeat(self, dt_seconds: float = 1.0) -> None:
+        super().on_heartbeat(dt_seconds)
+        for peer in list(self.graft_floods):
+            self.graft_floods[peer] *= EVIDENCE_DECAY
+            if self.graft_floods[peer] < 0.5:
+                del self.graft_floods[peer]
 
     def penalize(self, peer: ID | str, reason: str, amount: float | None = None) -> None:
         """Lower `peer`'s score for misbehaviour `reason` (a PENALTIES key, or any string)."""
@@ -148,6 +173,11 @@ class ScoredGossipSub(GossipSub):
         params = score_params or default_score_params()
         super().__init__(*args, score_params=params, **kwargs)
         self.scorer = EvidenceScorer(params)
+        self.scorer.on_flood_penalty = self._penalised
+
+    def _penalised(self, peer: ID) -> None:
+        if self.on_penalised is not None:
+            self.on_penalised(peer)
 
     def peer_score(self, peer: ID | str) -> float:
         """A peer's score over the topics we are in."""
@@ -156,8 +186,7 @@ class ScoredGossipSub(GossipSub):
     def penalize(self, peer: ID | str, reason: str, amount: float | None = None) -> None:
         """Evidence against `peer` (see EvidenceScorer.penalize)."""
         self.scorer.penalize(peer, reason, amount)
-        if self.on_penalised is not None:
-            self.on_penalised(_as_id(peer))
+        self._penalised(_as_id(peer))
 
     def _negative(self, peer: ID, topic: str) -> bool:
         return self.scorer.score(peer, [topic]) < 0

@@ -310,6 +310,13 @@ class JudgeLosses:
         return dict(zip(self.ids, (sums / self.sizes).tolist()))
 
 
+def _own_votes_standing_in(measured: dict[str, tuple[float, ...]], liars: list[str],
+                           honest: list[str]) -> dict[str, tuple[float, ...]]:
+    """The liars' own data's votes, repeated to the honest judges' number, in place of honest
+    votes they cannot see yet."""
+    return {j: measured[liars[k % len(liars)]] for k, j in enumerate(honest)}
+
+
 def judged_round(rnd: int, state: ModelState, sent: dict[str, ModelState],
                  samples: dict[str, int], judge: JudgeLosses, attackers: frozenset[str],
                  config: ChoiceConfig, previous: bytes,
@@ -345,16 +352,14 @@ def judged_round(rnd: int, state: ModelState, sent: dict[str, ModelState],
         seen_count = max(0, quorum - len(liars) - 1)
         seen = {j: votes[j] for j in order[:seen_count]}
         if not seen:  # nothing seen yet: their own data's votes stand in, as when blind
-            seen = {j: measured[liars[k % len(liars)]] for k, j in enumerate(order)}
+            seen = _own_votes_standing_in(measured, liars, order)
         lie = lie_votes(seen, cands, frozenset(liars), rule)
         votes = {j: votes[j] for j in order[:max(0, quorum - len(liars))]}
         votes.update({j: lie for j in liars})
     elif liars:
         seen = dict(votes)
-        if blind:
-            # Their own data's votes, repeated to the honest judges' number, stand in for
-            # the votes they cannot see yet.
-            seen = {j: measured[liars[k % len(liars)]] for k, j in enumerate(sorted(votes))}
+        if blind:  # a commit-reveal: they cannot see the honest votes yet
+            seen = _own_votes_standing_in(measured, liars, sorted(votes))
         lie = lie_votes(seen, cands, frozenset(liars), rule)
         votes.update({j: lie for j in liars})
     best = rule(votes)

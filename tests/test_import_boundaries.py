@@ -59,12 +59,17 @@ print(json.dumps(out))
 """
 
 
-@pytest.fixture(scope="module")
-def imported():
-    probe = f"FORBIDDEN = {FORBIDDEN!r}\nPURE = {PURE!r}\n" + PROBE
-    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
+def probe(modules: list[str]) -> dict[str, list[str]]:
+    """Which FORBIDDEN modules each of `modules` pulls in, by PROBE."""
+    code = f"FORBIDDEN = {FORBIDDEN!r}\nPURE = {modules!r}\n" + PROBE
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                          text=True, check=True, env={"PYTHONPATH": str(ROOT), "PATH": ""})
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def imported():
+    return probe(PURE)
 
 
 @pytest.mark.parametrize("module", PURE)
@@ -74,7 +79,4 @@ def test_a_pure_core_imports_no_io_training_or_data_loading(module, imported):
 
 def test_the_probe_sees_a_forbidden_import():
     """The fork probe can fail: a module that imports trio is reported."""
-    probe = (f"FORBIDDEN = {FORBIDDEN!r}\nPURE = ['p2p_node.host']\n" + PROBE)
-    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
-                         text=True, check=True, env={"PYTHONPATH": str(ROOT), "PATH": ""})
-    assert "trio" in json.loads(out.stdout.strip().splitlines()[-1])["p2p_node.host"]
+    assert "trio" in probe(["p2p_node.host"])["p2p_node.host"]

@@ -98,7 +98,7 @@ def test_colluding_judges_that_craft_lie_and_equivocate_cannot_fork_or_stop_the_
     convicted = {(e["peer"], e["member"]) for e in log.events if e["event"] == "evidence"}
     assert {(p, a) for p in honest} <= convicted
     genesis = Genesis.load(tmp_path / "genesis.json")
-    for i, d in enumerate(cluster.dirs[:5]):
+    for d in cluster.dirs[:5]:
         store, models = open_chain(d)
         report = verify_store(genesis, store, models)
         assert report.ok and report.blocks == rounds, report.summary()
