@@ -3,13 +3,21 @@
     python -m bench.choice_variants VARIANTS ATTACKS dirichlet|iid SEEDS [ROUNDS]
 
 VARIANTS is a comma list of the names below or of any rule in learning.simulation.RULE_NAMES
-(e.g. cmfl-clip-far, median), each optionally suffixed "/blind" (the lying judges vote before
-seeing the honest votes, as under a commit-reveal of the votes) or "/revealK" (under the
-commit-reveal they commit K different lies and reveal the subset that suits them; who withholds
-is barred from judging) or "/race" (the rejected first-quorum alternative: the block takes the first
-quorum of votes and the liars race it, seeing quorum - liars - 1 honest votes); each run prints its final accuracy, the lowest accuracy of the
-second half of the run, the attackers in the chosen candidate per round and which kinds of
-candidate were chosen. docs/learning.md ("Issue 14, fifth pass") was measured with it.
+(e.g. cmfl-clip-far, median), each optionally suffixed (suffixes combine, parse_variant):
+  /blind     the lying judges vote before seeing the honest votes (a commit-reveal of votes)
+  /revealK   under the commit-reveal they commit K different lies and reveal the subset that
+             suits them; who withholds is barred from judging
+  /race      the rejected first-quorum alternative: the block takes the first quorum of votes
+             and the liars race it, seeing quorum - liars - 1 honest votes
+  /leader    a colluding leader (members in turn, by round) counts the lies and the quorum -
+             liars honest votes the liars pick (attacks.leader_quorum)
+  /peekK     under a pledge of the votes the liars have seen K honest votes (/peek0 is /blind)
+  /pleader   the pledge with a colluding leader: in its rounds the liars see honest -
+             (quorum - 2f) votes and it picks the counted ones; in the others they see
+             honest - (n - 2f)
+Each run prints its final accuracy, the lowest accuracy of the second half of the run, the
+attackers in the chosen candidate per round and which kinds of candidate were chosen.
+docs/learning.md ("Issue 14, fifth pass") was measured with it.
 """
 from __future__ import annotations
 
@@ -47,25 +55,39 @@ def _register() -> None:
                                                 tuple(HYBRIDS)))
 
 
+def parse_variant(name: str) -> tuple[str, dict]:
+    """A variant's rule and the RunSpec fields its suffixes set (ValueError if unknown)."""
+    rule, *suffixes = name.split("/")
+    out: dict = {}
+    for x in suffixes:
+        if x == "blind":  # the liars vote before seeing the honest votes
+            out["blind_liars"] = True
+        elif x == "race":  # the liars race the first quorum
+            out["racing_liars"] = True
+        elif x == "leader":  # a colluding leader picks the counted honest votes
+            out["colluding_leader"] = True
+        elif x == "pleader":  # the pledge, with a colluding leader
+            out["pledge_leader"] = True
+        elif x.startswith("reveal") and (x[6:].isdigit() or x == "reveal"):
+            out["selective_reveal"] = int(x[6:] or 1)  # commit K lies blind, reveal some
+        elif x.startswith("peek") and x[4:].isdigit():  # the pledge: liars saw K honest votes
+            out["peeking_liars"] = int(x[4:])
+        else:
+            raise ValueError(f"unknown suffix {x!r} in {name!r}")
+    return rule, out
+
+
 def run_one(job: tuple[str, str, str, int, int]) -> tuple[tuple, float, float, float, dict]:
     import torch
 
     torch.set_num_threads(1)
     _register()
     rule, attack, partition, seed, rounds = job
-    blind = rule.endswith("/blind")  # the liars vote before seeing the honest votes
-    rule = rule.removesuffix("/blind")
-    race = rule.endswith("/race")  # the liars race the first quorum, as on the peers
-    rule = rule.removesuffix("/race")
-    selective = 0
-    if "/reveal" in rule:  # "/revealK": commit K lies blind, reveal selectively
-        rule, k = rule.split("/reveal")
-        selective = int(k or 1)
+    rule, liars = parse_variant(rule)
     base_rule, judge = HYBRIDS.get(rule, (rule, None))
     res = simulation.run(simulation.RunSpec(
         rule=base_rule, attack=attack, partition=partition, seed=seed, rounds=rounds,
-        fraction=0.0 if attack == "none" else 0.3, judge=judge, blind_liars=blind,
-        selective_reveal=selective, racing_liars=race))
+        fraction=0.0 if attack == "none" else 0.3, judge=judge, **liars))
     k = max(len(res.attackers_selected), 1)
     kinds = {x: res.applied.count(x) for x in sorted(set(res.applied))}
     if res.barred_judges:
@@ -83,8 +105,11 @@ def main(argv: list[str]) -> int:
     rules, attacks, parts = (a.split(",") for a in argv[:3])
     seeds, rounds = int(argv[3]), int(argv[4]) if len(argv) > 4 else 40
     for r in rules:
-        if r.removesuffix("/blind").removesuffix("/race").split("/reveal")[0] \
-                not in simulation.RULE_NAMES:
+        try:
+            known = parse_variant(r)[0] in simulation.RULE_NAMES
+        except ValueError:
+            known = False
+        if not known:
             print(f"unknown variant or rule {r!r}", file=sys.stderr)
             return 2
     jobs = [(r, a, p, s, rounds) for a in attacks for p in parts for r in rules

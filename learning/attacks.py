@@ -900,3 +900,59 @@ def selective_reveal(honest_votes: dict[str, tuple[float, ...]],
             if best_key is None or key > best_key:
                 best, best_key = frozenset(subset), key
     return best
+
+
+def leader_quorum(honest_votes: dict[str, tuple[float, ...]], size: int, candidates: list,
+                  colluders, rule, rng: np.random.Generator,
+                  lies: list[tuple[float, ...]] | None = None, tries: int = 4,
+                  swaps: int = 8) -> tuple[frozenset[str], tuple[float, ...]]:
+    """Which `size` honest votes a colluding leader puts in the block beside the colluders'
+    lie (any quorum of votes re-derives), and the lie. A greedy search, not the optimum: for
+    each of the `tries` candidates the liars like best (lie_votes' order: most colluders,
+    then least liked by the honest judges) the honest judges who rank it highest among their
+    own votes, plus `tries` random subsets; each is tried with the lie that suits it
+    (lie_votes on that subset, or each of the fixed `lies`, made before the liars saw every
+    vote) and the pair whose winner holds the most colluders, then is the one all honest
+    judges like least (lie_votes' key), is kept; then up to `swaps` times one kept honest
+    vote is traded for a left-out one, the lie held, if that improves the key. Returns (the
+    kept honest judges, the lie)."""
+    count = len(candidates)
+    honest = sorted(honest_votes)
+    liars = sorted(colluders)
+
+    def held(i: int) -> tuple[int, float]:
+        return (len(set(candidates[i].trainers) & set(colluders)),
+                -math.fsum(honest_votes[j][i] for j in honest))
+
+    def ranks_it(i: int, j: str) -> tuple[int, str]:  # how many candidates j puts below i
+        return (sum(v < honest_votes[j][i] for v in honest_votes[j]), j)
+
+    if size >= len(honest):
+        tries_ = [honest]
+    else:
+        tries_ = [sorted(honest, key=lambda j: ranks_it(i, j), reverse=True)[:size]
+                  for i in sorted(range(count), key=held, reverse=True)[:tries]]
+        tries_ += [sorted(rng.choice(honest, size=size, replace=False).tolist())
+                   for _ in range(tries)]
+
+    def key(subset, vec: tuple[float, ...]) -> tuple[int, float]:
+        votes = {j: honest_votes[j] for j in subset}
+        votes.update({j: vec for j in liars})
+        return held(rule(votes))
+
+    best, best_key = None, None
+    for subset in tries_:
+        for vec in lies or [lie_votes({j: honest_votes[j] for j in subset}, candidates,
+                                      colluders, rule)]:
+            k = key(subset, vec)
+            if best_key is None or k > best_key:
+                best, best_key = (frozenset(subset), vec), k
+    for _ in range(swaps):  # then one honest vote in for one out, the lie held, while it helps
+        kept, vec = best
+        better = next(((kept - {o}) | {i} for o in sorted(kept)
+                       for i in honest if i not in kept
+                       if key((kept - {o}) | {i}, vec) > best_key), None)
+        if better is None:
+            break
+        best, best_key = (frozenset(better), vec), key(better, vec)
+    return best

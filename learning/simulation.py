@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bft.quorum import quorum_size
-from learning.attacks import (Attack, Omniscient, RoundView, committed_lies, lie_votes,
-                             make_attack, selective_reveal)
+from learning.attacks import (Attack, Omniscient, RoundView, committed_lies, leader_quorum,
+                             lie_votes, make_attack, selective_reveal)
 from learning.baselines import BASELINES, aggregate_baseline
 from learning.choice import (RECOMMENDED, ChoiceConfig, build_candidate, candidate_sets, choice_seed,
                              choose, judge_votes)
@@ -140,6 +140,18 @@ class RunSpec:
     #: seen the first quorum - liars - 1 honest votes and are counted with the next ones; when
     #: a liar leads (members in turn, by round) they see and count every vote
     racing_liars: bool = False
+    #: judged rules, the current protocol (liars see every vote): in rounds a colluder leads
+    #: (members in turn, by round) the block counts the liars' lies plus the quorum - liars
+    #: honest votes they pick (attacks.leader_quorum; any quorum re-derives)
+    colluding_leader: bool = False
+    #: judged rules under a pledge (a commit-reveal whose late pledges count only if enough
+    #: reveals listed them): None off; k: the liars have seen k random honest votes when they
+    #: pledge, their own data's votes stand in for the rest (0 is blind_liars); all count
+    peeking_liars: int | None = None
+    #: the pledge with a colluding leader: in colluder-led rounds the liars see honest - (quorum
+    #: - 2f) honest votes and the leader counts the quorum - liars honest votes they pick; in
+    #: honest-led rounds they see honest - (n - 2f) (the most a late pledge can have seen)
+    pledge_leader: bool = False
 
     @property
     def dp(self) -> DpPolicy | None:
@@ -317,14 +329,47 @@ def _own_votes_standing_in(measured: dict[str, tuple[float, ...]], liars: list[s
     return {j: measured[liars[k % len(liars)]] for k, j in enumerate(honest)}
 
 
+def _peeked(votes: dict[str, tuple[float, ...]], measured: dict[str, tuple[float, ...]],
+            liars: list[str], k: int, key: list[int]) -> dict[str, tuple[float, ...]]:
+    """What liars who have seen k random honest votes (seeded by `key`) aim with: those, and
+    their own data's votes standing in for the rest (k = 0: exactly the blind liars' view)."""
+    honest = sorted(votes)
+    k = max(0, min(k, len(honest)))
+    seen = set(np.random.default_rng(key).choice(honest, size=k, replace=False).tolist()) \
+        if k else set()
+    view = _own_votes_standing_in(measured, liars, [j for j in honest if j not in seen])
+    view.update({j: votes[j] for j in sorted(seen)})
+    return view
+
+
+def _leader_counts(votes: dict[str, tuple[float, ...]], view: dict[str, tuple[float, ...]] | None,
+                   cands: list, liars: list[str], quorum: int, rule, key: list[int]
+                   ) -> dict[str, tuple[float, ...]]:
+    """The votes a colluding leader's block counts: every liar's lie and the quorum - liars
+    honest votes the liars pick (attacks.leader_quorum). `view`: what the liars saw when they
+    lied (None: every vote); the honest subset is picked knowing every vote either way."""
+    size, rng = max(0, quorum - len(liars)), np.random.default_rng(key)
+    lies = None
+    if view is not None:  # lied half-blind: the plain lie and the one planned for a subset
+        lies = [lie_votes(view, cands, frozenset(liars), rule),
+                leader_quorum(view, size, cands, frozenset(liars), rule, rng)[1]]
+    kept, lie = leader_quorum(votes, size, cands, frozenset(liars), rule, rng, lies)
+    counted = {j: votes[j] for j in sorted(kept)}
+    counted.update({j: lie for j in liars})
+    return counted
+
+
 def judged_round(rnd: int, state: ModelState, sent: dict[str, ModelState],
                  samples: dict[str, int], judge: JudgeLosses, attackers: frozenset[str],
                  config: ChoiceConfig, previous: bytes,
                  committee_model: ModelState | None = None, blind: bool = False,
                  selective: int = 0, barred: set[str] | None = None,
-                 race: tuple[int, int] | None = None):
+                 race: tuple[int, int] | None = None, run_seed: int = 0,
+                 colluding_leader: bool = False, peek: int | None = None,
+                 pledge_leader: bool = False):
     """One round of learning.choice: candidates from every update, every peer's votes (the
-    attackers' the strongest lie), the chosen model. Returns (model, candidate, next seed)."""
+    attackers' the strongest lie), the chosen model. Returns (model, candidate, next seed).
+    The round's leader is judge rnd % n in sorted order (members in turn)."""
     seed = choice_seed(rnd, previous, [state_hash(sent[t]) for t in sorted(sent)])
     cands = candidate_sets(sorted(sent), seed, config)
     models = [build_candidate(state, sent, samples, c, committee_model) for c in cands]
@@ -336,6 +381,7 @@ def judged_round(rnd: int, state: ModelState, sent: dict[str, ModelState],
     barred = set() if barred is None else barred
     liars = sorted(set(judge.ids) & attackers - barred)
     rule = lambda v: choose(v, len(cands), config)  # noqa: E731
+    led_by_liar = sorted(judge.ids)[rnd % len(judge.ids)] in attackers
     if liars and selective:
         commits = committed_lies({j: measured[j] for j in liars}, cands, frozenset(liars),
                                  selective)
@@ -343,8 +389,7 @@ def judged_round(rnd: int, state: ModelState, sent: dict[str, ModelState],
         withheld = tuple(-math.inf for _ in cands)
         votes.update({j: commits[j] if j in shown else withheld for j in liars})
         barred |= set(liars) - shown  # the withheld reveal is evidence: no more judging
-    elif liars and race is not None and sorted(judge.ids)[race[1] % len(judge.ids)] \
-            not in attackers:
+    elif liars and race is not None and not led_by_liar:
         # honest leader: the first quorum counts; the liars saw the first quorum - L - 1
         order = sorted(votes)
         np.random.default_rng(race).shuffle(order)
@@ -355,6 +400,21 @@ def judged_round(rnd: int, state: ModelState, sent: dict[str, ModelState],
             seen = _own_votes_standing_in(measured, liars, order)
         lie = lie_votes(seen, cands, frozenset(liars), rule)
         votes = {j: votes[j] for j in order[:max(0, quorum - len(liars))]}
+        votes.update({j: lie for j in liars})
+    elif liars and (colluding_leader or pledge_leader) and led_by_liar:
+        n_live = len(judge.ids) - len(barred & set(judge.ids))
+        quorum, f = quorum_size(n_live), (n_live - 1) // 3
+        view = None
+        if pledge_leader:  # a late pledge counts if quorum - 2f honest reveals listed it
+            view = _peeked(votes, measured, liars, len(votes) - (quorum - 2 * f),
+                           [run_seed, rnd, 41])
+        votes = _leader_counts(votes, view, cands, liars, quorum, rule, [run_seed, rnd, 43])
+    elif liars and (peek is not None or pledge_leader):
+        n_live = len(judge.ids) - len(barred & set(judge.ids))
+        # an honest leader counts every reveal: a late pledge needs n - 2f honest listings
+        k = peek if peek is not None else len(votes) - (n_live - 2 * ((n_live - 1) // 3))
+        lie = lie_votes(_peeked(votes, measured, liars, k, [run_seed, rnd, 41]), cands,
+                        frozenset(liars), rule)
         votes.update({j: lie for j in liars})
     elif liars:
         seen = dict(votes)
@@ -464,7 +524,10 @@ def run(spec: RunSpec) -> RunResult:
                                                    selective=spec.selective_reveal,
                                                    barred=barred,
                                                    race=(spec.seed, rnd) if spec.racing_liars
-                                                   else None)
+                                                   else None, run_seed=spec.seed,
+                                                   colluding_leader=spec.colluding_leader,
+                                                   peek=spec.peeking_liars,
+                                                   pledge_leader=spec.pledge_leader)
             result.attackers_selected.append(len(set(chosen.trainers) & attackers))
             result.applied.append(chosen.kind)
             result.barred_judges.append(len(barred))

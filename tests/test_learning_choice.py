@@ -11,7 +11,7 @@ from learning.attacks import lie_votes
 from learning.choice import (FULL_SET, Candidate, ChoiceConfig, aggregate_median,
                              build_candidate, candidate_sets, candidate_statistics, choice_seed,
                              choose, judge_votes)
-from learning.simulation import JUDGED_RULES, RULE_NAMES, RunSpec, run
+from learning.simulation import JUDGED_RULES, RULE_NAMES, RunSpec, choose_attackers, run
 
 TRAINERS = [f"p{i:02d}" for i in range(20)]
 
@@ -225,3 +225,69 @@ def test_withheld_reveals_bar_liars_from_judging():
     assert len(r.barred_judges) == 8
     assert r.barred_judges == sorted(r.barred_judges)  # once barred, always barred
     assert r.barred_judges[-1] <= 6
+
+
+def _bad_liked_by_three():
+    """14 honest judges over (base, good, bad): only three like bad, the colluder's."""
+    cands = [Candidate("base", ()), Candidate("subset", ("good",)), Candidate("subset", ("bad",))]
+    honest = {f"h{i:02d}": (0.0, 0.5 + 0.01 * i, -1.0 if i < 11 else 1.0 + 0.1 * i)
+              for i in range(14)}
+    liars = frozenset({"bad"} | {f"l{i}" for i in range(5)})
+    return cands, honest, liars
+
+
+def test_a_colluding_leader_picks_the_honest_votes_that_let_the_lie_win():
+    from learning.attacks import leader_quorum
+    cands, honest, liars = _bad_liked_by_three()
+    rule = lambda v: choose(v, 3)  # noqa: E731
+    lie = lie_votes(honest, cands, liars, rule)
+    assert rule({**honest, **{j: lie for j in liars}}) != 2  # every vote counts: bad loses
+    kept, lie = leader_quorum(honest, 8, cands, liars, rule, np.random.default_rng(0))
+    assert len(kept) == 8 and kept <= set(honest) and {"h11", "h12", "h13"} <= kept
+    assert rule({**{j: honest[j] for j in kept}, **{j: lie for j in liars}}) == 2
+    # with lies fixed before the liars saw the votes, it keeps one of those
+    fixed = [tuple(1e9 if k == 2 else -1e9 for k in range(3))]
+    assert leader_quorum(honest, 8, cands, liars, rule, np.random.default_rng(0), fixed)[1] \
+        == fixed[0]
+
+
+def test_the_leaders_block_counts_a_quorum_with_every_liar():
+    from bft.quorum import quorum_size
+    from learning.simulation import _leader_counts
+    cands, honest, liars = _bad_liked_by_three()
+    rule = lambda v: choose(v, 3)  # noqa: E731
+    for view in (None, {j: honest["h00"] for j in honest}):  # seeing all, seeing little
+        counted = _leader_counts(honest, view, cands, sorted(liars), quorum_size(20), rule,
+                                 [0, 1, 43])
+        assert len(counted) == quorum_size(20) == 14 and liars <= set(counted)
+        assert all(counted[j] == honest[j] for j in set(counted) - liars)
+        assert len({counted[j] for j in liars}) == 1
+
+
+def test_colluding_leader_changes_only_the_rounds_a_colluder_leads():
+    """Seed 1's attackers are p05, p09, ...: rounds 0-4 are led by honest peers, and there a
+    colluding leader's run is the default one; pledged liars who peeked at 0 votes are the
+    blind ones; the pledge with a colluding leader is peek-at-6 in honest-led rounds."""
+    spec = RunSpec(rule="cmfl-choose", attack="sign_flip", fraction=0.3, rounds=5, seed=1,
+                   partition="dirichlet")
+    assert min(int(p[1:]) for p in choose_attackers(spec)) == 5
+    seeing, leader = run(spec), run(dataclasses.replace(spec, colluding_leader=True))
+    assert leader.accuracy == seeing.accuracy and leader.applied == seeing.applied
+    blind = run(dataclasses.replace(spec, blind_liars=True))
+    peek0 = run(dataclasses.replace(spec, peeking_liars=0))
+    assert peek0.accuracy == blind.accuracy and peek0.applied == blind.applied
+    peek6 = run(dataclasses.replace(spec, peeking_liars=6))
+    assert peek6.accuracy == run(dataclasses.replace(spec, peeking_liars=6)).accuracy
+    pledge = run(dataclasses.replace(spec, pledge_leader=True))
+    assert pledge.accuracy == peek6.accuracy and pledge.applied == peek6.applied
+
+
+def test_the_variants_bench_reads_the_liar_suffixes():
+    from bench.choice_variants import parse_variant
+    assert parse_variant("cmfl-choose/leader") == ("cmfl-choose", {"colluding_leader": True})
+    assert parse_variant("cmfl-choose/peek6") == ("cmfl-choose", {"peeking_liars": 6})
+    assert parse_variant("cmfl-choose/pleader") == ("cmfl-choose", {"pledge_leader": True})
+    assert parse_variant("cmfl-choose/reveal2/blind") == \
+        ("cmfl-choose", {"selective_reveal": 2, "blind_liars": True})
+    with pytest.raises(ValueError):
+        parse_variant("cmfl-choose/peek")
