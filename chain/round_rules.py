@@ -7,13 +7,16 @@ block is valid exactly when it re-derives from signed inputs.
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections import Counter
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from bft.messages import KINDS as PBFT_KINDS
-from bft.quorum import quorum_size
+from bft.quorum import fault_tolerance, quorum_size
+import cbor2
 from chain.block import Block, BlockError, MembershipChange, UpdateRef
 from chain.membership import MembershipRules, Roster, derive_changes, join_requests
 from gossip.envelope import Envelope, EnvelopeError, decode_envelope
@@ -243,6 +246,10 @@ class VoteVector:
 
     updates: tuple[tuple[str, bytes], ...]
     votes: tuple[float, ...]
+    #: pledged votes (genesis `selection.choice.pledged`): the secret its pledge hashed, and
+    #: the pledges on this update set its judge held when it revealed, as (judge, pledge)
+    salt: bytes = b""
+    seen: tuple[tuple[str, bytes], ...] = ()
 
 
 def votes_payload(updates: dict[str, bytes], votes: list[float]) -> dict:
@@ -250,6 +257,91 @@ def votes_payload(updates: dict[str, bytes], votes: list[float]) -> dict:
     (a non-finite vote sent as WORST_VOTE)."""
     return {"judged": [[t, d] for t, d in sorted(updates.items())],
             "votes": [float(v) if math.isfinite(v) else WORST_VOTE for v in votes]}
+
+
+#: Pledged votes: the length of a judge's secret salt, and the hash's personalisation.
+SALT_BYTES = 16
+PLEDGE_PERSON = b"cmfl-vote-pledge"
+
+
+def pledge_digest(ctx: RoundContext, judge: str, updates: tuple[tuple[str, bytes], ...],
+                  votes: Iterable[float], salt: bytes) -> bytes:
+    """What a judge pledges before it reveals its votes: BLAKE2b-256 (person
+    "cmfl-vote-pledge") of the canonical CBOR array [network id, height, judge, judged
+    updates, votes as sent, salt]. The salt keeps the votes secret until the reveal."""
+    data = cbor2.dumps([ctx.network_id, ctx.height, judge, [[t, d] for t, d in updates],
+                        [float(v) for v in votes], salt], canonical=True)
+    return hashlib.blake2b(data, digest_size=32, person=PLEDGE_PERSON).digest()
+
+
+def pledge_payload(updates: tuple[tuple[str, bytes], ...], pledge: bytes) -> dict:
+    """The body of a judge's `pledge` message."""
+    return {"judged": [[t, d] for t, d in updates], "pledge": pledge}
+
+
+def reveal_payload(updates: tuple[tuple[str, bytes], ...], votes: list[float], salt: bytes,
+                   seen: dict[str, bytes]) -> dict:
+    """The body of a pledged judge's `scores` message: its votes (exactly as pledged), its
+    salt, and every pledge on this update set it holds as it reveals."""
+    body = votes_payload(dict(updates), votes)
+    body["salt"] = salt
+    body["seen"] = [[judge, pledge] for judge, pledge in sorted(seen.items())]
+    return body
+
+
+def _parse_judged(ctx: RoundContext, items: Any) -> tuple[tuple[str, bytes], ...]:
+    if not isinstance(items, list):
+        raise BlockError("judged updates are not a list")
+    updates = []
+    for item in items:
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)):
+            raise BlockError("judged entry is not [trainer, digest]")
+        trainer, digest = item
+        if trainer not in ctx.trainers:
+            raise BlockError("vote names a non-trainer")
+        if not isinstance(digest, bytes) or len(digest) != 32:
+            raise BlockError("judged entry has a bad digest")
+        updates.append((trainer, digest))
+    if [t for t, _ in updates] != sorted({t for t, _ in updates}):
+        raise BlockError("judged updates are not in trainer order, each once")
+    return tuple(updates)
+
+
+def parse_pledge_body(ctx: RoundContext, env: Envelope) -> tuple[tuple[tuple[str, bytes], ...], bytes]:
+    """A judge's pledge: (the updates it judged, its 32-byte pledge); BlockError if malformed
+    or if this network's judges do not pledge."""
+    if not (ctx.selection.choice is not None and ctx.selection.choice.pledged):
+        raise BlockError("this network's judges do not pledge (genesis selection.choice)")
+    body = env.payload
+    if not isinstance(body, dict) or set(body) != {"judged", "pledge"}:
+        raise BlockError("pledge body is not {judged, pledge}")
+    if not isinstance(body["pledge"], bytes) or len(body["pledge"]) != 32:
+        raise BlockError("pledge is not 32 bytes")
+    return _parse_judged(ctx, body["judged"]), body["pledge"]
+
+
+def counted_votes(ctx: RoundContext, vectors: dict[str, VoteVector]) -> set[str]:
+    """The judges whose votes count, of `vectors` (all on one update set). Without pledges,
+    all. With pledges, a judge's votes count only if at least len(vectors) - f of the reveals
+    list its pledge, and its reveal opens that pledge (f: the faults the members tolerate).
+    At most f reveals are a liar's, so at least len(vectors) - 2f honest judges held a
+    counted liar's pledge before revealing: it cannot have read their votes first. Honest
+    judges list each other's pledges (they reveal once every member's pledge is in, or at
+    the reveal deadline), so their votes count."""
+    if not (ctx.selection.choice is not None and ctx.selection.choice.pledged):
+        return set(vectors)
+    need = len(vectors) - fault_tolerance(len(ctx.committee))
+    listed = Counter(pair for vector in vectors.values() for pair in vector.seen)
+    return {judge for judge, v in vectors.items()
+            if listed[(judge, pledge_digest(ctx, judge, v.updates, v.votes, v.salt))] >= need}
+
+
+def counted_senders(ctx: RoundContext, vectors: dict[str, bytes]) -> set[str]:
+    """`counted_votes` of signed vote vectors (already checked), by judge."""
+    if not (ctx.selection.choice is not None and ctx.selection.choice.pledged):
+        return set(vectors)
+    return counted_votes(ctx, {j: parse_votes_body(ctx, decode_envelope(raw))
+                               for j, raw in vectors.items()})
 
 
 def judged_candidates(ctx: RoundContext, updates: tuple[tuple[str, bytes], ...]
@@ -263,24 +355,15 @@ def judged_candidates(ctx: RoundContext, updates: tuple[tuple[str, bytes], ...]
 
 def parse_votes_body(ctx: RoundContext, env: Envelope) -> VoteVector:
     """A judge's vote vector; BlockError if malformed: trainers of this round in order, each
-    once, with 32-byte digests, and one finite vote per candidate of those updates."""
-    body = env.payload
-    if not isinstance(body, dict) or set(body) != {"judged", "votes"} or \
-            not isinstance(body["judged"], list) or not isinstance(body["votes"], list):
-        raise BlockError("vote body is not {judged, votes} lists")
-    updates = []
-    for item in body["judged"]:
-        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)):
-            raise BlockError("judged entry is not [trainer, digest]")
-        trainer, digest = item
-        if trainer not in ctx.trainers:
-            raise BlockError("vote names a non-trainer")
-        if not isinstance(digest, bytes) or len(digest) != 32:
-            raise BlockError("judged entry has a bad digest")
-        updates.append((trainer, digest))
-    if [t for t, _ in updates] != sorted({t for t, _ in updates}):
-        raise BlockError("judged updates are not in trainer order, each once")
+    once, with 32-byte digests, and one finite vote per candidate of those updates; on a
+    pledged network also its salt and the pledges it saw (judges in order, each once)."""
     assert ctx.selection.choice is not None
+    pledged = ctx.selection.choice.pledged
+    keys = {"judged", "votes", "salt", "seen"} if pledged else {"judged", "votes"}
+    body = env.payload
+    if not isinstance(body, dict) or set(body) != keys or not isinstance(body["votes"], list):
+        raise BlockError(f"vote body is not {{{', '.join(sorted(keys))}}}")
+    updates = _parse_judged(ctx, body["judged"])
     count = candidate_count(len(updates), ctx.selection.choice)
     votes = body["votes"]
     if len(votes) != count:
@@ -288,7 +371,19 @@ def parse_votes_body(ctx: RoundContext, env: Envelope) -> VoteVector:
     if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
            for v in votes):
         raise BlockError("a vote is not a finite number")
-    return VoteVector(tuple(updates), tuple(float(v) for v in votes))
+    if not pledged:
+        return VoteVector(updates, tuple(float(v) for v in votes))
+    salt, seen = body["salt"], body["seen"]
+    if not isinstance(salt, bytes) or len(salt) != SALT_BYTES:
+        raise BlockError(f"salt is not {SALT_BYTES} bytes")
+    if not isinstance(seen, list) or not all(
+            isinstance(i, list) and len(i) == 2 and i[0] in ctx.committee and
+            isinstance(i[1], bytes) and len(i[1]) == 32 for i in seen):
+        raise BlockError("seen is not a list of [judge, 32-byte pledge]")
+    if [j for j, _ in seen] != sorted({j for j, _ in seen}):
+        raise BlockError("seen pledges are not in judge order, each once")
+    return VoteVector(updates, tuple(float(v) for v in votes), salt,
+                      tuple((j, p) for j, p in seen))
 
 
 #: Vote vectors a judge signs in one round, at most: its own, and one on the update set other
@@ -309,7 +404,7 @@ def judged_group(ctx: RoundContext, vectors: Iterable[tuple[str, tuple, bytes]]
         groups.setdefault(updates, {})[member] = raw
     if not groups:
         return {}
-    enough = [u for u in groups if ctx.enough_score_vectors(groups[u], ())]
+    enough = [u for u in groups if ctx.enough_score_vectors(counted_senders(ctx, groups[u]), ())]
     if enough:
         return groups[min(enough, key=lambda u: (-len(u), u))]
     return groups[min(groups, key=lambda u: (-len(groups[u]), -len(u), u))]
@@ -387,13 +482,15 @@ def outline_judged(ctx: RoundContext, score_vectors: list[bytes],
     if len(sets) > 1:
         raise BlockError("vote vectors judge different update sets")
     evidence, offenders = _checked_evidence(ctx, evidence)
-    if not ctx.enough_score_vectors(vectors, offenders):
-        raise BlockError(f"{len(vectors)} vote vectors, a quorum is {ctx.quorum} (or of the "
-                         "members this block's evidence does not convict)")
+    counted = counted_votes(ctx, vectors)
+    if not ctx.enough_score_vectors(counted, offenders):
+        raise BlockError(f"{len(counted)} counted vote vectors (of {len(vectors)}), a quorum "
+                         f"is {ctx.quorum} (or of the members this block's evidence does not "
+                         "convict)")
     updates = sets.pop()
     candidates = judged_candidates(ctx, updates)
-    best = candidates[choose({m: v.votes for m, v in vectors.items()}, len(candidates),
-                             ctx.selection.choice)]
+    best = candidates[choose({m: v.votes for m, v in vectors.items() if m in counted},
+                             len(candidates), ctx.selection.choice)]
     selection = RoundSelection(combined={}, selected=best.trainers, applied=f"choice:{best.kind}")
     named = {t for t, _ in updates}
     # Every member is on this committee; no seat keeps a silent member in (`departures` counts
@@ -483,7 +580,7 @@ def derive_block(
 #: Kinds of which two different signed messages of one sender and round prove misbehaviour
 #: besides the pBFT kinds (which must also share a view): an honest peer writes its update and
 #: its score vector ahead (p2p_node.node, `_publish`) and never signs a second in one round.
-ROUND_EVIDENCE_KINDS = ("update", "scores")
+ROUND_EVIDENCE_KINDS = ("update", "scores", "pledge")
 #: Bounds that keep a block (gossiped inside one envelope) small whatever evidence is held.
 MAX_EVIDENCE_MESSAGE_BYTES = 64 * 1024
 MAX_EVIDENCE_PER_BLOCK = 4
@@ -519,7 +616,8 @@ def check_evidence(network_id: bytes, pair: tuple[bytes, bytes]) -> str:
             raise BlockError("evidence messages are not of one view")
     if a.signing_bytes() == b.signing_bytes():
         raise BlockError("evidence messages do not conflict")
-    if a.kind == "scores" and _judged_set(a) is not None and _judged_set(a) != _judged_set(b):
+    if a.kind in ("scores", "pledge") and _judged_set(a) is not None and \
+            _judged_set(a) != _judged_set(b):
         # a judge may vote once per update set (MAX_VOTE_SETS): only two votes on one conflict
         raise BlockError("vote vectors on different update sets do not conflict")
     if not (a.has_valid_signature() and b.has_valid_signature()):

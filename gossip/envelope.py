@@ -21,11 +21,12 @@ _DOMAIN = "cmfl-p2p/envelope/1"
 MAX_ENVELOPE_BYTES = 1024 * 1024 - 16 * 1024
 
 #: update and scores carry learning; the pBFT kinds (bft.messages.KINDS) agree on the block;
-#: block and evidence (an equivocation proof) concern every peer; join is a non-member's request
+#: pledge is a judge's commitment to its vote vector before it reveals it in its scores
+#: (judged rounds with pledged votes); block and evidence (an equivocation proof) concern every peer; join is a non-member's request
 #: to become one (chain.membership); metrics is a peer's federated evaluation of a committed
 #: block on its own held-out data (p2p_node.federated_eval).
 KINDS = ("update", "scores", "pre_prepare", "prepare", "commit", "view_change", "new_view",
-         "block", "evidence", "join", "metrics")
+         "block", "evidence", "join", "metrics", "pledge")
 #: The only kinds whose payload may hold floats (docs/protocol.md): score distances, DP
 #: parameters of an update, a block (its update references carry those DP parameters), and
 #: metrics (a peer's evaluation values).

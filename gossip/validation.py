@@ -21,7 +21,7 @@ FUTURE_ROUND_WINDOW = 2
 #: pair as evidence (equivocation); a third is a flood. Copies (rebroadcasts) do not count.
 #: Without this a member's well-signed, all-different updates for the next rounds were admitted,
 #: relayed by every peer and held: commits fell to a quarter while it lasted.
-DISTINCT_PER_ROUND = {"update": 2, "scores": 2}
+DISTINCT_PER_ROUND = {"update": 2, "scores": 2, "pledge": 2}
 #: ... and of all round-scoped kinds together: pBFT sends up to 5 per view (pre-prepare, prepare,
 #: commit, view change, new view), so this leaves room for 25 views, far past what the view
 #: timer's doubling back-off reaches in a round; our own messages pass this check too, and a

@@ -58,6 +58,11 @@ class ChoiceConfig:
     #: "scale": each judge's relative votes divided by its largest one in size, so judges
     #: whose loss moves a lot do not decide the median's place alone
     normalize: str = "none"
+    #: the peers' vote protocol (learning ignores it): True makes every judge first gossip a
+    #: hash of its vote vector (a pledge) and reveal the votes only once the other judges'
+    #: pledges are in, so a liar cannot read the honest votes before it commits to its own
+    #: (chain.round_rules.counted_votes; docs/protocol.md, "Pledged votes")
+    pledged: bool = False
 
     def __post_init__(self) -> None:
         if self.subsets < 0 or self.size < 1:

@@ -163,7 +163,7 @@ class RoundConfig:
 
 
 #: the genesis `selection.choice` keys (learning.choice.ChoiceConfig's fields)
-CHOICE_KEYS = ("subsets", "size", "statistic", "tolerate", "reference", "normalize")
+CHOICE_KEYS = ("subsets", "size", "statistic", "tolerate", "reference", "normalize", "pledged")
 
 
 def choice_config(settings: Any) -> ChoiceConfig | None:
@@ -185,12 +185,20 @@ def choice_config(settings: Any) -> ChoiceConfig | None:
                         statistic=str(settings.get("statistic", d.statistic)),
                         tolerate=float(settings.get("tolerate", d.tolerate)),
                         reference=str(settings.get("reference", d.reference)),
-                        normalize=str(settings.get("normalize", d.normalize)))
+                        normalize=str(settings.get("normalize", d.normalize)),
+                        pledged=_flag(settings.get("pledged", d.pledged)))
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"selection.choice.pledged must be true or false, got {value!r}")
+    return value
 
 
 def choice_settings(config: ChoiceConfig) -> dict[str, Any]:
-    """The genesis `selection.choice` dict of a ChoiceConfig (every key written)."""
-    return {k: getattr(config, k) for k in CHOICE_KEYS}
+    """The genesis `selection.choice` dict of a ChoiceConfig (every key written, but `pledged`
+    only when set: judged genesis files from before it keep their hash)."""
+    return {k: getattr(config, k) for k in CHOICE_KEYS if k != "pledged" or config.pledged}
 
 
 @dataclass(frozen=True)

@@ -250,6 +250,17 @@ class RushingJudge:
         honest = set(ctx.committee) - self.colluders
         return set(self.honest_votes(ctx, payload, vectors)) >= honest
 
+    def blind_losses(self, ctx: RoundContext, updates: tuple[tuple[str, bytes], ...],
+                     losses: list[float]) -> list[float]:
+        """Pledged votes: the losses (base first) whose votes are the blind lie, made from our
+        own measured votes alone (learning.choice.judge_votes inverted)."""
+        from chain.round_rules import votes_payload
+        from learning.choice import judge_votes
+
+        own = votes_payload(dict(updates), list(judge_votes(losses[0], losses[1:])))
+        lie = self.lie(ctx, own, {})["votes"]
+        return [losses[0], *(losses[0] - v for v in lie)]
+
     def lie(self, ctx: RoundContext, payload: dict,
             vectors: Mapping[tuple[str, tuple], bytes]) -> dict:
         """The vote to send instead of `payload` (our measured vote stands in for the honest

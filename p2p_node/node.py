@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
@@ -25,7 +26,7 @@ from libp2p.pubsub.pb import rpc_pb2
 
 from chain.genesis import Genesis
 from chain.membership import MembershipRules
-from chain.round_rules import RoundContext
+from chain.round_rules import SALT_BYTES, RoundContext
 from chain.store import BlockStore, ModelStore, retain_checkpoints
 from chain.verify import ChainVerifier
 from gossip.envelope import MAX_ENVELOPE_BYTES, Envelope, decode_envelope
@@ -511,7 +512,8 @@ class Node:
         for action in actions:
             if isinstance(action, Persist):
                 self.store.put_state(action.key, action.value)
-            elif self.rushing_judge is not None and RushingJudge.is_vote(action):
+            elif self.rushing_judge is not None and RushingJudge.is_vote(action) and \
+                    not machine.pledged_votes:
                 times.mark("collected")
                 nursery.start_soon(self._rush_vote, ctx, machine, action)
             elif isinstance(action, Publish):
@@ -527,7 +529,7 @@ class Node:
             elif isinstance(action, FetchModel):
                 nursery.start_soon(self._fetch_model, ctx.height, action)
             elif isinstance(action, Judge):
-                nursery.start_soon(self._judge, action, times)
+                nursery.start_soon(self._judge, action, times, machine)
             elif isinstance(action, SetTimer):
                 nursery.start_soon(self._timer, ctx.height, action)
             elif isinstance(action, HintBehind):
@@ -714,9 +716,9 @@ class Node:
                        "honest_seen": seen})
         await self._publish(ctx, "scores", lie, keep=vote.repeat)
 
-    async def _judge(self, action: Judge, times: RoundTimes) -> None:
+    async def _judge(self, action: Judge, times: RoundTimes, machine: RoundMachine) -> None:
         """Judged rounds: our training data's loss on the base model and on every candidate
-        (off the event loop), fed back as `Judged`."""
+        (off the event loop), fed back as `Judged` with a fresh salt (for a pledge)."""
         started = time.monotonic()
         losses = await trio.to_thread.run_sync(
             self.task.losses, [action.base, *action.candidates], self.train_data,
@@ -724,7 +726,15 @@ class Node:
         times.marks["judge_seconds"] = time.monotonic() - started
         log.info("round %d: judged %d candidate models in %.2fs", action.height,
                  len(action.candidates), time.monotonic() - started)
-        await self._inbox_send.send(Judged(action.height, losses[0], tuple(losses[1:])))
+        if self.rushing_judge is not None and machine.pledged_votes and machine.judging:
+            # Attack lab: a pledged liar cannot wait for the honest votes (they are revealed
+            # only once its pledge is in): it pledges the harness's blind lie, its own votes
+            # standing in for the honest ones.
+            losses = self.rushing_judge.blind_losses(machine.ctx, machine.judging, losses)
+            log.warning("attack lab: pledging the blind lie")
+            self.on_event({"event": "blind-lie", "peer": self.me, "height": action.height})
+        await self._inbox_send.send(Judged(action.height, losses[0], tuple(losses[1:]),
+                                           os.urandom(SALT_BYTES)))
 
     async def _commit(self, ctx: RoundContext, action: Commit, times: RoundTimes) -> None:
         block = action.committed.block

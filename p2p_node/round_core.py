@@ -36,7 +36,7 @@ from p2p_node.round_machine import (
 
 #: Which topic carries which kinds: updates are the bulk, blocks are for every peer, join
 #: requests are the only thing a non-member may send.
-TOPIC_KINDS = {"updates": ("update",), "committee": ("scores", *PBFT_KINDS),
+TOPIC_KINDS = {"updates": ("update",), "committee": ("scores", "pledge", *PBFT_KINDS),
                "blocks": ("block", "evidence", "metrics"), "membership": ("join",)}
 #: Topics where a peer republishes others' signed envelopes (pBFT relays to members behind);
 #: on the others every envelope is published by its own signer.

@@ -20,6 +20,7 @@ then fetches the new model by its hash (FetchModel) and commits it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections import Counter
 from typing import Any, Mapping, Union
 
 import cbor2
@@ -38,9 +39,15 @@ from chain.round_rules import (
     derive_block,
     evidence_member,
     MAX_VOTE_SETS,
+    SALT_BYTES,
+    counted_senders,
     judged_candidates,
     judged_group,
+    parse_pledge_body,
     parse_vector_body,
+    pledge_digest,
+    pledge_payload,
+    reveal_payload,
     scores_payload,
     update_dp,
     votes_payload,
@@ -74,12 +81,15 @@ INLINE_UPDATE_BYTES = MAX_ENVELOPE_BYTES - 4096
 
 #: The timers the round core arms besides pBFT's view timer (bft.pbft.VIEW_TIMER).
 COLLECT_TIMER, PROPOSE_TIMER, STALL_TIMER = "collect", "propose", "stall"
+#: Pledged votes: reveal what we pledged even if some judges' pledges are still missing
+REVEAL_TIMER = "reveal"
 #: Our messages of which we never sign two different ones in a round, even across restarts: a
 #: second one would be evidence against us (check_evidence). Written ahead under "signed-<kind>".
-WRITTEN_AHEAD_KINDS = ("update", "scores")
+WRITTEN_AHEAD_KINDS = ("update", "scores", "pledge")
 #: The store records the core reads back at the start of a round (`persisted`), and writes
-#: through `Persist` actions.
-PERSISTED_KEYS = ("pbft", *(f"signed-{kind}" for kind in WRITTEN_AHEAD_KINDS))
+#: through `Persist` actions ("pledge-secret": the votes and salt our pledges hash, so a
+#: restarted judge reveals what it pledged).
+PERSISTED_KEYS = ("pbft", *(f"signed-{kind}" for kind in WRITTEN_AHEAD_KINDS), "pledge-secret")
 
 
 @dataclass(frozen=True)
@@ -94,10 +104,18 @@ class RoundTimeouts:
     #: leader that waited out both deadlines still proposes in time. It is also the stall
     #: watch's period (a round open that long may have missed its certified block).
     view: float | None = None
+    #: pledged votes: a judge reveals once every judge's pledge is in, or at the propose
+    #: deadline; a pledge made after that (to repair a stuck round) is revealed at the latest
+    #: this long after it. None: half of `propose`
+    reveal: float | None = None
 
     @property
     def base_view(self) -> float:
         return self.view or self.collect + self.propose + 10.0
+
+    @property
+    def reveal_after(self) -> float:
+        return self.reveal if self.reveal is not None else self.propose / 2
 
 
 # inputs ----------------------------------------------------------------------------------------
@@ -125,6 +143,8 @@ class Judged:
     height: int
     base_loss: float
     losses: tuple[float, ...]
+    #: pledged votes: SALT_BYTES fresh random bytes (the driver's), hidden in our pledge
+    salt: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -359,6 +379,23 @@ class RoundMachine:
         self.vote_vectors: dict[tuple[str, tuple], bytes] = {}
         #: judged rounds: the update sets we signed a vote on
         self._voted: set[tuple[tuple[str, bytes], ...]] = set()
+        #: pledged votes: every pledge held, by (judge, update set), and the envelopes of
+        #: others' (evidence should one sign a second on a set)
+        self.pledges: dict[tuple[str, tuple], bytes] = {}
+        self._pledge_envelopes: dict[tuple[str, tuple], Envelope] = {}
+        #: ... our own, by update set: the votes (as sent) and salt they hash, and which we
+        #: revealed
+        self._pledged: dict[tuple, tuple[list[float], bytes]] = {}
+        self._revealed: set[tuple] = set()
+        #: ... and whose reveal deadline passed: the propose deadline, or for a pledge made
+        #: after it its own `REVEAL_TIMER` (its view the pledge's number this round)
+        self._reveal_due: set[tuple] = set()
+        self._pledge_order: list[tuple] = []
+        if persisted.get("pledge-secret"):
+            held_height, secrets = cbor2.loads(persisted["pledge-secret"])
+            if held_height == ctx.height:
+                self._pledged = {tuple((t, d) for t, d in u): (list(v), salt)
+                                 for u, v, salt in secrets}
         self.collect_expired = False
         self.propose_expired = False
         self.scored = False
@@ -418,8 +455,8 @@ class RoundMachine:
                 return []  # a worker or timer of a round already decided
             case Trained(_, state, samples, dp):
                 return self._write_ahead(self.on_own_update(state, samples, dp))
-            case Judged(_, base_loss, losses):
-                return self._write_ahead(self.on_judged(base_loss, losses))
+            case Judged(_, base_loss, losses, salt):
+                return self._write_ahead(self.on_judged(base_loss, losses, salt))
             case BlobArrived(_, digest, data):
                 return self._write_ahead(self.on_blob(digest, data))
             case ModelArrived(_, digest, data):
@@ -440,10 +477,10 @@ class RoundMachine:
         for action in actions:
             if isinstance(action, Publish) and action.kind in WRITTEN_AHEAD_KINDS:
                 payload = self.written_ahead.setdefault(action.kind, action.payload)
-                if action.kind == "scores" and isinstance(payload, dict) and \
+                if action.kind in ("scores", "pledge") and isinstance(payload, dict) and \
                         payload.get("judged") != action.payload.get("judged"):
                     # a judge's vote on another update set (MAX_VOTE_SETS): not a second one
-                    payload = self.written_ahead["scores"] = action.payload
+                    payload = self.written_ahead[action.kind] = action.payload
                 out.append(Persist(f"signed-{action.kind}", cbor2.dumps(
                     [self.ctx.height, payload], canonical=True)))
                 action = Publish(action.kind, payload)
@@ -569,6 +606,7 @@ class RoundMachine:
     def on_propose_deadline(self) -> list[Action]:
         """Stop waiting for every member's scores: build the candidate block from a quorum."""
         self.propose_expired = True
+        self._reveal_due |= set(self._pledge_order)  # pledged votes: reveal what we pledged
         return self._progress()
 
     def on_timer(self, name: str, view: int) -> list[Action]:
@@ -580,6 +618,9 @@ class RoundMachine:
                     *self.on_collect_deadline()]
         if name == PROPOSE_TIMER:
             return self.on_propose_deadline()
+        if name == REVEAL_TIMER:
+            self._reveal_due |= {u for i, u in enumerate(self._pledge_order) if i == view}
+            return self._progress()
         if name == STALL_TIMER:
             return [HintBehind(), SetTimer(STALL_TIMER, 0, self.timeouts.base_view)]
         if self.consensus is None:
@@ -595,7 +636,7 @@ class RoundMachine:
                 actions = self._on_consensus(env)
             else:
                 handler = {"update": self._on_update, "scores": self._on_scores,
-                           "block": self._on_block}[env.kind]
+                           "pledge": self._on_pledge, "block": self._on_block}[env.kind]
                 actions = handler(env)
         except BlockError as exc:  # a malformed score vector, or a block failing its certificate
             return [Rejected(env.sender, env.kind, str(exc), f"invalid-{env.kind}")]
@@ -761,6 +802,27 @@ class RoundMachine:
         self.score_vectors.setdefault(env.sender, raw)
         return []
 
+    def _on_pledge(self, env: Envelope) -> list[Action]:
+        """A judge's pledge (pledged votes): one per update set it judged, MAX_VOTE_SETS at
+        most; a second, different one on a set is evidence."""
+        if env.sender not in self.ctx.committee:
+            return [Rejected(env.sender, "pledge", "sender is not a judge this round")]
+        updates, pledge = parse_pledge_body(self.ctx, env)
+        key = (env.sender, updates)
+        held = self._pledge_envelopes.get(key)
+        if held is not None:
+            return [] if held.signing_bytes() == env.signing_bytes() else \
+                self._second_message(held, env)
+        if key in self.pledges:  # our own, back through gossip
+            self._pledge_envelopes[key] = env
+            return []
+        if sum(j == env.sender for j, _ in self.pledges) >= MAX_VOTE_SETS:
+            return [Rejected(env.sender, "pledge", f"more than {MAX_VOTE_SETS} pledges this "
+                             "round", "invalid-pledge")]
+        self.pledges[key] = pledge
+        self._pledge_envelopes[key] = env
+        return []
+
     def _on_consensus(self, env: Envelope) -> list[Action]:
         if self.consensus is None:
             return []  # not a validator: the certified block will come as a `block`
@@ -830,7 +892,8 @@ class RoundMachine:
         """Take every step the inputs so far allow, in protocol order."""
         if self.committed:
             return []
-        actions = self._maybe_score() + self._maybe_candidate() + self._recheck_validity()
+        actions = self._maybe_score() + self._maybe_repledge() + self._maybe_reveal()
+        actions += self._maybe_candidate() + self._recheck_validity()
         actions += self._maybe_vote_again()
         return actions + self._maybe_commit()
 
@@ -882,7 +945,7 @@ class RoundMachine:
         of votes (a late update split the judges: some judged it, some did not): vote once
         more, on the set most other judges voted on of those we hold every update of."""
         if not (self.ctx.selection.judged and self.propose_expired and self._voted) or \
-                self._judging is not None or self.candidate is not None or \
+                self.pledged_votes or self._judging is not None or self.candidate is not None or \
                 len(self._voted) >= MAX_VOTE_SETS:
             return []
         group = judged_group(self.ctx, self._held_votes())
@@ -897,15 +960,95 @@ class RoundMachine:
                 return self._judge(updates)
         return []
 
-    def on_judged(self, base_loss: float, losses: tuple[float, ...]) -> list[Action]:
+    def on_judged(self, base_loss: float, losses: tuple[float, ...],
+                  salt: bytes = b"") -> list[Action]:
         """Our data's losses arrived: sign our vote vector (written ahead, like a score
-        vector: never two in a round)."""
+        vector: never two in a round), or on a pledged network our pledge to it."""
         if self._judging is None or self.committed:
             return []
         updates, self._judging = self._judging, None
         self._voted.add(updates)
         votes = list(judge_votes(base_loss, losses))
-        return [Publish("scores", votes_payload(dict(updates), votes))] + self._progress()
+        if not self.pledged_votes:
+            return [Publish("scores", votes_payload(dict(updates), votes))] + self._progress()
+        if updates not in self._pledged:  # else pledged before a restart: reveal that
+            if len(salt) != SALT_BYTES:
+                raise ValueError(f"pledged votes need a {SALT_BYTES}-byte salt, got {len(salt)}")
+            self._pledged[updates] = (votes_payload({}, votes)["votes"], salt)
+        wire, salt = self._pledged[updates]
+        self.pledges[(self.me, updates)] = pledge_digest(self.ctx, self.me, updates, wire, salt)
+        self._pledge_order.append(updates)
+        secrets = [[[[t, d] for t, d in u], v, s] for u, (v, s) in sorted(self._pledged.items())]
+        actions: list[Action] = [
+            Persist("pledge-secret", cbor2.dumps([self.ctx.height, secrets], canonical=True)),
+            Publish("pledge", pledge_payload(updates, self.pledges[(self.me, updates)]))]
+        if self.propose_expired:  # a pledge to repair a stuck round: its own reveal deadline
+            actions.append(SetTimer(REVEAL_TIMER, self._pledge_order.index(updates),
+                                    self.timeouts.reveal_after))
+        return actions + self._progress()
+
+
+
+    @property
+    def pledged_votes(self) -> bool:
+        """Whether this network's judges pledge their votes before revealing them."""
+        choice = self.ctx.selection.choice
+        return choice is not None and choice.pledged
+
+    @property
+    def judging(self) -> tuple[tuple[str, bytes], ...] | None:
+        """The update set a `Judge` we asked for is judging (None: none asked)."""
+        return self._judging
+
+    def _maybe_reveal(self) -> list[Action]:
+        """Pledged votes: reveal each update set we pledged on once every judge's pledge on
+        it is in (judges the evidence we hold convicts are not waited for), or its reveal
+        deadline passed (the propose deadline: honest judges that judged late, under load,
+        still get listed); the reveal lists every pledge on that set we hold
+        (counted_votes)."""
+        actions: list[Action] = []
+        awaited = set(self.ctx.committee) - self.ctx.excluded - self._proven
+        for updates, (votes, salt) in sorted(self._pledged.items()):
+            if updates in self._revealed or (self.me, updates) not in self.pledges:
+                continue
+            seen = {j: p for (j, u), p in self.pledges.items() if u == updates}
+            if not (updates in self._reveal_due or set(seen) >= awaited):
+                continue
+            self._revealed.add(updates)
+            actions.append(Publish("scores", reveal_payload(updates, votes, salt, seen)))
+        return actions
+
+    def _maybe_repledge(self) -> list[Action]:
+        """Pledged votes: judges that judged different update sets (a late update reached only
+        some before their collect deadline) move to one. A set is *viable* once a quorum of
+        judges pledged on it or on a larger set holding it (they hold its updates); we judge
+        the best viable set (the largest, then by digests) if it is better than every set we
+        pledged on and we hold its updates, before its judges reveal. Once the propose
+        deadline passed with no set at a quorum of counted votes (judges that lacked an update
+        withheld or revealed too early), we judge the best viable set we have not judged."""
+        if not self.pledged_votes or not self._voted or self._judging is not None or \
+                self.candidate is not None or len(self._voted) >= MAX_VOTE_SETS:
+            return []
+        pledged: dict[str, list[set]] = {}
+        for judge, updates in self.pledges:
+            if judge not in self._proven:
+                pledged.setdefault(judge, []).append(set(updates))
+
+        def rank(updates: tuple) -> tuple:
+            holders = sum(any(set(updates) <= s for s in sets) for sets in pledged.values())
+            return (holders >= self.ctx.quorum, len(updates), tuple(d for _, d in updates))
+
+        sets = sorted({u for _, u in self.pledges}, key=rank, reverse=True)
+        stuck = self.propose_expired and not self.ctx.enough_score_vectors(
+            counted_senders(self.ctx, judged_group(self.ctx, self._held_votes())), self._proven)
+        ours = max(rank(u) for u in self._voted)
+        for updates in sets:
+            if not rank(updates)[0] or (not stuck and rank(updates) <= ours):
+                break
+            if updates not in self._voted and all(
+                    t in self.updates and self.updates[t].digest == d for t, d in updates):
+                return self._judge(updates)
+        return []
 
     def _maybe_candidate(self) -> list[Action]:
         """Derive the block our score vectors imply; the pBFT core proposes it if we lead."""
@@ -917,7 +1060,7 @@ class RoundMachine:
         vectors = self.score_vectors
         if self.ctx.selection.judged:  # only votes on one update set make a block
             vectors = judged_group(self.ctx, self._held_votes())
-        senders = set(vectors)
+        senders = counted_senders(self.ctx, vectors) if self.ctx.selection.judged else set(vectors)
         if not (set(self.score_vectors) >= set(self.ctx.committee) - self._proven
                 or self.propose_expired):
             return []

@@ -8,7 +8,8 @@ import trio
 from bft.quorum import quorum_size
 from chain.genesis import SELECTION_PRESETS, Genesis
 from chain.position import ChainPosition
-from chain.round_rules import outline_round
+from chain.round_rules import counted_votes, outline_round, parse_votes_body
+from gossip.envelope import decode_envelope
 from chain.verify import verify_store
 from learning.data import load_digits_split
 from learning.model import ModelSpec
@@ -59,7 +60,12 @@ def test_judged_rounds_commit_one_chain_that_every_peer_re_derives(tmp_path):
         # every member trains and judges: no elected committee
         assert block.trainers == members and block.committee == members
         assert len(block.score_vectors) >= quorum_size(len(members))
-        outline = outline_round(position.context(), list(block.score_vectors))
+        ctx = position.context()
+        assert ctx.selection.choice.pledged  # the default rule pledges its votes
+        vectors = {decode_envelope(r).sender: parse_votes_body(ctx, decode_envelope(r))
+                   for r in block.score_vectors}
+        assert len(counted_votes(ctx, vectors)) >= quorum_size(len(members))
+        outline = outline_round(ctx, list(block.score_vectors))
         assert outline.candidate is not None and block.selected == outline.candidate.trainers
         position.advance(committed)
     _, test = load_digits_split(genesis.seed)
@@ -74,7 +80,8 @@ def test_colluding_judges_that_craft_lie_and_equivocate_cannot_fork_or_stop_the_
     """Two of seven members (f = 2) collude on every lever the judged rule leaves them: they
     craft their updates from every honest update of the round (omniscient clip_push_near), hold
     their votes back until the honest votes are in and then send the rule-aware lie
-    (attack_lab.RushingJudge), and one of them also equivocates its pBFT votes. The
+    (attack_lab.RushingJudge; on this pledged network, the blind lie), and one of them also
+    equivocates its pBFT votes. The
     five honest peers still commit one chain, round after round, that each of them verifies.
     (The model's quality under this attack is the harness's measurement, not this test's.)"""
     attack = "clip_push_near"
@@ -92,7 +99,9 @@ def test_colluding_judges_that_craft_lie_and_equivocate_cannot_fork_or_stop_the_
         hashes = {e["hash"] for e in log.events if e["event"] == "committed"
                   and e["height"] == height and e["peer"] in honest}
         assert len(hashes) == 1, f"honest peers disagree at height {height}: {hashes}"
-    lies = [e for e in log.events if e["event"] == "rushing-lie"]
+    # pledged votes (the default): they cannot read the honest votes first, so they pledge
+    # the blind lie, which counts like any vote pledged in time
+    lies = [e for e in log.events if e["event"] == "blind-lie"]
     assert {e["peer"] for e in lies if e["height"] == 0} == {a, b}, "the colluders never lied"
     # every honest peer caught the equivocated pBFT vote first-hand
     convicted = {(e["peer"], e["member"]) for e in log.events if e["event"] == "evidence"}

@@ -73,8 +73,8 @@ def loss_of(peer, state):
 class JudgedNetwork:
     """Every machine fed every published message; `Judge` answered with `loss_of`."""
 
-    def __init__(self, liars=(), lie=None):
-        self.machines = {p: RoundMachine(context(), p) for p in MEMBERS}
+    def __init__(self, liars=(), lie=None, selection=JUDGED):
+        self.machines = {p: RoundMachine(context(selection), p) for p in MEMBERS}
         self.queue: deque[bytes] = deque()
         self.commits = {}
         self.rejections = []
@@ -97,8 +97,9 @@ class JudgedNetwork:
             elif isinstance(action, Judge):
                 self.judges_asked += 1
                 losses = [loss_of(peer, s) for s in (action.base, *action.candidates)]
+                salt = bytes([MEMBERS.index(peer), self.judges_asked]) * 8
                 self.emit(peer, self.machines[peer].feed(
-                    Judged(0, losses[0], tuple(losses[1:]))))
+                    Judged(0, losses[0], tuple(losses[1:]), salt)))
             elif isinstance(action, Commit):
                 self.commits[peer] = action
             elif isinstance(action, Rejected):
@@ -115,9 +116,11 @@ class JudgedNetwork:
                     continue
                 self.emit(peer, machine.feed(Received(env)))
 
-    def expire(self, name):
+    def expire(self, name, peers=None, view=0):
         for peer, machine in self.machines.items():
-            self.emit(peer, machine.feed(TimerFired(0, name, 0)))
+            if peers is not None and peer not in peers:
+                continue
+            self.emit(peer, machine.feed(TimerFired(0, name, view)))
 
     def run(self):
         for peer, machine in self.machines.items():
