@@ -6,6 +6,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import cbor2
 import pytest
 
 from chain.block import Block, BlockError, CommittedBlock
@@ -183,3 +184,25 @@ def test_sealed_update_opens_for_each_reader_and_only_with_its_key(vectors):
     trainer = Signer(seeds[env.sender])
     with pytest.raises(SealError, match="not sealed to us"):
         open_sealed(env.payload["sealed"], env.payload["keys"], SealKey(trainer), commit)
+
+
+def test_pledged_vote_opens_its_pledge(vectors):
+    """docs/protocol.md, Pledged votes: the pledge is BLAKE2b-256 (person cmfl-vote-pledge) of
+    the canonical CBOR [network id, height, judge, judged, votes, salt] of the reveal."""
+    from types import SimpleNamespace
+
+    from chain.round_rules import pledge_digest
+
+    v = vectors["pledged_vote"]
+    pledge = decode_envelope(bytes.fromhex(v["pledge_envelope"]["wire"]))
+    reveal = decode_envelope(bytes.fromhex(v["reveal_envelope"]["wire"]))
+    assert pledge.has_valid_signature() and reveal.has_valid_signature()
+    assert pledge.kind == "pledge" and pledge.payload["pledge"].hex() == v["pledge"]
+    body = reveal.payload
+    assert cbor2.dumps([pledge.network_id, pledge.round, reveal.sender, body["judged"],
+                        body["votes"], body["salt"]], canonical=True).hex() == v["preimage"]
+    ctx = SimpleNamespace(network_id=pledge.network_id, height=pledge.round)
+    updates = tuple((t, d) for t, d in body["judged"])
+    assert pledge_digest(ctx, reveal.sender, updates, body["votes"], body["salt"]).hex() == \
+        v["pledge"]
+    assert body["seen"] == [[reveal.sender, pledge.payload["pledge"]]]

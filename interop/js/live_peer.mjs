@@ -63,7 +63,7 @@ const NETWORK_ID = networkIdOf(genesisText);
 const PREFIX = hex(NETWORK_ID).slice(0, 16);
 const TOPIC_KINDS = {
   updates: ['update'],
-  committee: ['scores', 'pre_prepare', 'prepare', 'commit', 'view_change', 'new_view'],
+  committee: ['scores', 'pledge', 'pre_prepare', 'prepare', 'commit', 'view_change', 'new_view'],
   blocks: ['block', 'evidence', 'metrics'],
   membership: ['join'],
 };

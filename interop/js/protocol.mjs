@@ -36,7 +36,7 @@ export function ed25519Verify(peerId, message, signature) {
 }
 
 const KEYS = ['k', 'n', 'p', 'r', 's', 'sig'];
-export const KINDS = ['update', 'scores', 'pre_prepare', 'prepare', 'commit', 'view_change', 'new_view', 'block', 'evidence', 'join', 'metrics'];
+export const KINDS = ['update', 'scores', 'pre_prepare', 'prepare', 'commit', 'view_change', 'new_view', 'block', 'evidence', 'join', 'metrics', 'pledge'];
 
 export function decodeEnvelope(wire) {
   const m = decode(wire);

@@ -117,6 +117,24 @@ def sealed_update(trainer: Signer, readers: list[Signer], base_hash: bytes) -> d
             "envelope": _env(env, "sealed inline update")}
 
 
+def pledged_vote(judge: Signer, trainer: Signer, update: Envelope) -> dict[str, Any]:
+    """A pledged judge's pledge and reveal (docs/protocol.md, Pledged votes): the pledge is
+    the personalised BLAKE2b-256 of the canonical CBOR preimage below."""
+    judged = [[trainer.peer_id, update.digest()]]
+    votes, salt = [0.0, 0.25, -0.5, 0.125], bytes(range(16))
+    preimage = cbor2.dumps([NETWORK_ID, 1, judge.peer_id, judged, votes, salt], canonical=True)
+    pledge = hashlib.blake2b(preimage, digest_size=32, person=b"cmfl-vote-pledge").digest()
+    pledge_env = Envelope("pledge", NETWORK_ID, 1, "", {"judged": judged, "pledge": pledge}
+                          ).signed_by(judge)
+    reveal = Envelope("scores", NETWORK_ID, 1, "", {
+        "judged": judged, "votes": votes, "salt": salt,
+        "seen": [[judge.peer_id, pledge]]}).signed_by(judge)
+    return {"preimage": preimage.hex(), "pledge": pledge.hex(),
+            "pledge_envelope": _env(pledge_env, "a judge's pledge"),
+            "reveal_envelope": _env(reveal, "its reveal: the votes pledged, the salt, the "
+                                    "pledges it held")}
+
+
 def build() -> dict[str, Any]:
     keys = signers()
     committee = sorted(k.peer_id for k in keys[:4])
@@ -172,6 +190,7 @@ def build() -> dict[str, Any]:
                            "compression int8): q [127, -64], float32 scale 0.5/127")],
         "update_codecs": codec_vectors(),
         "sealed_update": sealed_update(trainer, [by_id[m] for m in committee], base),
+        "pledged_vote": pledged_vote(by_id[committee[0]], trainer, update),
         "block": {"committee": committee, "encoded": block.encode().hex(),
                   "hash": block.hash().hex(), "prev_hash": block.prev_hash.hex(),
                   "certificate": {"view": view, "commits": [[m, s.hex()] for m, s in votes]},
