@@ -250,6 +250,8 @@ class VoteVector:
     #: the pledges on this update set its judge held when it revealed, as (judge, pledge)
     salt: bytes = b""
     seen: tuple[tuple[str, bytes], ...] = ()
+    #: ... and the pledge these votes and salt open (pledge_digest), computed once
+    pledge: bytes = b""
 
 
 def votes_payload(updates: dict[str, bytes], votes: list[float]) -> dict:
@@ -332,16 +334,21 @@ def counted_votes(ctx: RoundContext, vectors: dict[str, VoteVector]) -> set[str]
         return set(vectors)
     need = len(vectors) - fault_tolerance(len(ctx.committee))
     listed = Counter(pair for vector in vectors.values() for pair in vector.seen)
-    return {judge for judge, v in vectors.items()
-            if listed[(judge, pledge_digest(ctx, judge, v.updates, v.votes, v.salt))] >= need}
+    return {judge for judge, v in vectors.items() if listed[(judge, v.pledge or pledge_digest(
+        ctx, judge, v.updates, v.votes, v.salt))] >= need}
 
 
-def counted_senders(ctx: RoundContext, vectors: dict[str, bytes]) -> set[str]:
-    """`counted_votes` of signed vote vectors (already checked), by judge."""
+def counted_senders(ctx: RoundContext, vectors: dict[str, bytes],
+                    parsed: dict[bytes, VoteVector] | None = None) -> set[str]:
+    """`counted_votes` of signed vote vectors (already checked), by judge; `parsed` caches
+    the parsed vectors by their bytes across calls (the round core asks on every input)."""
     if not (ctx.selection.choice is not None and ctx.selection.choice.pledged):
         return set(vectors)
-    return counted_votes(ctx, {j: parse_votes_body(ctx, decode_envelope(raw))
-                               for j, raw in vectors.items()})
+    cache = parsed if parsed is not None else {}
+    for raw in vectors.values():
+        if raw not in cache:
+            cache[raw] = parse_votes_body(ctx, decode_envelope(raw))
+    return counted_votes(ctx, {j: cache[raw] for j, raw in vectors.items()})
 
 
 def judged_candidates(ctx: RoundContext, updates: tuple[tuple[str, bytes], ...]
@@ -382,8 +389,9 @@ def parse_votes_body(ctx: RoundContext, env: Envelope) -> VoteVector:
         raise BlockError("seen is not a list of [judge, 32-byte pledge]")
     if [j for j, _ in seen] != sorted({j for j, _ in seen}):
         raise BlockError("seen pledges are not in judge order, each once")
-    return VoteVector(updates, tuple(float(v) for v in votes), salt,
-                      tuple((j, p) for j, p in seen))
+    floats = tuple(float(v) for v in votes)
+    return VoteVector(updates, floats, salt, tuple((j, p) for j, p in seen),
+                      pledge_digest(ctx, env.sender, updates, floats, salt))
 
 
 #: Vote vectors a judge signs in one round, at most: its own, and one on the update set other
@@ -391,8 +399,8 @@ def parse_votes_body(ctx: RoundContext, env: Envelope) -> VoteVector:
 MAX_VOTE_SETS = 2
 
 
-def judged_group(ctx: RoundContext, vectors: Iterable[tuple[str, tuple, bytes]]
-                 ) -> dict[str, bytes]:
+def judged_group(ctx: RoundContext, vectors: Iterable[tuple[str, tuple, bytes]],
+                 parsed: dict[bytes, VoteVector] | None = None) -> dict[str, bytes]:
     """Of the vote vectors held, as (judge, the update set it judged, signed bytes), each
     already checked (a judge may have voted on up to MAX_VOTE_SETS sets), those a block can be
     built from, by judge: votes on different sets are votes on different candidates, so one
@@ -404,7 +412,8 @@ def judged_group(ctx: RoundContext, vectors: Iterable[tuple[str, tuple, bytes]]
         groups.setdefault(updates, {})[member] = raw
     if not groups:
         return {}
-    enough = [u for u in groups if ctx.enough_score_vectors(counted_senders(ctx, groups[u]), ())]
+    enough = [u for u in groups
+              if ctx.enough_score_vectors(counted_senders(ctx, groups[u], parsed), ())]
     if enough:
         return groups[min(enough, key=lambda u: (-len(u), u))]
     return groups[min(groups, key=lambda u: (-len(groups[u]), -len(u), u))]

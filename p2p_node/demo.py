@@ -209,13 +209,13 @@ def _run_network(cfg: DemoConfig, out: Path, n_attackers: int,
            if attackers else "no attackers")
     rule = "FedAvg (every update)" if selection else \
         "judged rounds (cmfl-choose: every peer trains and judges)" \
-        if cfg.rule == "cmfl-choose" else "CMFL selection"
+        if cfg.rule.startswith("cmfl-choose") else "CMFL selection"
     if cfg.consensus == "members":
         rule += ", every member signs certificates"
     if cfg.sealing != "none":
         rule += f", updates sealed to the {cfg.sealing}"
     print(f"demo: {cfg.peers} peers ({who}), "
-          + ("" if cfg.rule == "cmfl-choose" and not selection
+          + ("" if cfg.rule.startswith("cmfl-choose") and not selection
              else f"committee of {cfg.committee_size}, ") +
           f"{cfg.rounds} rounds, task {cfg.task} ({cfg.partition}), {rule}")
     print(f"demo: network id {genesis.network_id.hex()[:16]}, output in {out}/")

@@ -377,6 +377,8 @@ class RoundMachine:
         self.score_vectors: dict[str, bytes] = {}
         #: judged rounds: every vote vector held, by (judge, update set it judged)
         self.vote_vectors: dict[tuple[str, tuple], bytes] = {}
+        #: ... parsed, by their bytes (counted_senders asks on every input)
+        self._parsed_votes: dict[bytes, Any] = {}
         #: judged rounds: the update sets we signed a vote on
         self._voted: set[tuple[tuple[str, bytes], ...]] = set()
         #: pledged votes: every pledge held, by (judge, update set), and the envelopes of
@@ -791,7 +793,8 @@ class RoundMachine:
 
     def _on_votes(self, env: Envelope, raw: bytes) -> list[Action]:
         """A judge's vote vector: one per update set it judged, MAX_VOTE_SETS at most."""
-        updates = parse_vector_body(self.ctx, env).updates
+        vector = parse_vector_body(self.ctx, env)
+        updates = vector.updates
         held = self.vote_vectors.get((env.sender, updates))
         if held is not None:
             return [] if held == raw else self._second_message(decode_envelope(held), env)
@@ -799,6 +802,7 @@ class RoundMachine:
             return [Rejected(env.sender, "scores", f"more than {MAX_VOTE_SETS} vote vectors "
                              "this round", "invalid-scores")]
         self.vote_vectors[(env.sender, updates)] = raw
+        self._parsed_votes[raw] = vector
         self.score_vectors.setdefault(env.sender, raw)
         return []
 
@@ -1040,7 +1044,8 @@ class RoundMachine:
 
         sets = sorted({u for _, u in self.pledges}, key=rank, reverse=True)
         stuck = self.propose_expired and not self.ctx.enough_score_vectors(
-            counted_senders(self.ctx, judged_group(self.ctx, self._held_votes())), self._proven)
+            counted_senders(self.ctx, judged_group(self.ctx, self._held_votes(), self._parsed_votes),
+                            self._parsed_votes), self._proven)
         ours = max(rank(u) for u in self._voted)
         for updates in sets:
             if not rank(updates)[0] or (not stuck and rank(updates) <= ours):
@@ -1059,8 +1064,9 @@ class RoundMachine:
         # lowers the quorum to the other members': chain.round_rules.enough_score_vectors).
         vectors = self.score_vectors
         if self.ctx.selection.judged:  # only votes on one update set make a block
-            vectors = judged_group(self.ctx, self._held_votes())
-        senders = counted_senders(self.ctx, vectors) if self.ctx.selection.judged else set(vectors)
+            vectors = judged_group(self.ctx, self._held_votes(), self._parsed_votes)
+        senders = counted_senders(self.ctx, vectors, self._parsed_votes) \
+            if self.ctx.selection.judged else set(vectors)
         if not (set(self.score_vectors) >= set(self.ctx.committee) - self._proven
                 or self.propose_expired):
             return []

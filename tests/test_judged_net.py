@@ -3,6 +3,7 @@ loopback TCP, real torch training on digits. Every member trains, judges the rou
 candidate models on its own data and signs its vote vector; the block's model is the
 candidate the votes choose, and every peer re-derives it."""
 
+import pytest
 import trio
 
 from bft.quorum import quorum_size
@@ -34,9 +35,16 @@ def run_until_committed(cluster: Cluster, log: EventLog, rounds: int, peers: set
         node.store.close()
 
 
-def test_judged_rounds_commit_one_chain_that_every_peer_re_derives(tmp_path):
+# the pledged variants in the slow tier: real-peer runs of them stalled in pBFT's commit phase
+# in 3 of about 25 runs on a loaded machine (docs/learning.md, eighth pass)
+RULES = ["cmfl-choose", pytest.param("cmfl-choose-pledged", marks=pytest.mark.slow)]
+LIE_EVENT = {"cmfl-choose": "rushing-lie", "cmfl-choose-pledged": "blind-lie"}
+
+
+@pytest.mark.parametrize("preset", RULES)
+def test_judged_rounds_commit_one_chain_that_every_peer_re_derives(tmp_path, preset):
     cluster = Cluster(tmp_path, size=6, committee_size=4, attacks={5: "sign_flip"},
-                      genesis_fields={"selection": SELECTION_PRESETS["cmfl-choose"]})
+                      genesis_fields={"selection": SELECTION_PRESETS[preset]})
     log = EventLog()
     rounds = 3
     run_until_committed(cluster, log, rounds, set(cluster.ids), 240,
@@ -61,7 +69,7 @@ def test_judged_rounds_commit_one_chain_that_every_peer_re_derives(tmp_path):
         assert block.trainers == members and block.committee == members
         assert len(block.score_vectors) >= quorum_size(len(members))
         ctx = position.context()
-        assert ctx.selection.choice.pledged  # the default rule pledges its votes
+        assert ctx.selection.choice.pledged == (preset == "cmfl-choose-pledged")
         vectors = {decode_envelope(r).sender: parse_votes_body(ctx, decode_envelope(r))
                    for r in block.score_vectors}
         assert len(counted_votes(ctx, vectors)) >= quorum_size(len(members))
@@ -76,17 +84,19 @@ def test_judged_rounds_commit_one_chain_that_every_peer_re_derives(tmp_path):
     store.close()
 
 
-def test_colluding_judges_that_craft_lie_and_equivocate_cannot_fork_or_stop_the_chain(tmp_path):
+@pytest.mark.parametrize("preset", RULES)
+def test_colluding_judges_that_craft_lie_and_equivocate_cannot_fork_or_stop_the_chain(tmp_path,
+                                                                                     preset):
     """Two of seven members (f = 2) collude on every lever the judged rule leaves them: they
     craft their updates from every honest update of the round (omniscient clip_push_near), hold
     their votes back until the honest votes are in and then send the rule-aware lie
-    (attack_lab.RushingJudge; on this pledged network, the blind lie), and one of them also
-    equivocates its pBFT votes. The
+    (attack_lab.RushingJudge; on a pledged network they cannot read them first and pledge
+    the blind lie), and one of them also equivocates its pBFT votes. The
     five honest peers still commit one chain, round after round, that each of them verifies.
     (The model's quality under this attack is the harness's measurement, not this test's.)"""
     attack = "clip_push_near"
     cluster = Cluster(tmp_path, size=7, committee_size=4, attacks={5: attack, 6: attack},
-                      genesis_fields={"selection": SELECTION_PRESETS["cmfl-choose"]})
+                      genesis_fields={"selection": SELECTION_PRESETS[preset]})
     a, b = cluster.ids[5], cluster.ids[6]
     cluster.behaviours = {5: {"colluders": [b], "byzantine": "equivocate_votes"},
                           6: {"colluders": [a]}}
@@ -99,9 +109,7 @@ def test_colluding_judges_that_craft_lie_and_equivocate_cannot_fork_or_stop_the_
         hashes = {e["hash"] for e in log.events if e["event"] == "committed"
                   and e["height"] == height and e["peer"] in honest}
         assert len(hashes) == 1, f"honest peers disagree at height {height}: {hashes}"
-    # pledged votes (the default): they cannot read the honest votes first, so they pledge
-    # the blind lie, which counts like any vote pledged in time
-    lies = [e for e in log.events if e["event"] == "blind-lie"]
+    lies = [e for e in log.events if e["event"] == LIE_EVENT[preset]]
     assert {e["peer"] for e in lies if e["height"] == 0} == {a, b}, "the colluders never lied"
     # every honest peer caught the equivocated pBFT vote first-hand
     convicted = {(e["peer"], e["member"]) for e in log.events if e["event"] == "evidence"}

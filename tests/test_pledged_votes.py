@@ -299,9 +299,10 @@ def test_a_split_the_colluders_leave_without_a_quorum_is_repaired_after_the_prop
     assert ATTACKER not in dict(next(iter(vectors.values())).updates)
 
 
-def test_the_default_rule_pledges_and_older_judged_genesis_files_keep_their_hash():
-    preset = SELECTION_PRESETS["cmfl-choose"]
+def test_the_pledged_rule_pledges_and_older_judged_genesis_files_keep_their_hash():
+    preset = SELECTION_PRESETS["cmfl-choose-pledged"]
     assert preset["choice"]["pledged"] is True
+    assert "pledged" not in SELECTION_PRESETS["cmfl-choose"]["choice"]
     assert RoundConfig.from_selection(preset).choice.pledged
     old = choice_settings(RECOMMENDED)
     assert "pledged" not in old and choice_config(old).pledged is False
