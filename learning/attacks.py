@@ -823,6 +823,14 @@ def make_attack(name: str) -> Attack | None:
     return cls()
 
 
+def _liars_key(candidates: list, colluders, honest_votes: dict[str, tuple[float, ...]],
+               i: int) -> tuple[int, float]:
+    """How much the liars want candidate i to win: the colluders it holds, then how little
+    the honest judges like it (their summed votes, negated)."""
+    return (len(set(candidates[i].trainers) & set(colluders)),
+            -math.fsum(votes[i] for votes in honest_votes.values()))
+
+
 def lie_votes(honest_votes: dict[str, tuple[float, ...]], candidates: list, colluders,
               rule) -> tuple[float, ...]:
     """The colluding judges' vote vector (all of them send this one) against a choice `rule`
@@ -837,8 +845,7 @@ def lie_votes(honest_votes: dict[str, tuple[float, ...]], candidates: list, coll
     liars = sorted(colluders)
 
     def held(i: int) -> tuple[int, float]:
-        return (len(set(candidates[i].trainers) & set(colluders)),
-                -math.fsum(honest_votes[j][i] for j in honest))
+        return _liars_key(candidates, colluders, honest_votes, i)
 
     def lie(i: int, zero: int | None) -> tuple[float, ...]:
         return tuple(1e9 if k == i else 0.0 if k == zero else -1e9 for k in range(count))
@@ -921,8 +928,7 @@ def leader_quorum(honest_votes: dict[str, tuple[float, ...]], size: int, candida
     liars = sorted(colluders)
 
     def held(i: int) -> tuple[int, float]:
-        return (len(set(candidates[i].trainers) & set(colluders)),
-                -math.fsum(honest_votes[j][i] for j in honest))
+        return _liars_key(candidates, colluders, honest_votes, i)
 
     def ranks_it(i: int, j: str) -> tuple[int, str]:  # how many candidates j puts below i
         return (sum(v < honest_votes[j][i] for v in honest_votes[j]), j)
