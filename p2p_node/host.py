@@ -17,6 +17,7 @@ from libp2p.abc import IHost
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
 from libp2p.pubsub import rpc_queue
+from libp2p.pubsub import pubsub as libp2p_pubsub
 from libp2p.rcmgr import new_resource_manager
 from libp2p.rcmgr.connection_limits import new_connection_limits_with_defaults
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11
@@ -47,6 +48,13 @@ MAX_MESSAGES_PER_TOPIC_PER_SECOND = 1000.0
 #: rebroadcasts) to one slow peer can pass that. The queue's size is a constructor default bound
 #: at import time, so it is raised here on the class itself.
 OUTBOUND_QUEUE_MESSAGES = 1024
+#: Messages py-libp2p holds for one of our topic subscriptions until we read them: 32 by
+#: default, and beyond that it drops them with only a "fail to deliver message to subscription"
+#: warning. A busy peer (a judged round's pledges, votes and pBFT messages at once, on a loaded
+#: machine) fell 32 behind and lost the other members' pBFT commits for good: the round stalled
+#: with a prepare from everyone and no commit but its own (docs/learning.md, eighth pass). It
+#: is a module constant read when we subscribe, so it is raised here on the module.
+SUBSCRIPTION_QUEUE_MESSAGES = 4096
 #: Inbound RPC limit: above our own envelope cap, so our cap (a logged refusal) is the one hit.
 MAX_INBOUND_RPC_BYTES = 2 * 1024 * 1024
 #: Connections one peer may hold to us at once (libp2p.rcmgr enforces it in 0.8.1; its default
@@ -56,6 +64,7 @@ MAX_CONNECTIONS_PER_PEER = 4
 assert MAX_ENVELOPE_BYTES < rpc_queue.DefaultMaxMessageSize  # outbound split limit (1 MiB)
 rpc_queue.RpcQueue.__init__.__defaults__ = (OUTBOUND_QUEUE_MESSAGES,
                                             rpc_queue.DefaultMaxMessageSize)
+libp2p_pubsub.SUBSCRIPTION_CHANNEL_SIZE = SUBSCRIPTION_QUEUE_MESSAGES
 
 
 def build_transport_host(signer: Signer, mdns: bool = False) -> IHost:
