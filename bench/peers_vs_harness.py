@@ -38,8 +38,9 @@ def main() -> int:
                         help="the data split (dirichlet: alpha 0.5, as the demo's genesis)")
     parser.add_argument("--consensus", choices=["committee", "members"], default="committee")
     parser.add_argument("--seeds", type=int, default=5, help="harness seeds")
-    parser.add_argument("--rule", choices=["cmfl-choose", "cmfl-clip-far"],
-                        default="cmfl-choose", help="the genesis rule (default cmfl-choose)")
+    parser.add_argument("--rule", choices=["cmfl-choose-pledged", "cmfl-choose", "cmfl-clip-far"],
+                        default="cmfl-choose-pledged",
+                        help="the genesis rule (default cmfl-choose-pledged)")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -61,7 +62,8 @@ def main() -> int:
         spec = RunSpec(rule="cmfl-choose" if config.judged else "cmfl-auto", config=config, attack=args.attack,
                        fraction=args.attackers / args.peers, seed=seed, n_peers=args.peers,
                        committee_size=args.committee_size, rounds=args.rounds,
-                       partition=args.partition, alpha=alpha)
+                       partition=args.partition, alpha=alpha,
+                       blind_liars=config.judged and config.choice.pledged)
         result = run(spec)
         finals.append(result.accuracy[-1])
         harness_selected.append(sum(result.attackers_selected))

@@ -42,12 +42,12 @@ CLIP_FAR = RoundConfig(rule="auto", scoring="median", election="robust", typical
 SELECTION_PRESETS: dict[str, dict[str, Any]] = {
     "cmfl-clip-far": CLIP_FAR.to_selection(),
     "cmfl-choose": replace(CLIP_FAR, choice=RECOMMENDED).to_selection(),
-    # its votes pledged before they are revealed (eighth pass; opt-in until the real-peer
-    # stall it met under load is understood: docs/learning.md)
+    # its votes pledged before they are revealed (eighth pass), the default since the ninth
+    # (docs/learning.md)
     "cmfl-choose-pledged": replace(CLIP_FAR, choice=replace(RECOMMENDED, pledged=True)
                                    ).to_selection(),
 }
-DEFAULT_RULE = "cmfl-choose"
+DEFAULT_RULE = "cmfl-choose-pledged"
 
 
 @dataclass(frozen=True)

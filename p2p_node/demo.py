@@ -54,7 +54,7 @@ class DemoConfig:
     #: who can read an update: "none" or "validators" (chain.genesis.Genesis.sealing)
     sealing: str = "none"
     #: the genesis rule (chain.genesis.SELECTION_PRESETS)
-    rule: str = "cmfl-choose"
+    rule: str = "cmfl-choose-pledged"
     #: the genesis `training` map (epochs, lr, batch_size), {} for the genesis default
     training: dict[str, Any] = field(default_factory=dict)
 

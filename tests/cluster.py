@@ -38,6 +38,18 @@ class EventLog:
     def peers_at(self, event: str, height: int) -> set[str]:
         return {e["peer"] for e in self.events if e["event"] == event and e["height"] == height}
 
+    def progress(self) -> str:
+        """Each peer's last committed height and last event, for a failure message."""
+        last: dict[str, dict] = {}
+        committed: dict[str, int] = {}
+        for e in self.events:
+            peer = str(e.get("peer", "?"))[-8:]
+            last[peer] = e
+            if e.get("event") == "committed":
+                committed[peer] = max(committed.get(peer, -1), e.get("height", -1))
+        return "; ".join(f"{p}: committed {committed.get(p, -1)}, last {e.get('event')} "
+                         f"h{e.get('height')}" for p, e in sorted(last.items()))
+
 
 @dataclass
 class Cluster:

@@ -1,4 +1,5 @@
-"""Judged rounds (genesis rule cmfl-choose, learning.choice) on real peers: libp2p hosts on
+"""Judged rounds (genesis rules cmfl-choose-pledged, the default, and cmfl-choose; learning.choice)
+on real peers: libp2p hosts on
 loopback TCP, real torch training on digits. Every member trains, judges the round's
 candidate models on its own data and signs its vote vector; the block's model is the
 candidate the votes choose, and every peer re-derives it."""
@@ -31,13 +32,19 @@ def run_until_committed(cluster: Cluster, log: EventLog, rounds: int, peers: set
                 nursery.cancel_scope.cancel()
         return nodes
 
-    for node in trio.run(scenario):
+    try:
+        nodes = trio.run(scenario)
+    except trio.TooSlowError:
+        raise AssertionError(f"not every peer committed {rounds} rounds in {deadline:.0f} s: "
+                             f"{log.progress()}") from None
+    for node in nodes:
         node.store.close()
 
 
-# the pledged variants in the slow tier: real-peer runs of them stalled in pBFT's commit phase
-# in 3 of about 25 runs on a loaded machine (docs/learning.md, eighth pass)
-RULES = ["cmfl-choose", pytest.param("cmfl-choose-pledged", marks=pytest.mark.slow)]
+# the default (pledged) rule in the default tier, the unpledged one in the slow tier; the
+# pledged stall of the eighth pass was py-libp2p's per-subscription queue of 32 dropping
+# pBFT commits under load (docs/network.md)
+RULES = ["cmfl-choose-pledged", pytest.param("cmfl-choose", marks=pytest.mark.slow)]
 LIE_EVENT = {"cmfl-choose": "rushing-lie", "cmfl-choose-pledged": "blind-lie"}
 
 
@@ -47,7 +54,7 @@ def test_judged_rounds_commit_one_chain_that_every_peer_re_derives(tmp_path, pre
                       genesis_fields={"selection": SELECTION_PRESETS[preset]})
     log = EventLog()
     rounds = 3
-    run_until_committed(cluster, log, rounds, set(cluster.ids), 240,
+    run_until_committed(cluster, log, rounds, set(cluster.ids), 600,
                         collect_timeout=10.0, propose_timeout=5.0)
     for height in range(rounds):
         hashes = {e["hash"] for e in log.events
@@ -103,7 +110,7 @@ def test_colluding_judges_that_craft_lie_and_equivocate_cannot_fork_or_stop_the_
     honest = set(cluster.ids[:5])
     log = EventLog()
     rounds = 2
-    run_until_committed(cluster, log, rounds, honest, 420,
+    run_until_committed(cluster, log, rounds, honest, 900,
                         collect_timeout=16.0, propose_timeout=8.0)
     for height in range(rounds):
         hashes = {e["hash"] for e in log.events if e["event"] == "committed"
