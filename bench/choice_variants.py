@@ -15,6 +15,8 @@ VARIANTS is a comma list of the names below or of any rule in learning.simulatio
   /pleader   the pledge with a colluding leader: in its rounds the liars see honest -
              (quorum - 2f) votes and it picks the counted ones; in the others they see
              honest - (n - 2f)
+  /worst     the liars back the candidate the honest judges like least, whoever it holds
+             (attacks.LIAR_TARGETS), instead of the one holding the most colluders
 Each run prints its final accuracy, the lowest accuracy of the second half of the run, the
 attackers in the chosen candidate per round and which kinds of candidate were chosen.
 docs/learning.md ("Issue 14, fifth pass") was measured with it.
@@ -37,6 +39,10 @@ VARIANTS = {
     "rel-median-scaled-s0": ChoiceConfig(reference="median", normalize="scale", subsets=0),
     "rel-median-scaled-z10": ChoiceConfig(reference="median", normalize="scale", size=10),
     "rel-clipped-scaled": ChoiceConfig(reference="clipped", normalize="scale"),
+    # the default (learning.choice.RECOMMENDED) with subsets of clipped updates (ninth pass)
+    "clip-subsets": ChoiceConfig(reference="median", normalize="scale", clip_subsets=True),
+    "clip-subsets-z10": ChoiceConfig(reference="median", normalize="scale", size=10,
+                                     clip_subsets=True),
 }
 #: The default committee rule, its aggregate then judged against candidates by every peer
 #: (RunSpec.judge): name -> (cmfl rule, judge config)
@@ -68,6 +74,8 @@ def parse_variant(name: str) -> tuple[str, dict]:
             out["colluding_leader"] = True
         elif x == "pleader":  # the pledge, with a colluding leader
             out["pledge_leader"] = True
+        elif x == "worst":  # the liars back the candidate the honest judges like least
+            out["liar_target"] = "worst"
         elif x.startswith("reveal") and (x[6:].isdigit() or x == "reveal"):
             out["selective_reveal"] = int(x[6:] or 1)  # commit K lies blind, reveal some
         elif x.startswith("peek") and x[4:].isdigit():  # the pledge: liars saw K honest votes

@@ -149,6 +149,30 @@ def aggregate_clipped(base: ModelState, updated: dict[str, ModelState],
     return new
 
 
+def clipped_states(base: ModelState, updated: dict[str, ModelState],
+                   quantile: float = 0.5) -> dict[str, ModelState]:
+    """Every update with its deviation from the coordinate-wise median of all of them
+    shortened to at most the `quantile` deviation (aggregate_clipped's step, per update): any
+    mean of these lies within that radius of the median, whatever the far ones sent."""
+    if not updated:
+        return {}
+    ids = sorted(updated)
+    deltas = {t: _flat_delta(base, updated[t]) for t in ids}
+    centre = coordinate_median([deltas[t] for t in ids])
+    factors, _radius = clip_factors(deltas, centre, quantile)
+    out: dict[str, ModelState] = {}
+    for t in ids:
+        flat = centre + factors[t] * (deltas[t] - centre)
+        state, offset = {}, 0
+        for k in sorted(base):
+            n = base[k].numel()
+            part = torch.from_numpy(flat[offset:offset + n].copy()).reshape(base[k].shape)
+            state[k] = (base[k].to(torch.float64) + part).to(torch.float32)
+            offset += n
+        out[t] = state
+    return out
+
+
 def find_misaligned(base: ModelState, updates: dict[str, ModelState]) -> tuple[str, ...]:
     """Trainers whose update (delta over base) has a non-positive inner product with the
     coordinate-wise median of all the updates: it pulls the model back along the direction

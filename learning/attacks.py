@@ -823,29 +823,42 @@ def make_attack(name: str) -> Attack | None:
     return cls()
 
 
+#: What lying judges aim at (lie_votes' `target`): "colluders", the candidate holding the
+#: most colluders' updates, then the one the honest judges like least; "worst", the one the
+#: honest judges like least whoever it holds (their summed votes: plain harm, no poison).
+LIAR_TARGETS = ("colluders", "worst")
+
+
 def _liars_key(candidates: list, colluders, honest_votes: dict[str, tuple[float, ...]],
-               i: int) -> tuple[int, float]:
-    """How much the liars want candidate i to win: the colluders it holds, then how little
-    the honest judges like it (their summed votes, negated)."""
-    return (len(set(candidates[i].trainers) & set(colluders)),
-            -math.fsum(votes[i] for votes in honest_votes.values()))
+               i: int, target: str = "colluders") -> tuple[float, float]:
+    """How much the liars want candidate i to win (LIAR_TARGETS): under "colluders" the
+    colluders it holds, then how little the honest judges like it (their summed votes,
+    negated); under "worst" the other way round."""
+    held = len(set(candidates[i].trainers) & set(colluders))
+    disliked = -math.fsum(votes[i] for votes in honest_votes.values())
+    if target == "worst":
+        return (disliked, held)
+    if target != "colluders":
+        raise ValueError(f"unknown liar target {target!r}; valid: {', '.join(LIAR_TARGETS)}")
+    return (held, disliked)
 
 
 def lie_votes(honest_votes: dict[str, tuple[float, ...]], candidates: list, colluders,
-              rule) -> tuple[float, ...]:
+              rule, target: str = "colluders") -> tuple[float, ...]:
     """The colluding judges' vote vector (all of them send this one) against a choice `rule`
     (votes -> chosen index, e.g. learning.choice.choose with its config), knowing every honest
     judge's votes (a rushing, omniscient liar). For every candidate it tries the lies that
     push that one up and all others down (with each candidate in turn held at 0, the reference
     of a relative rule, or none) and keeps those that make it win; the favourite among those
-    is the one holding the most colluders, then the one the honest judges like least. If no
-    lie wins anything the liars vote for the candidate with the most colluders."""
+    is the one `target` ranks first (LIAR_TARGETS: by default the one holding the most
+    colluders, then the one the honest judges like least). If no lie wins anything the liars
+    vote for that favourite anyway."""
     count = len(candidates)
     honest = sorted(honest_votes)
     liars = sorted(colluders)
 
-    def held(i: int) -> tuple[int, float]:
-        return _liars_key(candidates, colluders, honest_votes, i)
+    def held(i: int) -> tuple[float, float]:
+        return _liars_key(candidates, colluders, honest_votes, i, target)
 
     def lie(i: int, zero: int | None) -> tuple[float, ...]:
         return tuple(1e9 if k == i else 0.0 if k == zero else -1e9 for k in range(count))
@@ -912,7 +925,8 @@ def selective_reveal(honest_votes: dict[str, tuple[float, ...]],
 def leader_quorum(honest_votes: dict[str, tuple[float, ...]], size: int, candidates: list,
                   colluders, rule, rng: np.random.Generator,
                   lies: list[tuple[float, ...]] | None = None, tries: int = 4,
-                  swaps: int = 8) -> tuple[frozenset[str], tuple[float, ...]]:
+                  swaps: int = 8, target: str = "colluders"
+                  ) -> tuple[frozenset[str], tuple[float, ...]]:
     """Which `size` honest votes a colluding leader puts in the block beside the colluders'
     lie (any quorum of votes re-derives), and the lie. A greedy search, not the optimum: for
     each of the `tries` candidates the liars like best (lie_votes' order: most colluders,
@@ -922,13 +936,14 @@ def leader_quorum(honest_votes: dict[str, tuple[float, ...]], size: int, candida
     vote) and the pair whose winner holds the most colluders, then is the one all honest
     judges like least (lie_votes' key), is kept; then up to `swaps` times one kept honest
     vote is traded for a left-out one, the lie held, if that improves the key. Returns (the
-    kept honest judges, the lie)."""
+    kept honest judges, the lie). `target`: what the liars want (LIAR_TARGETS), for the
+    order above and the key."""
     count = len(candidates)
     honest = sorted(honest_votes)
     liars = sorted(colluders)
 
-    def held(i: int) -> tuple[int, float]:
-        return _liars_key(candidates, colluders, honest_votes, i)
+    def held(i: int) -> tuple[float, float]:
+        return _liars_key(candidates, colluders, honest_votes, i, target)
 
     def ranks_it(i: int, j: str) -> tuple[int, str]:  # how many candidates j puts below i
         return (sum(v < honest_votes[j][i] for v in honest_votes[j]), j)
@@ -949,7 +964,7 @@ def leader_quorum(honest_votes: dict[str, tuple[float, ...]], size: int, candida
     best, best_key = None, None
     for subset in tries_:
         for vec in lies or [lie_votes({j: honest_votes[j] for j in subset}, candidates,
-                                      colluders, rule)]:
+                                      colluders, rule, target)]:
             k = key(subset, vec)
             if best_key is None or k > best_key:
                 best, best_key = (frozenset(subset), vec), k

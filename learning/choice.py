@@ -63,6 +63,11 @@ class ChoiceConfig:
     #: pledges are in, so a liar cannot read the honest votes before it commits to its own
     #: (chain.round_rules.counted_votes; docs/protocol.md, "Pledged votes")
     pledged: bool = False
+    #: harness only for now (not a genesis key; docs/learning.md, ninth pass): subset
+    #: candidates average the updates clipped around the coordinate median of all of them
+    #: (aggregation.clipped_states), so no candidate strays further from the median than the
+    #: median deviation, whatever the liars make win
+    clip_subsets: bool = False
 
     def __post_init__(self) -> None:
         if self.subsets < 0 or self.size < 1:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bft.quorum import quorum_size
+from learning.aggregation import clipped_states
 from learning.attacks import (Attack, Omniscient, RoundView, committed_lies, leader_quorum,
                              lie_votes, make_attack, selective_reveal)
 from learning.baselines import BASELINES, aggregate_baseline
@@ -152,6 +153,9 @@ class RunSpec:
     #: - 2f) honest votes and the leader counts the quorum - liars honest votes they pick; in
     #: honest-led rounds they see honest - (n - 2f) (the most a late pledge can have seen)
     pledge_leader: bool = False
+    #: judged rules: what the lying judges aim at (attacks.LIAR_TARGETS): "colluders" (the
+    #: candidate holding the most colluders) or "worst" (the one the honest judges like least)
+    liar_target: str = "colluders"
 
     @property
     def dp(self) -> DpPolicy | None:
@@ -343,17 +347,19 @@ def _peeked(votes: dict[str, tuple[float, ...]], measured: dict[str, tuple[float
 
 
 def _leader_counts(votes: dict[str, tuple[float, ...]], view: dict[str, tuple[float, ...]] | None,
-                   cands: list, liars: list[str], quorum: int, rule, key: list[int]
-                   ) -> dict[str, tuple[float, ...]]:
+                   cands: list, liars: list[str], quorum: int, rule, key: list[int],
+                   target: str = "colluders") -> dict[str, tuple[float, ...]]:
     """The votes a colluding leader's block counts: every liar's lie and the quorum - liars
     honest votes the liars pick (attacks.leader_quorum). `view`: what the liars saw when they
     lied (None: every vote); the honest subset is picked knowing every vote either way."""
     size, rng = max(0, quorum - len(liars)), np.random.default_rng(key)
     lies = None
     if view is not None:  # lied half-blind: the plain lie and the one planned for a subset
-        lies = [lie_votes(view, cands, frozenset(liars), rule),
-                leader_quorum(view, size, cands, frozenset(liars), rule, rng)[1]]
-    kept, lie = leader_quorum(votes, size, cands, frozenset(liars), rule, rng, lies)
+        lies = [lie_votes(view, cands, frozenset(liars), rule, target),
+                leader_quorum(view, size, cands, frozenset(liars), rule, rng,
+                              target=target)[1]]
+    kept, lie = leader_quorum(votes, size, cands, frozenset(liars), rule, rng, lies,
+                              target=target)
     counted = {j: votes[j] for j in sorted(kept)}
     counted.update({j: lie for j in liars})
     return counted
@@ -366,13 +372,16 @@ def judged_round(rnd: int, state: ModelState, sent: dict[str, ModelState],
                  selective: int = 0, barred: set[str] | None = None,
                  race: tuple[int, int] | None = None, run_seed: int = 0,
                  colluding_leader: bool = False, peek: int | None = None,
-                 pledge_leader: bool = False):
+                 pledge_leader: bool = False, liar_target: str = "colluders"):
     """One round of learning.choice: candidates from every update, every peer's votes (the
-    attackers' the strongest lie), the chosen model. Returns (model, candidate, next seed).
+    attackers' the strongest lie, aimed at `liar_target`), the chosen model. Returns (model,
+    candidate, next seed).
     The round's leader is judge rnd % n in sorted order (members in turn)."""
     seed = choice_seed(rnd, previous, [state_hash(sent[t]) for t in sorted(sent)])
     cands = candidate_sets(sorted(sent), seed, config)
-    models = [build_candidate(state, sent, samples, c, committee_model) for c in cands]
+    clipped = clipped_states(state, sent) if config.clip_subsets else sent
+    models = [build_candidate(state, clipped if c.kind == "subset" else sent, samples, c,
+                              committee_model) for c in cands]
     base_loss = judge(state)
     losses = [judge(m) for m in models]
     # every judge's measured votes: the honest ones' are sent, the liars aim with theirs
@@ -398,7 +407,7 @@ def judged_round(rnd: int, state: ModelState, sent: dict[str, ModelState],
         seen = {j: votes[j] for j in order[:seen_count]}
         if not seen:  # nothing seen yet: their own data's votes stand in, as when blind
             seen = _own_votes_standing_in(measured, liars, order)
-        lie = lie_votes(seen, cands, frozenset(liars), rule)
+        lie = lie_votes(seen, cands, frozenset(liars), rule, liar_target)
         votes = {j: votes[j] for j in order[:max(0, quorum - len(liars))]}
         votes.update({j: lie for j in liars})
     elif liars and (colluding_leader or pledge_leader) and led_by_liar:
@@ -408,19 +417,20 @@ def judged_round(rnd: int, state: ModelState, sent: dict[str, ModelState],
         if pledge_leader:  # a late pledge counts if quorum - 2f honest reveals listed it
             view = _peeked(votes, measured, liars, len(votes) - (quorum - 2 * f),
                            [run_seed, rnd, 41])
-        votes = _leader_counts(votes, view, cands, liars, quorum, rule, [run_seed, rnd, 43])
+        votes = _leader_counts(votes, view, cands, liars, quorum, rule, [run_seed, rnd, 43],
+                               liar_target)
     elif liars and (peek is not None or pledge_leader):
         n_live = len(judge.ids) - len(barred & set(judge.ids))
         # an honest leader counts every reveal: a late pledge needs n - 2f honest listings
         k = peek if peek is not None else len(votes) - (n_live - 2 * ((n_live - 1) // 3))
         lie = lie_votes(_peeked(votes, measured, liars, k, [run_seed, rnd, 41]), cands,
-                        frozenset(liars), rule)
+                        frozenset(liars), rule, liar_target)
         votes.update({j: lie for j in liars})
     elif liars:
         seen = dict(votes)
         if blind:  # a commit-reveal: they cannot see the honest votes yet
             seen = _own_votes_standing_in(measured, liars, sorted(votes))
-        lie = lie_votes(seen, cands, frozenset(liars), rule)
+        lie = lie_votes(seen, cands, frozenset(liars), rule, liar_target)
         votes.update({j: lie for j in liars})
     best = rule(votes)
     return models[best], cands[best], state_hash(models[best])
@@ -527,7 +537,8 @@ def run(spec: RunSpec) -> RunResult:
                                                    else None, run_seed=spec.seed,
                                                    colluding_leader=spec.colluding_leader,
                                                    peek=spec.peeking_liars,
-                                                   pledge_leader=spec.pledge_leader)
+                                                   pledge_leader=spec.pledge_leader,
+                                                   liar_target=spec.liar_target)
             result.attackers_selected.append(len(set(chosen.trainers) & attackers))
             result.applied.append(chosen.kind)
             result.barred_judges.append(len(barred))

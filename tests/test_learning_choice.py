@@ -141,6 +141,47 @@ def test_the_omniscient_lie_wins_a_candidate_half_the_honest_judges_dislike():
     assert choose({**honest, **{f"l{i}": lie for i in range(6)}}, 3, low) != 2
 
 
+def test_clipped_states_keep_every_subset_mean_within_the_median_deviation():
+    from learning.aggregation import _flat_delta, clip_factors, clipped_states, coordinate_median
+    rng = np.random.default_rng(2)
+    base, ups = _states(rng, 7)
+    ups["t0"] = {k: torch.zeros_like(v) for k, v in ups["t0"].items()}  # a zeros attacker
+    ups["t1"] = {k: v + 1e3 for k, v in ups["t1"].items()}
+    deltas = {t: _flat_delta(base, u) for t, u in ups.items()}
+    centre = coordinate_median(list(deltas.values()))
+    _, radius = clip_factors(deltas, centre)
+    clipped = clipped_states(base, ups)
+    assert sorted(clipped) == sorted(ups)
+    for subset in (("t0", "t1"), ("t0", "t2", "t3"), tuple(sorted(ups))):
+        mean = build_candidate(base, clipped, {t: 1 for t in ups}, Candidate("subset", subset))
+        assert np.linalg.norm(_flat_delta(base, mean) - centre) <= radius * (1 + 1e-5)
+    # an update inside the radius passes unchanged (up to the float32 round trip)
+    inside = [t for t in ups if np.linalg.norm(deltas[t] - centre) <= radius]
+    assert inside and all(torch.allclose(clipped[t][k], ups[t][k], atol=1e-6)
+                          for t in inside for k in base)
+
+
+def test_liars_aimed_at_harm_back_the_candidate_the_honest_judges_like_least():
+    """attacks.LIAR_TARGETS: "colluders" backs the candidate holding a colluder's update,
+    "worst" the one the honest judges like least, poison or not (both winnable here)."""
+    cands = [Candidate("base", ()), Candidate("subset", ("good",)),
+             Candidate("subset", ("bad",)), Candidate("subset", ("meh",))]
+    honest = {}
+    for i in range(14):
+        bad = -1.0 if i < 9 else 1.0 + 0.1 * i
+        honest[f"h{i:02d}"] = (0.0, 0.5 + 0.01 * i, bad, 2 * bad if i < 9 else bad)
+    rule = lambda v: choose(v, 4)  # noqa: E731
+    assert rule(honest) == 1
+    liars = frozenset({"bad"} | {f"l{i}" for i in range(6)})
+    chosen = {}
+    for target in ("colluders", "worst"):
+        lie = lie_votes(honest, cands, liars, rule, target)
+        chosen[target] = rule({**honest, **{f"l{i}": lie for i in range(6)}})
+    assert chosen == {"colluders": 2, "worst": 3}
+    with pytest.raises(ValueError, match="liar target"):
+        lie_votes(honest, cands, liars, rule, "nobody")
+
+
 def test_judged_rules_run_in_the_harness_and_learn():
     assert set(JUDGED_RULES) <= set(RULE_NAMES)
     spec = RunSpec(rule="cmfl-choose", attack="none", fraction=0.0, rounds=12, seed=3)
