@@ -43,6 +43,12 @@ VARIANTS = {
     "clip-subsets": ChoiceConfig(reference="median", normalize="scale", clip_subsets=True),
     "clip-subsets-z10": ChoiceConfig(reference="median", normalize="scale", size=10,
                                      clip_subsets=True),
+    # tenth pass: against liars aiming at plain harm (fewer subsets, a statistic they
+    # cannot raise)
+    "clip-subsets-s8": ChoiceConfig(reference="median", normalize="scale", subsets=8,
+                                    clip_subsets=True),
+    "clip-low-scaled": ChoiceConfig(statistic="low", reference="median", normalize="scale",
+                                    clip_subsets=True),
 }
 #: The default committee rule, its aggregate then judged against candidates by every peer
 #: (RunSpec.judge): name -> (cmfl rule, judge config)

@@ -38,9 +38,10 @@ def main() -> int:
                         help="the data split (dirichlet: alpha 0.5, as the demo's genesis)")
     parser.add_argument("--consensus", choices=["committee", "members"], default="committee")
     parser.add_argument("--seeds", type=int, default=5, help="harness seeds")
-    parser.add_argument("--rule", choices=["cmfl-choose-pledged", "cmfl-choose", "cmfl-clip-far"],
-                        default="cmfl-choose-pledged",
-                        help="the genesis rule (default cmfl-choose-pledged)")
+    parser.add_argument("--rule", choices=["cmfl-choose-clipped", "cmfl-choose-pledged", "cmfl-choose",
+                                 "cmfl-clip-far"],
+                        default="cmfl-choose-clipped",
+                        help="the genesis rule (default cmfl-choose-clipped)")
     args = parser.parse_args()
     torch.set_num_threads(1)
 

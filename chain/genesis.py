@@ -38,16 +38,20 @@ CLIP_FAR = RoundConfig(rule="auto", scoring="median", election="robust", typical
 #: Named genesis `selection` settings (`p2p-node genesis new --rule`, `demo --rule`):
 #: cmfl-clip-far (scored rounds: an elected committee scores, clipping aggregates) and
 #: cmfl-choose (judged rounds: every member trains and judges candidate models on its own
-#: data, learning.choice; docs/learning.md, "Issue 14, fifth pass"), and cmfl-choose-pledged.
+#: data, learning.choice; docs/learning.md, "Issue 14, fifth pass"), cmfl-choose-pledged and
+#: cmfl-choose-clipped.
 SELECTION_PRESETS: dict[str, dict[str, Any]] = {
     "cmfl-clip-far": CLIP_FAR.to_selection(),
     "cmfl-choose": replace(CLIP_FAR, choice=RECOMMENDED).to_selection(),
-    # its votes pledged before they are revealed (eighth pass), the default since the ninth
+    # its votes pledged before they are revealed (eighth pass), the default in the ninth
     # (docs/learning.md)
     "cmfl-choose-pledged": replace(CLIP_FAR, choice=replace(RECOMMENDED, pledged=True)
                                    ).to_selection(),
+    # pledged, and the subsets average clipped updates (tenth pass): the default
+    "cmfl-choose-clipped": replace(CLIP_FAR, choice=replace(RECOMMENDED, pledged=True,
+                                                            clip_subsets=True)).to_selection(),
 }
-DEFAULT_RULE = "cmfl-choose-pledged"
+DEFAULT_RULE = "cmfl-choose-clipped"
 
 
 @dataclass(frozen=True)

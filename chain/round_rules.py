@@ -29,8 +29,8 @@ from learning.cmfl import (
     finish_round,
     select_round,
 )
-from learning.choice import (Candidate, build_candidate, candidate_count, candidate_sets,
-                             choice_seed, choose)
+from learning.choice import (Candidate, candidate_count, candidate_inputs, candidate_models,
+                             candidate_sets, choice_seed, choose)
 from learning.compression import UpdateCodec
 from learning.dp_accounting import DpPolicy, DpReport
 from learning.dp_noise import noise_consistent
@@ -124,7 +124,7 @@ class ReceivedUpdate:
 
 
 class MissingUpdates(Exception):
-    """The block cannot be re-derived yet: these trainers' selected updates are not held."""
+    """The block cannot be re-derived yet: updates the new model depends on are not held."""
 
     def __init__(self, peers: list[str]) -> None:
         super().__init__(f"missing updates from {', '.join(p[-8:] for p in peers)}")
@@ -553,19 +553,25 @@ def derive_block(
     requests) imply.
 
     Raises BlockError if the inputs are invalid (then no block can come of them) and
-    MissingUpdates if a selected trainer's update is not in `updates` (then wait for it).
+    MissingUpdates if an update the new model depends on (a selected one, or with clipped subsets
+    every judged one) is not in `updates` (then wait for it).
     """
     outline = outline_round(ctx, score_vectors, evidence, joins)
     digests, selection, evidence = outline.digests, outline.selection, outline.evidence
     selected = list(selection.selected)
 
     held = {t: u for t, u in updates.items() if t in digests and u.digest == digests[t]}
-    missing = [t for t in selected if t not in held]
+    # what the new model depends on: the selected updates, or every judged one for a subset of
+    # clipped updates (learning.choice.candidate_inputs)
+    inputs = selected if outline.candidate is None else \
+        list(candidate_inputs(outline.candidate, list(digests), ctx.selection.choice))
+    missing = [t for t in inputs if t not in held]
     if missing:
         raise MissingUpdates(missing)
     if outline.candidate is not None:  # judged: the chosen candidate's model
-        new_state = build_candidate(ctx.base_state, {t: held[t].state for t in selected},
-                                    {t: held[t].samples for t in selected}, outline.candidate)
+        new_state = candidate_models(ctx.base_state, {t: held[t].state for t in inputs},
+                                     {t: held[t].samples for t in inputs}, [outline.candidate],
+                                     ctx.selection.choice)[0]
     else:
         # Only the aggregate is taken from finish_round: the next committee is the outline's,
         # so the proposer and a syncing verifier (chain.verify, which has no updates) share one

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from learning.aggregation import (aggregate_clipped, aggregate_weighted, cap_samples,
-                                  coordinate_median)
+                                  clipped_states, coordinate_median)
 from learning.tensors import ModelState
 
 #: the full-set candidates, in this order after the base model
@@ -63,10 +63,10 @@ class ChoiceConfig:
     #: pledges are in, so a liar cannot read the honest votes before it commits to its own
     #: (chain.round_rules.counted_votes; docs/protocol.md, "Pledged votes")
     pledged: bool = False
-    #: harness only for now (not a genesis key; docs/learning.md, ninth pass): subset
-    #: candidates average the updates clipped around the coordinate median of all of them
-    #: (aggregation.clipped_states), so no candidate strays further from the median than the
-    #: median deviation, whatever the liars make win
+    #: subset candidates average the updates clipped around the coordinate median of all the
+    #: judged ones (aggregation.clipped_states), so no subset strays further from the median
+    #: than the median deviation, whatever the liars make win (docs/learning.md, ninth and
+    #: tenth passes); a subset's model then depends on every judged update (candidate_inputs)
     clip_subsets: bool = False
 
     def __post_init__(self) -> None:
@@ -182,6 +182,29 @@ def build_candidate(base: ModelState, updates: Mapping[str, ModelState],
     if candidate.kind == "median":
         return aggregate_median(base, chosen)
     raise ValueError(f"unknown candidate kind {candidate.kind!r}")
+
+
+def candidate_inputs(candidate: Candidate, judged: Sequence[str],
+                     config: ChoiceConfig = ChoiceConfig()) -> tuple[str, ...]:
+    """The trainers whose updates `candidate`'s model depends on, of the `judged` ones: its
+    own, or with `clip_subsets` every judged one for a subset (the clip's centre and radius
+    are taken over all of them). What a peer must hold to re-derive the chosen model."""
+    if candidate.kind == "subset" and config.clip_subsets:
+        return tuple(sorted(set(judged)))
+    return candidate.trainers
+
+
+def candidate_models(base: ModelState, updates: Mapping[str, ModelState],
+                     samples: Mapping[str, int], candidates: Sequence[Candidate],
+                     config: ChoiceConfig = ChoiceConfig(),
+                     committee: ModelState | None = None) -> list[ModelState]:
+    """Every candidate's model over the judged `updates` (build_candidate; with
+    `clip_subsets` the subsets average the updates clipped around all of them)."""
+    clipped: Mapping[str, ModelState] = updates
+    if config.clip_subsets and any(c.kind == "subset" for c in candidates):
+        clipped = clipped_states(base, dict(updates))
+    return [build_candidate(base, clipped if c.kind == "subset" else updates, samples, c,
+                            committee) for c in candidates]
 
 
 def judge_votes(base_loss: float, candidate_losses: Sequence[float]) -> tuple[float, ...]:

@@ -163,7 +163,10 @@ class RoundConfig:
 
 
 #: the genesis `selection.choice` keys (learning.choice.ChoiceConfig's fields)
-CHOICE_KEYS = ("subsets", "size", "statistic", "tolerate", "reference", "normalize", "pledged")
+CHOICE_KEYS = ("subsets", "size", "statistic", "tolerate", "reference", "normalize", "pledged",
+               "clip_subsets")
+#: keys written only when set: judged genesis files from before them keep their hash
+_OPTIONAL_FLAGS = ("pledged", "clip_subsets")
 
 
 def choice_config(settings: Any) -> ChoiceConfig | None:
@@ -186,19 +189,22 @@ def choice_config(settings: Any) -> ChoiceConfig | None:
                         tolerate=float(settings.get("tolerate", d.tolerate)),
                         reference=str(settings.get("reference", d.reference)),
                         normalize=str(settings.get("normalize", d.normalize)),
-                        pledged=_flag(settings.get("pledged", d.pledged)))
+                        pledged=_flag("pledged", settings.get("pledged", d.pledged)),
+                        clip_subsets=_flag("clip_subsets",
+                                           settings.get("clip_subsets", d.clip_subsets)))
 
 
-def _flag(value: Any) -> bool:
+def _flag(key: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"selection.choice.pledged must be true or false, got {value!r}")
+        raise ValueError(f"selection.choice.{key} must be true or false, got {value!r}")
     return value
 
 
 def choice_settings(config: ChoiceConfig) -> dict[str, Any]:
-    """The genesis `selection.choice` dict of a ChoiceConfig (every key written, but `pledged`
-    only when set: judged genesis files from before it keep their hash)."""
-    return {k: getattr(config, k) for k in CHOICE_KEYS if k != "pledged" or config.pledged}
+    """The genesis `selection.choice` dict of a ChoiceConfig (every key written, but the
+    `_OPTIONAL_FLAGS` only when set: judged genesis files from before them keep their hash)."""
+    return {k: getattr(config, k) for k in CHOICE_KEYS
+            if k not in _OPTIONAL_FLAGS or getattr(config, k)}
 
 
 @dataclass(frozen=True)

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from bft.quorum import quorum_size
-from learning.aggregation import clipped_states
 from learning.attacks import (Attack, Omniscient, RoundView, committed_lies, leader_quorum,
                              lie_votes, make_attack, selective_reveal)
 from learning.baselines import BASELINES, aggregate_baseline
-from learning.choice import (RECOMMENDED, ChoiceConfig, build_candidate, candidate_sets, choice_seed,
-                             choose, judge_votes)
+from learning.choice import (RECOMMENDED, ChoiceConfig, candidate_models, candidate_sets,
+                             choice_seed, choose, judge_votes)
 from learning.cmfl import RoundConfig, finish_round, select_round
 from learning.compression import UpdateCodec, round_trip
 from learning.data import Dataset, load_digits_split, shard_indices, subset
@@ -84,6 +83,9 @@ CMFL_RULES: dict[str, RoundConfig] = {
 #: every peer trains and every peer judges; colluding judges lie (attacks.lie_votes).
 JUDGED_RULES: dict[str, ChoiceConfig] = {
     "cmfl-choose": RECOMMENDED,
+    # the peers' default (cmfl-choose-clipped, its pledge a RunSpec field): subsets of
+    # clipped updates (docs/learning.md, tenth pass)
+    "cmfl-choose-clipped": replace(RECOMMENDED, clip_subsets=True),
     # the first form: the lower median of the raw loss decreases (the lie breaks it)
     "cmfl-choose-plain": ChoiceConfig(),
 }
@@ -379,9 +381,7 @@ def judged_round(rnd: int, state: ModelState, sent: dict[str, ModelState],
     The round's leader is judge rnd % n in sorted order (members in turn)."""
     seed = choice_seed(rnd, previous, [state_hash(sent[t]) for t in sorted(sent)])
     cands = candidate_sets(sorted(sent), seed, config)
-    clipped = clipped_states(state, sent) if config.clip_subsets else sent
-    models = [build_candidate(state, clipped if c.kind == "subset" else sent, samples, c,
-                              committee_model) for c in cands]
+    models = candidate_models(state, sent, samples, cands, config, committee_model)
     base_loss = judge(state)
     losses = [judge(m) for m in models]
     # every judge's measured votes: the honest ones' are sent, the liars aim with theirs

@@ -217,7 +217,8 @@ class RushingJudge:
     """Judged rounds (learning.choice): an attacker's vote, the harness's strongest liar
     (learning.attacks.lie_votes). Every vote vector is gossiped, so a colluding judge can hold
     its own back until the honest judges' votes on the same update set are in, and then send
-    the lie that makes the candidate holding the most colluders win. The driver waits
+    the lie that makes the candidate holding the most colluders win (or, `target` "worst",
+    the one the honest judges like least: plain harm). The driver waits
     (`ready`, up to a deadline) and publishes `lie` in place of the measured vote.
 
     Not written ahead: the lie depends on the honest votes seen, so a liar restarted
@@ -225,6 +226,8 @@ class RushingJudge:
 
     #: every colluder, itself included
     colluders: frozenset[str]
+    #: what the lie backs (learning.attacks.LIAR_TARGETS)
+    target: str = "colluders"
 
     @staticmethod
     def is_vote(action: Action) -> bool:
@@ -274,5 +277,5 @@ class RushingJudge:
         seen = self.honest_votes(ctx, payload, vectors) or {"own": tuple(payload["votes"])}
         config = ctx.selection.choice
         lie = lie_votes(seen, candidates, self.colluders,
-                        lambda v: choose(v, len(candidates), config))
+                        lambda v: choose(v, len(candidates), config), self.target)
         return votes_payload(dict(updates), list(lie))

@@ -135,14 +135,14 @@ def _cmd_genesis_new(args: argparse.Namespace) -> int:
 
 #: The named rules of `--rule` (chain.genesis.SELECTION_PRESETS; read here without torch),
 #: the default (chain.genesis.DEFAULT_RULE) first.
-RULES = ("cmfl-choose-pledged", "cmfl-choose", "cmfl-clip-far")
+RULES = ("cmfl-choose-clipped", "cmfl-choose-pledged", "cmfl-choose", "cmfl-clip-far")
 #: The flags of a hand-made scored rule and the defaults they had before `--rule`.
 CUSTOM_SELECTION = {"selection": "auto", "fraction": 0.5, "scoring": "median",
                     "election": "trusted", "outlier_ratio": 1.3}
 
 
 def _genesis_selection(args: argparse.Namespace) -> dict[str, Any]:
-    """The genesis `selection`: a named rule (--rule, default cmfl-choose-pledged), or the scored
+    """The genesis `selection`: a named rule (--rule, default cmfl-choose-clipped), or the scored
     rule the custom flags (--selection, --fraction, ...) describe."""
     from chain.genesis import DEFAULT_RULE, SELECTION_PRESETS
 
@@ -161,13 +161,17 @@ def _genesis_selection(args: argparse.Namespace) -> dict[str, Any]:
 def _rule_option(p: argparse.ArgumentParser, custom: bool) -> None:
     p.add_argument("--rule", choices=RULES, default=None,
                    help="how a round decides its model (docs/learning.md): "
-                        "cmfl-choose-pledged (default; judged rounds: every member trains, "
+                        "cmfl-choose-clipped (default; judged rounds: every member trains, "
                         "judges the round's candidate models on its own data, pledges a hash "
-                        "of its votes before revealing them, and the block is agreed by pBFT: "
-                        "worst case 0.80 in the harness under adaptive colluders on non-IID "
-                        "data, a colluding leader included), cmfl-choose (the same without the "
-                        "pledge: one gossip phase cheaper, but liars read the honest votes "
-                        "first, 0.63 worst case, and a colluding leader takes it to 0.10), or "
+                        "of its votes before revealing them, and the block is agreed by pBFT; "
+                        "the random-subset candidates average updates clipped around the "
+                        "median of all, so whatever the liars make win stays near it in "
+                        "one round: the best mean in the harness under adaptive colluders on "
+                        "non-IID data, though liars aiming at plain harm still collapse it in "
+                        "some seeds), cmfl-choose-pledged (the same without the clipping: "
+                        "worse against plain harm), cmfl-choose (without the pledge either: "
+                        "liars read the honest votes first, 0.63 worst case, 0.10 with a "
+                        "colluding leader), or "
                         "cmfl-clip-far (an elected committee scores every update, which is "
                         "centered-clipped around the coordinate median: cheaper rounds and a "
                         "few points better on most single attacks, but adaptive colluders on "

@@ -21,6 +21,9 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from bft.byzantine import BEHAVIOURS
 
+#: learning.attacks.LIAR_TARGETS, read here without torch (tests/test_run_options.py checks)
+LIAR_TARGETS = ("colluders", "worst")
+
 if TYPE_CHECKING:
     from p2p_node.round_machine import RoundTimeouts
 
@@ -292,6 +295,12 @@ class NodeConfig:
         [], "peer ID of a fellow attacker (colluding attacks such as false_scores: a lying "
         "committee member reports its colluders at distance 0; repeatable)", flag="colluder",
         repeated=True, metavar="PEER_ID")
+    #: attack lab, judged rounds: what a lying judge backs (learning.attacks.LIAR_TARGETS)
+    liar_target: str = setting(
+        "colluders", "attack lab, judged rounds: what this attacker's lying votes back, the "
+        "candidate holding the most colluders' updates (colluders) or the one the honest "
+        "judges like least (worst: plain harm; docs/learning.md, ninth pass)",
+        choices=LIAR_TARGETS)
     #: committee misbehaviour for the attack lab (p2p_node/attack_lab.py)
     byzantine: str = setting(
         "none", "misbehaviour beyond the update: equivocate (as leader, propose two blocks), "

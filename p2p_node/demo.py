@@ -54,7 +54,7 @@ class DemoConfig:
     #: who can read an update: "none" or "validators" (chain.genesis.Genesis.sealing)
     sealing: str = "none"
     #: the genesis rule (chain.genesis.SELECTION_PRESETS)
-    rule: str = "cmfl-choose-pledged"
+    rule: str = "cmfl-choose-clipped"
     #: the genesis `training` map (epochs, lr, batch_size), {} for the genesis default
     training: dict[str, Any] = field(default_factory=dict)
 
@@ -208,7 +208,7 @@ def _run_network(cfg: DemoConfig, out: Path, n_attackers: int,
            f"{', '.join(label[a] for a in sorted(attackers, key=ids.index))}"
            if attackers else "no attackers")
     rule = "FedAvg (every update)" if selection else \
-        "judged rounds (cmfl-choose: every peer trains and judges)" \
+        f"judged rounds ({cfg.rule}: every peer trains and judges)" \
         if cfg.rule.startswith("cmfl-choose") else "CMFL selection"
     if cfg.consensus == "members":
         rule += ", every member signs certificates"

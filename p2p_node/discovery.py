@@ -359,10 +359,16 @@ class Discovery:
         if self._silent[pid] >= DEAD_AFTER_FAILED_EXCHANGES:
             del self._silent[pid]
             log.info("no answer from %s: closing its connection to redial it", pid[-8:])
-            try:
-                await self.host.disconnect(peer)
-            except Exception as exc:
-                log.debug("closing %s: %s", pid[-8:], exc)
+            # bounded: py-libp2p's yamux close waits for its write lock, which a write stuck
+            # on the silent connection (a large blob to a peer not reading) holds for ever
+            with trio.move_on_after(EXCHANGE_TIMEOUT) as scope:
+                try:
+                    await self.host.disconnect(peer)
+                except Exception as exc:
+                    log.debug("closing %s: %s", pid[-8:], exc)
+            if scope.cancelled_caught:
+                log.info("closing %s's connection did not finish in %.0f s", pid[-8:],
+                         EXCHANGE_TIMEOUT)
 
     async def dial(self, peer_id: str) -> bool:
         """Dial a known peer on its addresses; updates its back-off. True when connected."""

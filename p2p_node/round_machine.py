@@ -62,7 +62,7 @@ from learning.compression import (
     encode_with_feedback,
     encoded_size,
 )
-from learning.choice import build_candidate, judge_votes
+from learning.choice import candidate_models, judge_votes
 from learning.dp_accounting import DpReport
 from learning.scoring import score_updates
 from learning.tensors import (
@@ -937,8 +937,9 @@ class RoundMachine:
         self._judging = updates
         states = {t: self.updates[t].state for t, _ in updates}
         samples = {t: self.updates[t].samples for t, _ in updates}
-        models = tuple(build_candidate(self.ctx.base_state, states, samples, c)
-                       for c in judged_candidates(self.ctx, updates))
+        models = tuple(candidate_models(self.ctx.base_state, states, samples,
+                                        judged_candidates(self.ctx, updates),
+                                        self.ctx.selection.choice))
         return [Judge(self.ctx.height, self.ctx.base_state, models)]
 
     def _held_votes(self) -> list[tuple[str, tuple, bytes]]:
@@ -1087,7 +1088,7 @@ class RoundMachine:
         for value_hash, block in list(self._pending_validity.items()):
             try:
                 if self._rederive(block) is None:
-                    continue  # still missing a selected update
+                    continue  # still missing an update it depends on
                 ok = True
             except BlockError:
                 ok = False
@@ -1124,7 +1125,7 @@ class RoundMachine:
             return [Rejected("", "block", f"certified block {bad.block.hash().hex()[:12]} is "
                                           f"invalid: {exc}")]
         if derived is None:
-            return []  # certified, but we lack a selected update: wait for it
+            return []  # certified, but we lack an update it depends on: wait for it
         self.committed = Commit(self.certified, derived[1])
         recorded = {u.peer for u in self.certified.block.updates}
         withheld: list[Action] = [Withheld(p) for p in sorted(self.pending_blobs)

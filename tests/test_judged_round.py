@@ -411,3 +411,60 @@ def test_the_leader_waits_for_every_vote_so_liars_stay_a_minority_of_the_counted
     assert set(net.commits) == set(MEMBERS)
     block = next(iter(net.commits.values())).committed.block
     assert {decode_envelope(raw).sender for raw in block.score_vectors} == set(MEMBERS)
+
+
+CLIPPED = dataclasses.replace(JUDGED, choice=dataclasses.replace(RECOMMENDED, clip_subsets=True))
+
+
+def test_clipped_subsets_depend_on_every_judged_update_and_bound_the_attacker():
+    """genesis selection.choice.clip_subsets: a subset's model averages the updates clipped
+    around all judged ones (learning.choice.candidate_inputs), so re-deriving it needs every
+    judged update, and a subset the votes pick with the far attacker in it stays near the
+    honest ones."""
+    from chain.round_rules import MissingUpdates, ReceivedUpdate
+    from learning.choice import candidate_models
+
+    net = JudgedNetwork(selection=CLIPPED)
+    net.run()
+    assert set(net.commits) == set(MEMBERS) and not net.rejections
+    assert len({c.committed.block.hash() for c in net.commits.values()}) == 1
+    honest = {p: next(e for e in envs if e.kind == "scores").payload
+              for p, envs in net.published.items()}
+    updates = tuple(tuple(x) for x in honest[MEMBERS[0]]["judged"])
+    digests = dict(updates)
+    results = {}
+    for name, selection in (("clipped", CLIPPED), ("plain", JUDGED)):
+        ctx = context(selection)
+        cands = judged_candidates(ctx, updates)
+        pick = next(i for i, c in enumerate(cands) if c.kind == "subset" and ATTACKER in c.trainers)
+        # every judge votes the attacker's subset up: the block takes it
+        votes = [_signed_votes(p, votes_payload(digests, [1.0 if i == pick else 0.0
+                                                          for i in range(len(cands))])).encode()
+                 for p in MEMBERS]
+        held = {t: ReceivedUpdate(t, digests[t], 20, update_of(t)) for t in digests}
+        chosen = {t: held[t] for t in cands[pick].trainers}
+        if name == "clipped":
+            with pytest.raises(MissingUpdates) as missing:
+                derive_block(ctx, votes, chosen)
+            assert set(missing.value.peers) == set(digests) - set(chosen)
+        block, state = derive_block(ctx, votes, held)
+        assert block.selected == cands[pick].trainers
+        expect = candidate_models(BASE, {t: u.state for t, u in held.items()},
+                                  {t: 20 for t in held}, cands, selection.choice)[pick]
+        assert torch.equal(state["w"], expect["w"])
+        check_outline(ctx, block)
+        results[name] = state
+    # unclipped, the attacker's -2 drags the subset mean far off; clipped, it stays near
+    far = float((results["plain"]["w"] - TARGET).norm())
+    near = float((results["clipped"]["w"] - TARGET).norm())
+    assert near < far / 4
+
+
+def test_clip_subsets_is_a_genesis_flag_written_only_when_set():
+    from learning.cmfl import CHOICE_KEYS
+    assert "clip_subsets" in CHOICE_KEYS
+    assert "clip_subsets" not in choice_settings(RECOMMENDED)
+    on = choice_settings(CLIPPED.choice)
+    assert on["clip_subsets"] is True and choice_config(on) == CLIPPED.choice
+    with pytest.raises(ValueError, match="clip_subsets must be true or false"):
+        choice_config({**on, "clip_subsets": 1})

@@ -160,3 +160,22 @@ def test_parser_is_built_from_the_declaration() -> None:
              if not isinstance(a, argparse._HelpAction)}
     assert flags - {o.flag for o in RUN_OPTIONS.values()} == {
         "--data-dir", "--config", "--log-level", "--log-json"}
+
+
+def test_liar_targets_are_the_attack_suites() -> None:
+    """`--liar-target` lists learning.attacks.LIAR_TARGETS (copied so the parser needs no
+    torch) and reaches the config."""
+    from learning.attacks import LIAR_TARGETS
+    from p2p_node.config import LIAR_TARGETS as listed
+
+    assert listed == LIAR_TARGETS
+
+
+def test_a_lying_judge_backs_its_target(tmp_path: Path) -> None:
+    from p2p_node.attack_lab import RushingJudge
+
+    assert config_from(tmp_path, []).liar_target == "colluders"
+    assert config_from(tmp_path, ["--liar-target", "worst"]).liar_target == "worst"
+    with pytest.raises(SystemExit):
+        config_from(tmp_path, ["--liar-target", "nobody"])
+    assert RushingJudge(frozenset({"a"})).target == "colluders"
