@@ -41,6 +41,14 @@ def run_until_committed(cluster: Cluster, log: EventLog, rounds: int, peers: set
         node.store.close()
 
 
+def head_accuracy(genesis: Genesis, store, models, rounds: int) -> float:
+    """The test accuracy on digits of the model of the chain's block at height rounds - 1."""
+    _, test = load_digits_split(genesis.seed)
+    head = store.get(rounds - 1).block
+    return evaluate(ModelSpec(tuple(genesis.model["layers"])),
+                    state_from_bytes(models.get(head.model_hash)), test)
+
+
 # the default rule (pledged votes, clipped subsets) in the default tier, the others in the slow
 # tier; the pledged stall of the eighth pass was py-libp2p's per-subscription queue of 32
 # dropping pBFT commits under load (docs/network.md)
@@ -86,10 +94,7 @@ def test_judged_rounds_commit_one_chain_that_every_peer_re_derives(tmp_path, pre
         outline = outline_round(ctx, list(block.score_vectors))
         assert outline.candidate is not None and block.selected == outline.candidate.trainers
         position.advance(committed)
-    _, test = load_digits_split(genesis.seed)
-    head = store.get(rounds - 1).block
-    accuracy = evaluate(ModelSpec(tuple(genesis.model["layers"])),
-                        state_from_bytes(models.get(head.model_hash)), test)
+    accuracy = head_accuracy(genesis, store, models, rounds)
     assert accuracy > 0.3, accuracy  # 3 rounds of digits from a random start (chance 0.1)
     store.close()
 
@@ -159,9 +164,6 @@ def test_liars_aiming_at_plain_harm_do_not_stop_the_chain(tmp_path, preset):
     store, models = open_chain(cluster.dirs[0])
     report = verify_store(genesis, store, models)
     assert report.ok and report.blocks == rounds, report.summary()
-    _, test = load_digits_split(genesis.seed)
-    head = store.get(rounds - 1).block
-    accuracy = evaluate(ModelSpec(tuple(genesis.model["layers"])),
-                        state_from_bytes(models.get(head.model_hash)), test)
+    accuracy = head_accuracy(genesis, store, models, rounds)
     assert accuracy > 0.3, accuracy  # 4 rounds of digits from a random start (chance 0.1)
     store.close()
