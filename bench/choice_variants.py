@@ -47,6 +47,8 @@ VARIANTS = {
     # cannot raise)
     "clip-subsets-s8": ChoiceConfig(reference="median", normalize="scale", subsets=8,
                                     clip_subsets=True),
+    "clip-blend-half": ChoiceConfig(reference="median", normalize="scale", clip_subsets=True,
+                                    blend=0.5),
     "clip-low-scaled": ChoiceConfig(statistic="low", reference="median", normalize="scale",
                                     clip_subsets=True),
 }

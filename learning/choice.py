@@ -68,6 +68,9 @@ class ChoiceConfig:
     #: than the median deviation, whatever the liars make win (docs/learning.md, ninth and
     #: tenth passes); a subset's model then depends on every judged update (candidate_inputs)
     clip_subsets: bool = False
+    #: harness only (not a genesis key; docs/learning.md, tenth pass): the round's model is the
+    #: clipped full-set candidate plus `blend` times the chosen one's difference from it
+    blend: float = 1.0
 
     def __post_init__(self) -> None:
         if self.subsets < 0 or self.size < 1:

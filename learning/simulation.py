@@ -433,7 +433,14 @@ def judged_round(rnd: int, state: ModelState, sent: dict[str, ModelState],
         lie = lie_votes(seen, cands, frozenset(liars), rule, liar_target)
         votes.update({j: lie for j in liars})
     best = rule(votes)
-    return models[best], cands[best], state_hash(models[best])
+    model = models[best]
+    if config.blend < 1.0:  # harness only: a step of `blend` from the clipped full-set model
+        anchor = models[[c.kind for c in cands].index("clipped")] \
+            if any(c.kind == "clipped" for c in cands) else model
+        model = {k: (anchor[k].to(torch.float64) + config.blend *
+                     (model[k].to(torch.float64) - anchor[k].to(torch.float64))
+                     ).to(torch.float32) for k in sorted(model)}
+    return model, cands[best], state_hash(model)
 
 
 def run(spec: RunSpec) -> RunResult:
