@@ -39,8 +39,9 @@ VARIANTS = {
     "rel-median-scaled-s0": ChoiceConfig(reference="median", normalize="scale", subsets=0),
     "rel-median-scaled-z10": ChoiceConfig(reference="median", normalize="scale", size=10),
     "rel-clipped-scaled": ChoiceConfig(reference="clipped", normalize="scale"),
-    # the default (learning.choice.RECOMMENDED) with subsets of clipped updates (ninth pass)
-    "clip-subsets": ChoiceConfig(reference="median", normalize="scale", clip_subsets=True),
+    # the peers' default's choice (cmfl-choose-clipped: RECOMMENDED with subsets of clipped
+    # updates; ninth and tenth passes)
+    "clip-subsets": simulation.JUDGED_RULES["cmfl-choose-clipped"],
     "clip-subsets-z10": ChoiceConfig(reference="median", normalize="scale", size=10,
                                      clip_subsets=True),
     # tenth pass: against liars aiming at plain harm (fewer subsets, a statistic they

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from chain.genesis import Genesis
+from chain.genesis import DEFAULT_RULE, SELECTION_PRESETS, Genesis
 from learning.cmfl import RoundConfig
 from learning.simulation import RunSpec, run
 from p2p_node.demo import DemoConfig, run_demo
@@ -38,10 +38,9 @@ def main() -> int:
                         help="the data split (dirichlet: alpha 0.5, as the demo's genesis)")
     parser.add_argument("--consensus", choices=["committee", "members"], default="committee")
     parser.add_argument("--seeds", type=int, default=5, help="harness seeds")
-    parser.add_argument("--rule", choices=["cmfl-choose-clipped", "cmfl-choose-pledged", "cmfl-choose",
-                                 "cmfl-clip-far"],
-                        default="cmfl-choose-clipped",
-                        help="the genesis rule (default cmfl-choose-clipped)")
+    parser.add_argument("--rule", choices=list(SELECTION_PRESETS),
+                        default=DEFAULT_RULE,
+                        help=f"the genesis rule (default {DEFAULT_RULE})")
     args = parser.parse_args()
     torch.set_num_threads(1)
 

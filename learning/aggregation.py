@@ -140,13 +140,20 @@ def aggregate_clipped(base: ModelState, updated: dict[str, ModelState],
         for t in ids:
             step = step + (samples[t] / total) * (factors[t] * (deltas[t] - centre))
         centre = centre + step
+    return _state_from_flat(base, centre)
+
+
+def _state_from_flat(base: ModelState, flat: np.ndarray) -> ModelState:
+    """base + a float64 flat delta in sorted-key order (_flat_delta's layout), one float32
+    rounding per entry."""
+    out: ModelState = {}
     offset = 0
     for k in sorted(base):
         n = base[k].numel()
-        part = torch.from_numpy(centre[offset:offset + n].copy()).reshape(base[k].shape)
-        new[k] = (base[k].to(torch.float64) + part).to(torch.float32)
+        part = torch.from_numpy(flat[offset:offset + n].copy()).reshape(base[k].shape)
+        out[k] = (base[k].to(torch.float64) + part).to(torch.float32)
         offset += n
-    return new
+    return out
 
 
 def clipped_states(base: ModelState, updated: dict[str, ModelState],
@@ -160,17 +167,7 @@ def clipped_states(base: ModelState, updated: dict[str, ModelState],
     deltas = {t: _flat_delta(base, updated[t]) for t in ids}
     centre = coordinate_median([deltas[t] for t in ids])
     factors, _radius = clip_factors(deltas, centre, quantile)
-    out: dict[str, ModelState] = {}
-    for t in ids:
-        flat = centre + factors[t] * (deltas[t] - centre)
-        state, offset = {}, 0
-        for k in sorted(base):
-            n = base[k].numel()
-            part = torch.from_numpy(flat[offset:offset + n].copy()).reshape(base[k].shape)
-            state[k] = (base[k].to(torch.float64) + part).to(torch.float32)
-            offset += n
-        out[t] = state
-    return out
+    return {t: _state_from_flat(base, centre + factors[t] * (deltas[t] - centre)) for t in ids}
 
 
 def find_misaligned(base: ModelState, updates: dict[str, ModelState]) -> tuple[str, ...]:

@@ -81,6 +81,8 @@ class ChoiceConfig:
             raise ValueError(f"unknown reference {self.reference!r}")
         if self.normalize not in ("none", "scale"):
             raise ValueError(f"unknown normalize {self.normalize!r}")
+        if not 0.0 < self.blend <= 1.0:
+            raise ValueError(f"blend must be in (0, 1], got {self.blend}")
         if not 0.0 <= self.tolerate < 0.5:
             raise ValueError(f"tolerate must be in [0, 0.5), got {self.tolerate}")
 

@@ -435,8 +435,7 @@ def judged_round(rnd: int, state: ModelState, sent: dict[str, ModelState],
     best = rule(votes)
     model = models[best]
     if config.blend < 1.0:  # harness only: a step of `blend` from the clipped full-set model
-        anchor = models[[c.kind for c in cands].index("clipped")] \
-            if any(c.kind == "clipped" for c in cands) else model
+        anchor = next((m for m, c in zip(models, cands) if c.kind == "clipped"), model)
         model = {k: (anchor[k].to(torch.float64) + config.blend *
                      (model[k].to(torch.float64) - anchor[k].to(torch.float64))
                      ).to(torch.float32) for k in sorted(model)}
